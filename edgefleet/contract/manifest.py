@@ -1,0 +1,87 @@
+"""The bundle manifest: the one schema describing what a bundle carries and how to feed its model."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgefleet.contract.profiles import ArtifactFormat, Precision
+
+MANIFEST_SCHEMA_VERSION = 1
+TensorDtype = Literal["float32", "float16", "int8", "uint8", "int32", "int64"]
+Dim = int | None  # None: dynamic (any size)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QuantParams(_Model):
+    """real_value = scale * (quantized_value - zero_point)."""
+
+    scale: float = Field(gt=0)
+    zero_point: int
+
+
+class TensorSpec(_Model):
+    """One input or output of the artifact, and how it relates to the source model's float tensor.
+
+    A client may send either the artifact's own form (`dtype`, `shape`) or the float32 form of the source
+    model (`float_shape`); the agent converts the latter with `perm` and `quantization`.
+    """
+
+    name: str
+    dtype: TensorDtype
+    shape: list[Dim]
+    quantization: QuantParams | None = None
+    float_shape: list[Dim]
+    perm: list[int] | None = Field(
+        default=None, description="artifact tensor = transpose(float tensor, perm); null: same layout"
+    )
+
+
+class FileEntry(_Model):
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class AccuracyMetrics(_Model):
+    metric: Literal["top1", "top1_agreement"]
+    samples: int
+    fp32: float | None = Field(description="percent; null for top1_agreement (fp32 agrees with itself)")
+    artifact: float
+    drop_points: float
+
+
+class ConversionMetrics(_Model):
+    accuracy: AccuracyMetrics | None = None
+    size_bytes_fp32: int
+    size_bytes_artifact: int
+    host_latency_ms_fp32: float
+    host_latency_ms_artifact: float
+    host_runtime: str = Field(description="what ran the artifact on the host to measure it")
+
+
+class BundleManifest(_Model):
+    schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+    profile: str
+    format: ArtifactFormat
+    precision: Precision
+    artifact: str = Field(description="path of the model file inside the bundle")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    files: list[FileEntry]
+    metrics: ConversionMetrics
+    converter_version: str
+    created_at: datetime
+
+    def file(self, path: str) -> FileEntry:
+        for entry in self.files:
+            if entry.path == path:
+                return entry
+        raise KeyError(path)

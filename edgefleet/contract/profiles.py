@@ -1,0 +1,148 @@
+"""Device profiles: one validated YAML file per target describing what artifact it wants and how it runs it.
+
+Profiles are looked up in the directories named by EDGEFLEET_PROFILES_PATH (os.pathsep-separated, searched
+first) and then in the built-in `device_profiles/` folder, so a user adds a target by adding a file.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgefleet.contract.errors import ProfileError
+
+PROFILES_PATH_ENV = "EDGEFLEET_PROFILES_PATH"
+
+IoDtype = Literal["float32", "int8", "uint8"]
+
+
+class ArtifactFormat(str, Enum):
+    TFLITE = "tflite"
+    ONNX = "onnx"
+
+
+class Precision(str, Enum):
+    INT8 = "int8"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class Engine(str, Enum):
+    LITERT = "litert"
+    ONNXRUNTIME = "onnxruntime"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArtifactSpec(_Strict):
+    format: ArtifactFormat
+    precision: Precision
+    io_dtype: IoDtype = Field(description="dtype of the artifact's inputs and outputs")
+    quant_flavor: Literal["ort", "tensorrt"] = Field(
+        default="ort",
+        description="INT8 ONNX only: 'ort' = asymmetric uint8 activations (fastest on CPUs); "
+        "'tensorrt' = symmetric int8, zero-point 0, unquantized bias (TensorRT explicit quantization)",
+    )
+
+
+class RuntimeSpec(_Strict):
+    engine: Engine
+    threads: int = Field(default=1, ge=1, le=64)
+    delegates: tuple[Literal["edgetpu", "xnnpack"], ...] = ()
+    providers: tuple[str, ...] = Field(
+        default=(), description="onnxruntime execution providers in order of preference"
+    )
+
+
+class DeviceProfile(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
+    description: str
+    artifact: ArtifactSpec
+    runtime: RuntimeSpec
+    memory_budget_mb: int = Field(gt=0)
+    latency_budget_ms: float = Field(gt=0)
+    max_accuracy_drop_points: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeviceProfile:
+        fmt, precision = self.artifact.format, self.artifact.precision
+        if fmt is ArtifactFormat.TFLITE:
+            if precision is not Precision.INT8:
+                raise ValueError("tflite artifacts are full-INT8 only (precision: int8)")
+            if self.runtime.engine is not Engine.LITERT:
+                raise ValueError("tflite artifacts run on engine 'litert'")
+            if self.runtime.providers:
+                raise ValueError("'providers' applies to onnxruntime only")
+        if fmt is ArtifactFormat.ONNX:
+            if self.runtime.engine is not Engine.ONNXRUNTIME:
+                raise ValueError("onnx artifacts run on engine 'onnxruntime'")
+            if self.runtime.delegates:
+                raise ValueError("'delegates' applies to litert only")
+            if precision is not Precision.INT8 and self.artifact.io_dtype != "float32":
+                raise ValueError("fp16/fp32 onnx artifacts keep float32 inputs and outputs")
+        if self.artifact.quant_flavor == "tensorrt" and not (
+            fmt is ArtifactFormat.ONNX and precision is Precision.INT8
+        ):
+            raise ValueError("quant_flavor 'tensorrt' applies to int8 onnx artifacts only")
+        return self
+
+
+def _builtin_dir() -> Path:
+    return Path(str(resources.files("edgefleet.device_profiles")))
+
+
+def profile_dirs() -> list[Path]:
+    """Directories searched for profiles, user directories first."""
+    extra = [Path(p) for p in os.environ.get(PROFILES_PATH_ENV, "").split(os.pathsep) if p]
+    return [*extra, _builtin_dir()]
+
+
+def load_profile_file(path: Path) -> DeviceProfile:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ProfileError(f"profile file {path}: cannot read it ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ProfileError(f"profile file {path}: expected a mapping at the top level")
+    try:
+        profile = DeviceProfile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ProfileError(f"profile file {path}: {problems}") from exc
+    if profile.name != path.stem:
+        raise ProfileError(f"profile file {path}: name '{profile.name}' must match the file name '{path.stem}'")
+    return profile
+
+
+def _profile_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for directory in profile_dirs():
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.yaml")):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def list_profiles() -> list[DeviceProfile]:
+    return [load_profile_file(path) for _, path in sorted(_profile_files().items())]
+
+
+def load_profile(name: str) -> DeviceProfile:
+    files = _profile_files()
+    if name not in files:
+        known = ", ".join(sorted(files)) or "none"
+        raise ProfileError(
+            f"unknown profile '{name}' (known: {known}); add a file {name}.yaml to one of: "
+            + ", ".join(str(d) for d in profile_dirs())
+        )
+    return load_profile_file(files[name])

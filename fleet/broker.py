@@ -1,0 +1,111 @@
+"""A private mosquitto broker on a free loopback port, with a config file we write: used by the demo and tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from edgefleet.contract.errors import EdgefleetError
+
+INSTALL_HINT = "install it with `sudo apt-get install mosquitto` (Debian/Ubuntu/Raspberry Pi OS)"
+
+
+class MosquittoMissing(EdgefleetError):
+    pass
+
+
+def find_mosquitto() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise MosquittoMissing(f"the mosquitto broker is not installed; {INSTALL_HINT}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MosquittoProcess:
+    """Start with `start()` (or as a context manager); `kill()` is kill -9, `start()` again restarts it
+    on the same port with the same persistence file."""
+
+    def __init__(self, workdir: Path | None = None, port: int | None = None, extra_config: str = "") -> None:
+        self.binary = find_mosquitto()
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="edgefleet-mosquitto-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.config_path = self.workdir / "mosquitto.conf"
+        self.log_path = self.workdir / "mosquitto.log"
+        self.config_path.write_text(
+            "\n".join(
+                [
+                    f"listener {self.port} 127.0.0.1",
+                    "allow_anonymous true",
+                    "set_tcp_nodelay true",
+                    "persistence true",
+                    f"persistence_location {self.workdir}/",
+                    "autosave_interval 1",
+                    "max_queued_messages 10000",
+                    "log_dest stderr",
+                    "log_type error",
+                    "log_type warning",
+                    extra_config,
+                ]
+            )
+            + "\n"
+        )
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> MosquittoProcess:
+        log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [self.binary, "-c", str(self.config_path)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise EdgefleetError(
+                    f"mosquitto exited at start (code {self._process.returncode}); see {self.log_path}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise EdgefleetError(f"mosquitto did not open port {self.port} within {timeout:.0f} s; see {self.log_path}")
+
+    def kill(self) -> None:
+        """kill -9: no goodbye, no final persistence save."""
+        if self._process and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def stop(self) -> None:
+        if self._process and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def __enter__(self) -> MosquittoProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

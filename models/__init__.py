@@ -1,0 +1,8 @@
+"""Reference models shipped with edgefleet (made by models/train_digits_cnn.py; no downloads)."""
+
+from importlib import resources
+from pathlib import Path
+
+
+def reference_model_dir() -> Path:
+    return Path(str(resources.files("edgefleet.reference_models")))

@@ -1,0 +1,22 @@
+"""Shared fixtures: a real mosquitto per test, on a free loopback port with a config the test writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgefleet.fleet.broker import MosquittoProcess
+from edgefleet.reference_models import reference_model_dir
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    with MosquittoProcess(tmp_path / "broker") as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return reference_model_dir()
