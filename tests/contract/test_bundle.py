@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from edgefleet.contract.bundle import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    extract_bundle,
+    read_manifest_unverified,
+    sha256_file,
+    verify_bundle,
+    write_bundle,
+)
+from edgefleet.contract.errors import BundleError
+from edgefleet.contract.manifest import BundleManifest, ConversionMetrics, TensorSpec
+from edgefleet.contract.profiles import ArtifactFormat, Precision
+from edgefleet.contract.signing import create_key_pair, load_private_key, load_public_key
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    return create_key_pair(tmp_path / "keys")
+
+
+def _manifest() -> BundleManifest:
+    return BundleManifest(
+        name="digits",
+        version="1",
+        profile="rpi4",
+        format=ArtifactFormat.ONNX,
+        precision=Precision.FP32,
+        artifact="model.onnx",
+        inputs=[TensorSpec(name="image", dtype="float32", shape=[None, 1, 8, 8], float_shape=[None, 1, 8, 8])],
+        outputs=[TensorSpec(name="logits", dtype="float32", shape=[None, 10], float_shape=[None, 10])],
+        files=[],
+        metrics=ConversionMetrics(
+            size_bytes_fp32=1, size_bytes_artifact=1, host_latency_ms_fp32=0.1,
+            host_latency_ms_artifact=0.1, host_runtime="onnxruntime",
+        ),
+        converter_version="test",
+        created_at=datetime.now(timezone.utc),
+    )
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, keys: tuple[Path, Path], reference_dir: Path) -> Path:
+    out = tmp_path / "digits.efb"
+    write_bundle(out, _manifest(), {"model.onnx": reference_dir / "digits_cnn_v1.onnx"}, load_private_key(keys[0]))
+    return out
+
+
+def _rewrite(src: Path, dst: Path, replace: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, replace.pop(name, zin.read(name)))
+        for name, data in replace.items():
+            zout.writestr(name, data)
+
+
+def test_signed_bundle_verifies_and_unpacks(bundle: Path, keys: tuple[Path, Path], tmp_path: Path,
+                                            reference_dir: Path) -> None:
+    manifest = verify_bundle(bundle, load_public_key(keys[1]))
+    assert manifest.file("model.onnx").sha256 == sha256_file(reference_dir / "digits_cnn_v1.onnx")
+    out = tmp_path / "unpacked"
+    extract_bundle(bundle, out, load_public_key(keys[1]))
+    assert sha256_file(out / "model.onnx") == manifest.file("model.onnx").sha256
+    assert (out / MANIFEST_NAME).exists() and (out / SIGNATURE_NAME).exists()
+
+
+def test_tampered_artifact_is_rejected_and_nothing_unpacked(bundle: Path, keys: tuple[Path, Path],
+                                                           tmp_path: Path) -> None:
+    tampered = tmp_path / "tampered.efb"
+    with zipfile.ZipFile(bundle) as archive:
+        model = bytearray(archive.read("model.onnx"))
+    model[len(model) // 2] ^= 0xFF
+    _rewrite(bundle, tampered, {"model.onnx": bytes(model)})
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        verify_bundle(tampered, load_public_key(keys[1]))
+    with pytest.raises(BundleError):
+        extract_bundle(tampered, tmp_path / "out", load_public_key(keys[1]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_tampered_manifest_fails_signature(bundle: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest = json.loads(read_manifest_unverified(bundle).model_dump_json())
+    manifest["version"] = "999"
+    tampered = tmp_path / "tampered.efb"
+    _rewrite(bundle, tampered, {MANIFEST_NAME: json.dumps(manifest).encode()})
+    with pytest.raises(BundleError, match="signature does not verify"):
+        verify_bundle(tampered, load_public_key(keys[1]))
+
+
+def test_untrusted_key_is_rejected(bundle: Path, tmp_path: Path) -> None:
+    _, other_public = create_key_pair(tmp_path / "other")
+    with pytest.raises(BundleError, match="signed by key .* trusts key"):
+        verify_bundle(bundle, load_public_key(other_public))
+
+
+def test_unlisted_member_is_rejected(bundle: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    extra = tmp_path / "extra.efb"
+    _rewrite(bundle, extra, {"evil.sh": b"rm -rf /"})
+    with pytest.raises(BundleError, match="unlisted"):
+        verify_bundle(extra, load_public_key(keys[1]))
+
+
+def test_garbage_file_is_a_clear_error(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    garbage = tmp_path / "garbage.efb"
+    garbage.write_bytes(b"not a zip at all")
+    with pytest.raises(BundleError, match="not a readable bundle"):
+        verify_bundle(garbage, load_public_key(keys[1]))
+
+
+def test_key_pair_is_not_overwritten(tmp_path: Path) -> None:
+    from edgefleet.contract.errors import EdgefleetError
+
+    create_key_pair(tmp_path)
+    assert oct((tmp_path / "fleet.key").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(EdgefleetError, match="refusing to overwrite"):
+        create_key_pair(tmp_path)

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgefleet.contract.errors import TensorError
+from edgefleet.contract.manifest import QuantParams, TensorSpec
+from edgefleet.contract.messages import CONTENT_NPY, CONTENT_NPZ
+from edgefleet.contract.tensors import decode_tensors, encode_npy, encode_npz, from_artifact, to_artifact
+
+INT8_NHWC = TensorSpec(
+    name="image", dtype="int8", shape=[1, 8, 8, 1], quantization=QuantParams(scale=1 / 255, zero_point=-128),
+    float_shape=[None, 1, 8, 8], perm=[0, 2, 3, 1],
+)
+
+
+def test_float_form_is_permuted_and_quantized() -> None:
+    x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+    q, as_float = to_artifact(INT8_NHWC, x)
+    assert as_float and q.dtype == np.int8 and q.shape == (1, 8, 8, 1)
+    back = from_artifact(INT8_NHWC, q, as_float=True)
+    assert back.shape == (1, 1, 8, 8)
+    np.testing.assert_allclose(back, x, atol=1 / 255)
+
+
+def test_artifact_form_passes_through_unchanged() -> None:
+    q = np.zeros((1, 8, 8, 1), np.int8)
+    out, as_float = to_artifact(INT8_NHWC, q)
+    assert out is q and not as_float
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros((1, 64), np.float32), np.zeros((1, 1, 8, 8), np.float64), np.zeros((1, 8, 8, 1), np.uint8)],
+)
+def test_wrong_shape_or_dtype_names_what_is_accepted(bad: np.ndarray) -> None:
+    with pytest.raises(TensorError, match=r"input 'image': expected int8 \(1,8,8,1\) or float32 \(\?,1,8,8\)"):
+        to_artifact(INT8_NHWC, bad)
+
+
+def test_nan_is_refused() -> None:
+    x = np.full((1, 1, 8, 8), np.nan, np.float32)
+    with pytest.raises(TensorError, match="NaN"):
+        to_artifact(INT8_NHWC, x)
+
+
+def test_npy_and_npz_decode_and_garbage_is_a_tensor_error() -> None:
+    x = np.ones((1, 1, 8, 8), np.float32)
+    assert decode_tensors(encode_npy(x), CONTENT_NPY, ["image"])["image"].shape == x.shape
+    assert decode_tensors(encode_npz({"image": x}), CONTENT_NPZ, ["image"])["image"].shape == x.shape
+    with pytest.raises(TensorError, match="not a valid"):
+        decode_tensors(b"\x00garbage", CONTENT_NPY, ["image"])
+    with pytest.raises(TensorError, match="missing"):
+        decode_tensors(encode_npz({"other": x}), CONTENT_NPZ, ["image"])
+
+
+def test_pickled_arrays_are_refused() -> None:
+    obj = np.array([{"a": 1}], dtype=object)
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, obj, allow_pickle=True)
+    with pytest.raises(TensorError):
+        decode_tensors(buffer.getvalue(), CONTENT_NPY, ["image"])
