@@ -1,4 +1,7 @@
-"""The `edgefleet` command line. Each subcommand imports its side lazily so `--help` and the agent start fast."""
+"""The `edgefleet` command line.
+
+Each subcommand imports its side lazily so `--help` and the agent start fast.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +30,15 @@ def _lazy(target: str) -> Handler:
 def _profiles_list(args: argparse.Namespace) -> int:
     from edgefleet.contract.profiles import list_profiles
 
-    rows = [(p.name, f"{p.artifact.format.value}/{p.artifact.precision.value}", p.runtime.engine.value,
-             p.description) for p in list_profiles()]
+    rows = [
+        (
+            p.name,
+            f"{p.artifact.format.value}/{p.artifact.precision.value}",
+            p.runtime.engine.value,
+            p.description,
+        )
+        for p in list_profiles()
+    ]
     width = max((len(r[0]) for r in rows), default=4)
     for name, artifact, engine, description in rows:
         print(f"{name:<{width}}  {artifact:<12} {engine:<12} {description}")
@@ -68,14 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="manage the fleet signing key")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     init = keys_sub.add_parser("init", help="create the Ed25519 fleet signing key pair")
-    init.add_argument("--dir", type=Path, help="where to write fleet.key/fleet.pub (default ~/.edgefleet/keys)")
+    init.add_argument(
+        "--dir", type=Path, help="where to write fleet.key/fleet.pub (default ~/.edgefleet/keys)"
+    )
     init.add_argument("--force", action="store_true", help="replace an existing key pair")
     init.set_defaults(handler=_keys_init)
 
     convert = sub.add_parser("convert", help="convert an fp32 ONNX model into a signed bundle for a profile")
     convert.add_argument("model", type=Path, help="fp32 ONNX model")
-    convert.add_argument("--profile", required=True, help="target device profile (see `edgefleet profiles list`)")
-    convert.add_argument("--calib", type=Path, required=True, help=".npz of calibration inputs named by model input")
+    convert.add_argument(
+        "--profile", required=True, help="target device profile (see `edgefleet profiles list`)"
+    )
+    convert.add_argument(
+        "--calib", type=Path, required=True, help=".npz of calibration inputs named by model input"
+    )
     convert.add_argument("--eval", type=Path, help=".npz of evaluation inputs (+ optional labels `y`)")
     convert.add_argument("--out", type=Path, required=True, help="output directory for the bundle")
     convert.add_argument("--name", help="model name (default: the model file's stem)")
@@ -91,8 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("bundle", type=Path)
     deploy.add_argument("--device", required=True)
     deploy.add_argument("--broker", required=True, help="mqtt://HOST[:PORT]")
-    deploy.add_argument("--wait", action="store_true", help="wait until the device reports the version active")
-    deploy.add_argument("--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)")
+    deploy.add_argument(
+        "--wait", action="store_true", help="wait until the device reports the version active"
+    )
+    deploy.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)"
+    )
     deploy.set_defaults(handler=_lazy("edgefleet.fleet.deploy:run_deploy"))
 
     status = sub.add_parser("status", help="show the devices seen on a broker")
@@ -101,9 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--listen", type=float, default=2.0, help="seconds to collect telemetry (default 2)")
     status.set_defaults(handler=_lazy("edgefleet.fleet.status:run_status"))
 
-    demo = sub.add_parser("demo", help="end-to-end demo: broker, three agents, convert, deploy v1 and v2 under load")
+    demo = sub.add_parser(
+        "demo", help="end-to-end demo: broker, three agents, convert, deploy v1 and v2 under load"
+    )
     demo.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    demo.add_argument("--workdir", type=Path, help="keep the demo's files here (default: a temporary directory)")
+    demo.add_argument(
+        "--workdir", type=Path, help="keep the demo's files here (default: a temporary directory)"
+    )
     demo.set_defaults(handler=_lazy("edgefleet.fleet.demo:run_demo"))
     return parser
 

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Host side of edgefleet: deploy bundles to devices, show fleet status, send inference requests."""

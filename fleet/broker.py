@@ -1,4 +1,6 @@
-"""A private mosquitto broker on a free loopback port, with a config file we write: used by the demo and tests."""
+"""A private mosquitto broker on a free loopback port, with a config file we write: used by the demo
+and tests.
+"""
 
 from __future__ import annotations
 
@@ -85,7 +87,9 @@ class MosquittoProcess:
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise EdgefleetError(f"mosquitto did not open port {self.port} within {timeout:.0f} s; see {self.log_path}")
+        raise EdgefleetError(
+            f"mosquitto did not open port {self.port} within {timeout:.0f} s; see {self.log_path}"
+        )
 
     def kill(self) -> None:
         """kill -9: no goodbye, no final persistence save."""

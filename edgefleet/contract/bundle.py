@@ -94,7 +94,9 @@ def _verified_manifest(archive: zipfile.ZipFile, path: Path, public_key: Ed25519
         manifest_bytes = archive.read(MANIFEST_NAME)
         record = json.loads(archive.read(SIGNATURE_NAME))
     except KeyError as exc:
-        raise BundleError(f"bundle {path}: missing {exc.args[0]}; it was not made by `edgefleet convert`") from exc
+        raise BundleError(
+            f"bundle {path}: missing {exc.args[0]}; it was not made by `edgefleet convert`"
+        ) from exc
     except (ValueError, zipfile.BadZipFile, OSError) as exc:
         raise BundleError(f"bundle {path}: unreadable manifest or signature ({exc})") from exc
     if not isinstance(record, dict):
@@ -173,4 +175,3 @@ def extract_bundle(path: Path, dest_dir: Path, public_key: Ed25519PublicKey) -> 
             shutil.rmtree(dest_dir, ignore_errors=True)
             raise
     return manifest
-

@@ -120,7 +120,9 @@ def load_profile_file(path: Path) -> DeviceProfile:
         )
         raise ProfileError(f"profile file {path}: {problems}") from exc
     if profile.name != path.stem:
-        raise ProfileError(f"profile file {path}: name '{profile.name}' must match the file name '{path.stem}'")
+        raise ProfileError(
+            f"profile file {path}: name '{profile.name}' must match the file name '{path.stem}'"
+        )
     return profile
 
 

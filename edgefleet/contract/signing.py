@@ -53,7 +53,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
-        raise EdgefleetError(f"signing key {path}: cannot load it ({exc}); create one with `edgefleet keys init`") from exc
+        raise EdgefleetError(
+            f"signing key {path}: cannot load it ({exc}); create one with `edgefleet keys init`"
+        ) from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise EdgefleetError(f"signing key {path}: not an Ed25519 private key")
     return key
@@ -83,7 +85,8 @@ def verify(public_key: Ed25519PublicKey, data: bytes, record: dict[str, str]) ->
         raise BundleError(f"signature algorithm {record.get('algorithm')!r} is not supported (want ed25519)")
     if record.get("key_id") != key_id(public_key):
         raise BundleError(
-            f"bundle was signed by key {record.get('key_id')}, but this device trusts key {key_id(public_key)}"
+            f"bundle was signed by key {record.get('key_id')}, "
+            f"but this device trusts key {key_id(public_key)}"
         )
     try:
         public_key.verify(base64.b64decode(record.get("signature", ""), validate=True), data)

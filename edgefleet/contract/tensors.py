@@ -27,7 +27,9 @@ def encode_npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def decode_tensors(payload: bytes, content_type: str | None, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+def decode_tensors(
+    payload: bytes, content_type: str | None, input_names: Sequence[str]
+) -> dict[str, np.ndarray]:
     """Decode a request body: one .npy for a single-input model, or an .npz keyed by input name."""
     try:
         if content_type == CONTENT_NPZ or (content_type is None and payload[:2] == b"PK"):
@@ -36,11 +38,14 @@ def decode_tensors(payload: bytes, content_type: str | None, input_names: Sequen
         elif content_type in (CONTENT_NPY, None):
             if len(input_names) != 1:
                 raise TensorError(
-                    f"the model has {len(input_names)} inputs {list(input_names)}; send an .npz keyed by input name"
+                    f"the model has {len(input_names)} inputs {list(input_names)}; "
+                    "send an .npz keyed by input name"
                 )
             tensors = {input_names[0]: np.load(io.BytesIO(payload), allow_pickle=False)}
         else:
-            raise TensorError(f"content type {content_type!r} is not supported; use {CONTENT_NPY} or {CONTENT_NPZ}")
+            raise TensorError(
+                f"content type {content_type!r} is not supported; use {CONTENT_NPY} or {CONTENT_NPZ}"
+            )
     except TensorError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -61,7 +66,9 @@ def decode_npz(payload: bytes) -> dict[str, np.ndarray]:
 
 
 def shape_matches(shape: Sequence[int], declared: Sequence[Dim]) -> bool:
-    return len(shape) == len(declared) and all(d is None or d == s for s, d in zip(shape, declared, strict=True))
+    return len(shape) == len(declared) and all(
+        d is None or d == s for s, d in zip(shape, declared, strict=True)
+    )
 
 
 def _fmt(shape: Sequence[Dim]) -> str:
@@ -77,7 +84,9 @@ def quantize(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 def dequantize(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     assert spec.quantization is not None
-    return ((array.astype(np.float32) - spec.quantization.zero_point) * spec.quantization.scale).astype(np.float32)
+    return ((array.astype(np.float32) - spec.quantization.zero_point) * spec.quantization.scale).astype(
+        np.float32
+    )
 
 
 def to_artifact(spec: TensorSpec, array: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -100,9 +109,7 @@ def to_artifact(spec: TensorSpec, array: np.ndarray) -> tuple[np.ndarray, bool]:
     accepted = f"{spec.dtype} {_fmt(spec.shape)}"
     if spec.dtype != "float32" or list(spec.float_shape) != list(spec.shape):
         accepted += f" or float32 {_fmt(spec.float_shape)}"
-    raise TensorError(
-        f"input '{spec.name}': expected {accepted}, got {array.dtype} {_fmt(array.shape)}"
-    )
+    raise TensorError(f"input '{spec.name}': expected {accepted}, got {array.dtype} {_fmt(array.shape)}")
 
 
 def from_artifact(spec: TensorSpec, array: np.ndarray, as_float: bool) -> np.ndarray:

@@ -11,9 +11,7 @@ _BUNDLE_ID = re.compile(r"^[0-9a-f]{64}$")
 
 def check_device_id(device_id: str) -> str:
     if not _ID.match(device_id):
-        raise ValueError(
-            f"device id {device_id!r} is not valid: use 1-64 characters from A-Z a-z 0-9 _ -"
-        )
+        raise ValueError(f"device id {device_id!r} is not valid: use 1-64 characters from A-Z a-z 0-9 _ -")
     return device_id
 
 

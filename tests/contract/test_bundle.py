@@ -35,12 +35,17 @@ def _manifest() -> BundleManifest:
         format=ArtifactFormat.ONNX,
         precision=Precision.FP32,
         artifact="model.onnx",
-        inputs=[TensorSpec(name="image", dtype="float32", shape=[None, 1, 8, 8], float_shape=[None, 1, 8, 8])],
+        inputs=[
+            TensorSpec(name="image", dtype="float32", shape=[None, 1, 8, 8], float_shape=[None, 1, 8, 8])
+        ],
         outputs=[TensorSpec(name="logits", dtype="float32", shape=[None, 10], float_shape=[None, 10])],
         files=[],
         metrics=ConversionMetrics(
-            size_bytes_fp32=1, size_bytes_artifact=1, host_latency_ms_fp32=0.1,
-            host_latency_ms_artifact=0.1, host_runtime="onnxruntime",
+            size_bytes_fp32=1,
+            size_bytes_artifact=1,
+            host_latency_ms_fp32=0.1,
+            host_latency_ms_artifact=0.1,
+            host_runtime="onnxruntime",
         ),
         converter_version="test",
         created_at=datetime.now(timezone.utc),
@@ -50,7 +55,9 @@ def _manifest() -> BundleManifest:
 @pytest.fixture
 def bundle(tmp_path: Path, keys: tuple[Path, Path], reference_dir: Path) -> Path:
     out = tmp_path / "digits.efb"
-    write_bundle(out, _manifest(), {"model.onnx": reference_dir / "digits_cnn_v1.onnx"}, load_private_key(keys[0]))
+    write_bundle(
+        out, _manifest(), {"model.onnx": reference_dir / "digits_cnn_v1.onnx"}, load_private_key(keys[0])
+    )
     return out
 
 
@@ -62,8 +69,9 @@ def _rewrite(src: Path, dst: Path, replace: dict[str, bytes]) -> None:
             zout.writestr(name, data)
 
 
-def test_signed_bundle_verifies_and_unpacks(bundle: Path, keys: tuple[Path, Path], tmp_path: Path,
-                                            reference_dir: Path) -> None:
+def test_signed_bundle_verifies_and_unpacks(
+    bundle: Path, keys: tuple[Path, Path], tmp_path: Path, reference_dir: Path
+) -> None:
     manifest = verify_bundle(bundle, load_public_key(keys[1]))
     assert manifest.file("model.onnx").sha256 == sha256_file(reference_dir / "digits_cnn_v1.onnx")
     out = tmp_path / "unpacked"
@@ -72,8 +80,9 @@ def test_signed_bundle_verifies_and_unpacks(bundle: Path, keys: tuple[Path, Path
     assert (out / MANIFEST_NAME).exists() and (out / SIGNATURE_NAME).exists()
 
 
-def test_tampered_artifact_is_rejected_and_nothing_unpacked(bundle: Path, keys: tuple[Path, Path],
-                                                           tmp_path: Path) -> None:
+def test_tampered_artifact_is_rejected_and_nothing_unpacked(
+    bundle: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
     tampered = tmp_path / "tampered.efb"
     with zipfile.ZipFile(bundle) as archive:
         model = bytearray(archive.read("model.onnx"))
@@ -97,7 +106,7 @@ def test_tampered_manifest_fails_signature(bundle: Path, keys: tuple[Path, Path]
 
 def test_untrusted_key_is_rejected(bundle: Path, tmp_path: Path) -> None:
     _, other_public = create_key_pair(tmp_path / "other")
-    with pytest.raises(BundleError, match="signed by key .* trusts key"):
+    with pytest.raises(BundleError, match=r"signed by key .* trusts key"):
         verify_bundle(bundle, load_public_key(other_public))
 
 

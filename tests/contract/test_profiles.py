@@ -52,12 +52,19 @@ def test_user_adds_a_target_by_adding_a_file(tmp_path: Path, monkeypatch: pytest
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("artifact: {format: tflite, precision: fp16, io_dtype: float32}\nruntime: {engine: litert}\n",
-         "full-INT8 only"),
-        ("artifact: {format: onnx, precision: int8, io_dtype: float32}\nruntime: {engine: litert}\n",
-         "run on engine 'onnxruntime'"),
-        ("artifact: {format: onnx, precision: int8, io_dtype: float32, colour: red}\n"
-         "runtime: {engine: onnxruntime}\n", "colour"),
+        (
+            "artifact: {format: tflite, precision: fp16, io_dtype: float32}\nruntime: {engine: litert}\n",
+            "full-INT8 only",
+        ),
+        (
+            "artifact: {format: onnx, precision: int8, io_dtype: float32}\nruntime: {engine: litert}\n",
+            "run on engine 'onnxruntime'",
+        ),
+        (
+            "artifact: {format: onnx, precision: int8, io_dtype: float32, colour: red}\n"
+            "runtime: {engine: onnxruntime}\n",
+            "colour",
+        ),
     ],
 )
 def test_invalid_profile_file_says_what_and_where(

@@ -9,8 +9,12 @@ from edgefleet.contract.messages import CONTENT_NPY, CONTENT_NPZ
 from edgefleet.contract.tensors import decode_tensors, encode_npy, encode_npz, from_artifact, to_artifact
 
 INT8_NHWC = TensorSpec(
-    name="image", dtype="int8", shape=[1, 8, 8, 1], quantization=QuantParams(scale=1 / 255, zero_point=-128),
-    float_shape=[None, 1, 8, 8], perm=[0, 2, 3, 1],
+    name="image",
+    dtype="int8",
+    shape=[1, 8, 8, 1],
+    quantization=QuantParams(scale=1 / 255, zero_point=-128),
+    float_shape=[None, 1, 8, 8],
+    perm=[0, 2, 3, 1],
 )
 
 
@@ -34,7 +38,9 @@ def test_artifact_form_passes_through_unchanged() -> None:
     [np.zeros((1, 64), np.float32), np.zeros((1, 1, 8, 8), np.float64), np.zeros((1, 8, 8, 1), np.uint8)],
 )
 def test_wrong_shape_or_dtype_names_what_is_accepted(bad: np.ndarray) -> None:
-    with pytest.raises(TensorError, match=r"input 'image': expected int8 \(1,8,8,1\) or float32 \(\?,1,8,8\)"):
+    with pytest.raises(
+        TensorError, match=r"input 'image': expected int8 \(1,8,8,1\) or float32 \(\?,1,8,8\)"
+    ):
         to_artifact(INT8_NHWC, bad)
 
 

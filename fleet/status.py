@@ -1,0 +1,180 @@
+"""`edgefleet status`: the devices on a broker (retained presence and status, plus the telemetry heard
+while listening) as a table or one JSON object. A device publishing garbage is shown as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import time
+from datetime import datetime
+
+import paho.mqtt.client as mqtt
+from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgefleet.contract import topics
+from edgefleet.contract.messages import DeviceStatus, Presence, Telemetry, utc_now
+from edgefleet.fleet.describe import describe_backend
+from edgefleet.fleet.device_messages import InvalidDeviceMessage, parse_device_message
+from edgefleet.fleet.session import BrokerSession
+
+
+class DeviceView(BaseModel):
+    device_id: str
+    online: bool | None = Field(default=None, description="None: the device never published its presence")
+    online_since: datetime | None = None
+    status: DeviceStatus | None = None
+    telemetry: Telemetry | None = Field(
+        default=None, description="the latest telemetry heard while listening"
+    )
+    invalid: dict[str, str] = Field(
+        default_factory=dict, description="topic leaf -> why its last message was not understood"
+    )
+
+    @property
+    def has_fallback(self) -> bool:
+        return bool(self.status and self.status.backend and self.status.backend.fallbacks)
+
+
+class FleetStatus(BaseModel):
+    broker: str
+    collected_at: datetime
+    listen_s: float
+    devices: list[DeviceView]
+
+    def device(self, device_id: str) -> DeviceView:
+        for view in self.devices:
+            if view.device_id == device_id:
+                return view
+        raise KeyError(device_id)
+
+
+class _FleetCollector:
+    """Folds device messages into one DeviceView per device."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, DeviceView] = {}
+
+    def feed(self, message: mqtt.MQTTMessage) -> None:
+        parsed_topic = topics.parse_device_topic(message.topic)
+        if parsed_topic is None:
+            return
+        device_id, leaf = parsed_topic
+        view = self.views.setdefault(device_id, DeviceView(device_id=device_id))
+        try:
+            parsed = parse_device_message(leaf, bytes(message.payload))
+        except InvalidDeviceMessage as exc:
+            view.invalid[leaf] = str(exc)
+            return
+        view.invalid.pop(leaf, None)
+        if leaf == "status":
+            view.status = parsed if isinstance(parsed, DeviceStatus) else None
+        elif leaf == "online":
+            view.online = parsed.online if isinstance(parsed, Presence) else None
+            view.online_since = parsed.at if isinstance(parsed, Presence) else None
+        elif leaf == "telemetry" and isinstance(parsed, Telemetry):
+            view.telemetry = parsed
+        payload_id = getattr(parsed, "device_id", device_id)
+        if payload_id != device_id:
+            view.invalid[leaf] = f"payload says device_id {payload_id!r} but was published on {message.topic}"
+
+
+def collect_fleet_status(broker_url: str, listen_s: float = 2.0) -> FleetStatus:
+    """Read every device's retained presence and status, then listen `listen_s` seconds for telemetry."""
+    collector = _FleetCollector()
+    with BrokerSession(broker_url, "status") as session:
+        session.subscribe([topics.ALL_ONLINE, topics.ALL_STATUS, topics.ALL_TELEMETRY])
+        session.sync()
+        deadline = time.monotonic() + max(0.0, listen_s)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                message = session.messages.get(timeout=max(0.0, min(remaining, 0.25)))
+            except queue.Empty:
+                if remaining <= 0:
+                    break
+                continue
+            collector.feed(message)
+        address = str(session.address)
+    devices = sorted(collector.views.values(), key=lambda view: view.device_id)
+    return FleetStatus(broker=address, collected_at=utc_now(), listen_s=listen_s, devices=devices)
+
+
+def _cell(value: str | None) -> str:
+    return "-" if value is None else escape(value)
+
+
+def render_table(fleet: FleetStatus) -> Table:
+    table = Table(title=f"edgefleet devices on {fleet.broker} (listened {fleet.listen_s:g} s)")
+    for column, justify in [
+        ("device", "left"),
+        ("online", "center"),
+        ("profile", "left"),
+        ("model", "left"),
+        ("backend", "left"),
+        ("p50/p95 ms", "right"),
+        ("RSS MB", "right"),
+        ("req/err", "right"),
+        ("notes", "left"),
+    ]:
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for view in fleet.devices:
+        status, tele = view.status, view.telemetry
+        online = {True: "[green]yes[/]", False: "[red]no[/]", None: "?"}[view.online]
+        model = backend = profile = None
+        notes: list[str] = []
+        if status is not None:
+            profile = status.profile
+            model = f"{status.model.name} v{status.model.version}" if status.model else "none"
+            backend = describe_backend(status.backend, with_fallbacks=False) if status.backend else None
+            if status.state != "serving":
+                notes.append(f"state {status.state}")
+            if status.last_error:
+                notes.append(f"last error: {escape(status.last_error)}")
+        backend_cell = _cell(backend)
+        if view.has_fallback and status is not None and status.backend is not None:
+            backend_cell += " [yellow](fallback)[/]"
+            notes.extend(f"[yellow]fallback:[/] {escape(f)}" for f in status.backend.fallbacks)
+        latency = rss = counts = None
+        if tele is not None:
+            p50, p95 = tele.latency_ms.p50, tele.latency_ms.p95
+            latency = f"{_num(p50)}/{_num(p95)}"
+            rss = f"{tele.rss_mb:.0f}"
+            counts = f"{tele.requests}/{tele.errors}"
+        notes.extend(f"[red]garbage on {leaf}:[/] {escape(reason)}" for leaf, reason in view.invalid.items())
+        table.add_row(
+            escape(view.device_id),
+            online,
+            _cell(profile),
+            _cell(model),
+            backend_cell,
+            _cell(latency),
+            _cell(rss),
+            _cell(counts),
+            "\n".join(notes),
+        )
+    return table
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """CLI entry point (edgefleet status)."""
+    fleet = collect_fleet_status(args.broker, args.listen)
+    if args.json:
+        print(fleet.model_dump_json(indent=2))
+        return 0
+    console = Console()
+    if not console.is_terminal:
+        # Piped into a file or another program: do not wrap rows at a guessed 80 columns.
+        console = Console(width=200)
+    if not fleet.devices:
+        console.print(f"no devices have reported on {fleet.broker}", highlight=False)
+        return 0
+    console.print(render_table(fleet))
+    return 0

@@ -1,0 +1,155 @@
+"""Helpers for the fleet tests: plain paho clients (not edgefleet code) and a simulated device that
+follows docs/protocol.md: it fetches the chunks itself, checks them, then reports."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from edgefleet.contract import topics
+from edgefleet.contract.messages import (
+    ActiveModel,
+    BackendInfo,
+    BundleMeta,
+    DesiredState,
+    DeviceEvent,
+    DeviceStatus,
+    Presence,
+)
+from edgefleet.fleet.broker import MosquittoProcess
+
+
+def plain_client(broker: MosquittoProcess, name: str = "test") -> mqtt.Client:
+    """A plain paho MQTT 5 client, connected, with its network thread running."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"{name}-{uuid.uuid4().hex[:8]}",
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    connected = threading.Event()
+    client.on_connect = lambda *args: connected.set()
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    assert connected.wait(5), "test client could not connect"
+    return client
+
+
+def publish_wait(client: mqtt.Client, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:
+    info = client.publish(topic, payload, qos=qos, retain=retain)
+    info.wait_for_publish(5)
+
+
+def collect_retained(
+    broker: MosquittoProcess, topic_filters: list[str], settle_s: float = 0.5
+) -> dict[str, Any]:
+    """topic -> MQTTMessage of everything retained under the filters (a fresh subscriber's view)."""
+    got: dict[str, Any] = {}
+    last = [time.monotonic()]
+    client = plain_client(broker, "collector")
+
+    def on_message(client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        got[message.topic] = message
+        last[0] = time.monotonic()
+
+    client.on_message = on_message
+    client.subscribe([(f, 1) for f in topic_filters])
+    while time.monotonic() - last[0] < settle_s:
+        time.sleep(0.05)
+    client.disconnect()
+    client.loop_stop()
+    return got
+
+
+def device_status(
+    device_id: str, profile: str, model: ActiveModel | None = None, **extra: Any
+) -> DeviceStatus:
+    backend = None
+    if model is not None:
+        backend = BackendInfo(
+            engine="onnxruntime", engine_version="1.31.1", providers=["CPUExecutionProvider"], threads=2
+        )
+    return DeviceStatus(
+        device_id=device_id,
+        profile=profile,
+        agent_version="0.1.0",
+        state="serving" if model else "idle",
+        model=model,
+        backend=extra.pop("backend", backend),
+        **extra,
+    )
+
+
+class SimulatedDevice:
+    """A device made of a plain paho client that answers per docs/protocol.md: on a desired state it
+    fetches the meta and the chunks, checks every hash, reports progress, then either reports the bundle
+    active (status.model.bundle_id) or publishes a `rejected` event."""
+
+    def __init__(
+        self, broker: MosquittoProcess, device_id: str, profile: str, reject: str | None = None
+    ) -> None:
+        self.device_id = device_id
+        self.profile = profile
+        self.reject = reject
+        self.client = plain_client(broker, device_id)
+        self.client.on_message = self._on_message
+        self.desired: DesiredState | None = None
+        self.meta: BundleMeta | None = None
+        self.chunks: dict[int, bytes] = {}
+        self.done = threading.Event()
+        publish_wait(self.client, topics.online(device_id), Presence(online=True).to_bytes(), retain=True)
+        publish_wait(
+            self.client, topics.status(device_id), device_status(device_id, profile).to_bytes(), retain=True
+        )
+        self.client.subscribe(topics.desired(device_id), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        assert self.desired is not None
+        event = DeviceEvent(
+            kind=kind, deployment_id=self.desired.deployment_id, version=self.desired.version, **fields
+        )  # type: ignore[arg-type]
+        self.client.publish(topics.events(self.device_id), event.to_bytes(), qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == topics.desired(self.device_id):
+            self.desired = DesiredState.model_validate_json(message.payload)
+            client.subscribe(topics.bundle_meta(self.desired.bundle_id), qos=1)
+        elif self.desired and message.topic == topics.bundle_meta(self.desired.bundle_id):
+            self.meta = BundleMeta.model_validate_json(message.payload)
+            self._event("delivery_started", chunks_received=0, chunks_total=len(self.meta.chunk_sha256))
+            client.subscribe(topics.bundle_chunks(self.desired.bundle_id), qos=1)
+        elif self.meta is not None and (index := topics.parse_chunk_index(message.topic)) is not None:
+            data = bytes(message.payload)
+            if hashlib.sha256(data).hexdigest() == self.meta.chunk_sha256[index]:
+                self.chunks[index] = data
+            total = len(self.meta.chunk_sha256)
+            self._event("delivery_progress", chunks_received=len(self.chunks), chunks_total=total)
+            if len(self.chunks) == total:
+                self._finish()
+
+    def _finish(self) -> None:
+        assert self.desired is not None and self.meta is not None
+        whole = b"".join(self.chunks[i] for i in range(len(self.chunks)))
+        assert hashlib.sha256(whole).hexdigest() == self.desired.bundle_id
+        if self.reject:
+            self._event("rejected", detail=self.reject)
+        else:
+            model = ActiveModel(
+                name=self.desired.name,
+                version=self.desired.version,
+                bundle_id=self.desired.bundle_id,
+                format="onnx",
+                precision="fp32",
+            )
+            status = device_status(self.device_id, self.profile, model, swaps=1)
+            self.client.publish(topics.status(self.device_id), status.to_bytes(), qos=1, retain=True)
+        self.done.set()
