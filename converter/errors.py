@@ -1,0 +1,25 @@
+"""Errors the converter raises; each message says what was wrong, where, and what to do."""
+
+from __future__ import annotations
+
+from edgefleet.contract.errors import EdgefleetError
+
+
+class ConversionError(EdgefleetError):
+    """A conversion could not be done (base class of the converter's errors)."""
+
+
+class ModelError(ConversionError):
+    """The source model is missing, unreadable or not a float32 ONNX model."""
+
+
+class InputDataError(ConversionError):
+    """Calibration or evaluation data does not fit the model."""
+
+
+class UnsupportedModelError(ConversionError):
+    """The model uses something the chosen converter cannot translate (an op, attribute or layout)."""
+
+
+class UnsupportedTargetError(ConversionError):
+    """The profile asks for an artifact this converter does not produce."""
