@@ -1,0 +1,110 @@
+"""Reassembling a bundle file from its retained chunks: per-chunk sha256, writes at each chunk's offset
+into a part file, resume from a part file left by an earlier run, and the whole-file check at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from edgefleet.contract.errors import BundleError
+from edgefleet.contract.messages import BundleMeta
+
+MAX_BUNDLE_BYTES = 2 * 1024**3
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def check_meta(meta: BundleMeta, bundle_id: str) -> None:
+    """Raise BundleError when a BundleMeta cannot describe the bundle `bundle_id`."""
+    if meta.bundle_id != bundle_id:
+        raise BundleError(f"bundle meta names bundle {meta.bundle_id[:12]}, expected {bundle_id[:12]}")
+    if meta.size > MAX_BUNDLE_BYTES:
+        raise BundleError(
+            f"bundle {bundle_id[:12]} is {meta.size} bytes, more than the {MAX_BUNDLE_BYTES} allowed"
+        )
+    expected = -(-meta.size // meta.chunk_size)
+    if len(meta.chunk_sha256) != expected:
+        raise BundleError(
+            f"bundle meta lists {len(meta.chunk_sha256)} chunk hashes; {meta.size} bytes in chunks of "
+            f"{meta.chunk_size} make {expected}"
+        )
+    if any(len(h) != 64 or not set(h) <= _HEX64 for h in meta.chunk_sha256):
+        raise BundleError("bundle meta: a chunk_sha256 entry is not a lowercase sha256 hex digest")
+
+
+class ChunkAssembler:
+    """Collects the chunks of one bundle into `part_path`; chunks may arrive in any order, more than once."""
+
+    def __init__(self, meta: BundleMeta, part_path: Path) -> None:
+        self.meta = meta
+        self.part_path = part_path
+        self.total = len(meta.chunk_sha256)
+        self.received: set[int] = set()
+        part_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(part_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd: int | None = fd
+        if os.fstat(fd).st_size != meta.size:
+            os.ftruncate(fd, meta.size)
+        self.resumed = self._scan_existing()
+
+    def _chunk_range(self, index: int) -> tuple[int, int]:
+        start = index * self.meta.chunk_size
+        return start, min(start + self.meta.chunk_size, self.meta.size)
+
+    def _scan_existing(self) -> int:
+        """Chunks already in the part file from an earlier run count as received (their hashes match)."""
+        assert self._fd is not None
+        for index in range(self.total):
+            start, end = self._chunk_range(index)
+            data = os.pread(self._fd, end - start, start)
+            if hashlib.sha256(data).hexdigest() == self.meta.chunk_sha256[index]:
+                self.received.add(index)
+        return len(self.received)
+
+    def accept(self, index: int, data: bytes) -> str | None:
+        """Store chunk `index`; returns None when it was good, else why it was dropped."""
+        if self._fd is None:
+            return "delivery is closed"
+        if not 0 <= index < self.total:
+            return f"chunk {index} is out of range (the bundle has {self.total} chunks)"
+        if index in self.received:
+            return None
+        start, end = self._chunk_range(index)
+        if len(data) != end - start:
+            return f"chunk {index} has {len(data)} bytes, expected {end - start}"
+        if hashlib.sha256(data).hexdigest() != self.meta.chunk_sha256[index]:
+            return f"chunk {index} does not match its sha256 in the bundle meta"
+        os.pwrite(self._fd, data, start)
+        self.received.add(index)
+        return None
+
+    @property
+    def complete(self) -> bool:
+        return len(self.received) == self.total
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.total) if i not in self.received]
+
+    def finish(self) -> Path:
+        """fsync and check the whole file against the bundle id; returns the part file's path."""
+        if not self.complete:
+            raise BundleError(f"bundle {self.meta.bundle_id[:12]}: chunks {self.missing()[:10]} are missing")
+        assert self._fd is not None
+        os.fsync(self._fd)
+        self.close()
+        digest = hashlib.sha256()
+        with self.part_path.open("rb") as handle:
+            while block := handle.read(1024 * 1024):
+                digest.update(block)
+        if digest.hexdigest() != self.meta.bundle_id:
+            raise BundleError(
+                f"bundle {self.meta.bundle_id[:12]}: every chunk matched the meta but the file does not hash "
+                "to the bundle id; the bundle meta is wrong - redeploy the bundle"
+            )
+        return self.part_path
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,357 @@
+"""Test helpers for the agent: bundles of the reference ONNX model (no converter), the host side of the
+deploy protocol done minimally with a plain paho client, an observer client, and a real agent process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import yaml
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edgefleet.contract import topics
+from edgefleet.contract.bundle import write_bundle
+from edgefleet.contract.manifest import BundleManifest, ConversionMetrics, TensorSpec
+from edgefleet.contract.messages import CONTENT_NPY, BundleMeta, DesiredState
+from edgefleet.contract.signing import load_private_key
+from edgefleet.contract.tensors import encode_npy
+from edgefleet.fleet.broker import MosquittoProcess
+from edgefleet.mqtt import BrokerAddress, connect, new_client, publish_properties
+
+DEVICE = "dev-1"
+TEST_PROFILE = "test-onnx"
+OTHER_PROFILE = "other-onnx"
+PROFILE_YAML = """\
+name: {name}
+description: test profile, fp32 ONNX on the CPU
+artifact: {{format: onnx, precision: fp32, io_dtype: float32}}
+runtime: {{engine: onnxruntime, threads: 1, providers: [{providers}]}}
+memory_budget_mb: 256
+latency_budget_ms: 50
+"""
+
+
+def write_profiles(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{TEST_PROFILE}.yaml").write_text(
+        PROFILE_YAML.format(name=TEST_PROFILE, providers="CPUExecutionProvider")
+    )
+    (directory / f"{OTHER_PROFILE}.yaml").write_text(
+        PROFILE_YAML.format(name=OTHER_PROFILE, providers="CUDAExecutionProvider, CPUExecutionProvider")
+    )
+    return directory
+
+
+def make_bundle(
+    out: Path, model: Path, private_key: Path, version: str, profile: str = TEST_PROFILE, name: str = "digits"
+) -> Path:
+    """Pack an fp32 ONNX model as a signed bundle (format onnx, float I/O, no quantization, no perm)."""
+    size = model.stat().st_size
+    manifest = BundleManifest(
+        name=name,
+        version=version,
+        profile=profile,
+        format="onnx",
+        precision="fp32",
+        artifact="model.onnx",
+        inputs=[
+            TensorSpec(name="image", dtype="float32", shape=[None, 1, 8, 8], float_shape=[None, 1, 8, 8])
+        ],
+        outputs=[TensorSpec(name="logits", dtype="float32", shape=[None, 10], float_shape=[None, 10])],
+        files=[],
+        metrics=ConversionMetrics(
+            size_bytes_fp32=size,
+            size_bytes_artifact=size,
+            host_latency_ms_fp32=0.1,
+            host_latency_ms_artifact=0.1,
+            host_runtime="none (test bundle)",
+        ),
+        converter_version="test",
+        created_at=datetime.now(timezone.utc),
+    )
+    write_bundle(out, manifest, {"model.onnx": model}, load_private_key(private_key))
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _connected_client(url: str, name: str) -> mqtt.Client:
+    client = new_client(f"{name}-{uuid.uuid4().hex[:8]}")
+    ready = threading.Event()
+    client.on_connect = lambda *a: ready.set()
+    connect(client, BrokerAddress.parse(url))
+    client.loop_start()
+    assert ready.wait(5), "test client could not connect"
+    return client
+
+
+def publish_bundle(
+    url: str,
+    device_id: str,
+    bundle: Path,
+    deployment_id: str,
+    *,
+    chunk_size: int = 32 * 1024,
+    corrupt_chunk: int | None = None,
+    desired_profile: str | None = None,
+    version: str = "?",
+) -> str:
+    """The host side of docs/protocol.md: retained chunks, then retained meta, then retained desired."""
+    data = bundle.read_bytes()
+    bundle_id = hashlib.sha256(data).hexdigest()
+    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+    client = _connected_client(url, "test-deployer")
+    try:
+        infos = []
+        for index, chunk in enumerate(chunks):
+            payload = bytes(b ^ 0xFF for b in chunk[:16]) + chunk[16:] if index == corrupt_chunk else chunk
+            infos.append(client.publish(topics.bundle_chunk(bundle_id, index), payload, qos=1, retain=True))
+        meta = BundleMeta(
+            bundle_id=bundle_id,
+            size=len(data),
+            chunk_size=chunk_size,
+            chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
+            name="digits",
+            version=version,
+            profile=desired_profile or TEST_PROFILE,
+        )
+        infos.append(client.publish(topics.bundle_meta(bundle_id), meta.to_bytes(), qos=1, retain=True))
+        desired = DesiredState(
+            deployment_id=deployment_id,
+            bundle_id=bundle_id,
+            name="digits",
+            version=version,
+            profile=desired_profile or TEST_PROFILE,
+        )
+        infos.append(client.publish(topics.desired(device_id), desired.to_bytes(), qos=1, retain=True))
+        for info in infos:
+            info.wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return bundle_id
+
+
+def publish_raw(url: str, topic: str, payload: bytes, retain: bool = False) -> None:
+    client = _connected_client(url, "test-raw")
+    try:
+        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@dataclass
+class Reply:
+    status: str
+    model_version: str
+    content_type: str | None
+    correlation: bytes | None
+    payload: bytes
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        import io
+
+        with np.load(io.BytesIO(self.payload), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+
+    def error(self) -> str:
+        return str(json.loads(self.payload)["error"])
+
+
+@dataclass
+class Observer:
+    """A host-side client that records everything the device publishes and sends inference requests."""
+
+    url: str
+    device_id: str
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    replies: dict[bytes, Reply] = field(default_factory=dict)
+    lock: threading.Condition = field(default_factory=threading.Condition)
+
+    def __post_init__(self) -> None:
+        self.client_id = f"obs{uuid.uuid4().hex[:8]}"
+        self.reply_topic = topics.replies(self.client_id)
+        self.client = new_client(self.client_id)
+        ready = threading.Event()
+
+        def on_connect(*_: Any) -> None:
+            device = f"{topics.PREFIX}/devices/{self.device_id}"
+            for leaf in ("status", "online", "telemetry", "events"):
+                self.client.subscribe(f"{device}/{leaf}", options=SubscribeOptions(qos=1))
+            self.client.subscribe(self.reply_topic, options=SubscribeOptions(qos=1))
+            ready.set()
+
+        self.client.on_connect = on_connect
+        self.client.on_message = self._on_message
+        connect(self.client, BrokerAddress.parse(self.url))
+        self.client.loop_start()
+        assert ready.wait(5)
+        time.sleep(0.2)  # let the SUBACKs arrive
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            if msg.topic == self.reply_topic:
+                props = msg.properties
+                user = dict(getattr(props, "UserProperty", []) or [])
+                correlation = getattr(props, "CorrelationData", None)
+                self.replies[correlation or b""] = Reply(
+                    status=user.get("status", ""),
+                    model_version=user.get("model_version", ""),
+                    content_type=getattr(props, "ContentType", None),
+                    correlation=correlation,
+                    payload=bytes(msg.payload),
+                )
+            else:
+                self.messages.append((msg.topic, bytes(msg.payload)))
+            self.lock.notify_all()
+
+    def of(self, leaf: str) -> list[dict[str, Any]]:
+        topic = f"{topics.PREFIX}/devices/{self.device_id}/{leaf}"
+        with self.lock:
+            return [json.loads(p) for t, p in self.messages if t == topic and p]
+
+    def wait_for(
+        self, leaf: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while True:
+                for message in self.of(leaf):
+                    if predicate(message):
+                        return message
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"no {leaf} message matched within {timeout} s; got {self.of(leaf)[-5:]}"
+                    )
+                self.lock.wait(remaining)
+
+    def wait_active(self, version: str, timeout: float = 20) -> dict[str, Any]:
+        return self.wait_for(
+            "status", lambda s: s.get("model") is not None and s["model"]["version"] == version, timeout
+        )
+
+    def request(
+        self,
+        payload: bytes,
+        content_type: str | None = CONTENT_NPY,
+        *,
+        response_topic: bool = True,
+        timeout: float = 10,
+    ) -> Reply | None:
+        correlation = uuid.uuid4().bytes
+        fields: dict[str, Any] = {"CorrelationData": correlation}
+        if response_topic:
+            fields["ResponseTopic"] = self.reply_topic
+        if content_type:
+            fields["ContentType"] = content_type
+        self.client.publish(
+            topics.infer(self.device_id), payload, qos=1, properties=publish_properties(**fields)
+        )
+        if not response_topic:
+            return None
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while correlation not in self.replies:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError("no inference reply within timeout")
+                self.lock.wait(remaining)
+            return self.replies.pop(correlation)
+
+    def infer(self, array: np.ndarray) -> Reply:
+        reply = self.request(encode_npy(array))
+        assert reply is not None
+        return reply
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class AgentProcess:
+    """`python -m edgefleet.cli agent --config ...` as a real child process, logs to a file."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], profiles_dir: Path) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "agent.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "agent.log"
+        self.env = {**os.environ, "EDGEFLEET_PROFILES_PATH": str(profiles_dir), "PYTHONUNBUFFERED": "1"}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edgefleet.cli", "agent", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+        )
+        log.close()
+        return self
+
+    def wait(self, timeout: float = 15) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass(frozen=True)
+class Keys:
+    private: Path
+    public: Path
+
+
+def agent_config(workdir: Path, broker_url: str, keys: Keys, **extra: object) -> dict[str, object]:
+    return {
+        "device_id": DEVICE,
+        "profile": TEST_PROFILE,
+        "broker": broker_url,
+        "state_dir": str(workdir / "state"),
+        "trusted_key": str(keys.public),
+        "telemetry_interval_s": 0.5,
+        **extra,
+    }
+
+
+@dataclass
+class RunningAgent:
+    process: AgentProcess
+    observer: Observer
+    broker: MosquittoProcess
