@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -266,40 +267,40 @@ def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
 
 def render(result: DemoResult) -> Table:
     table = Table(title=f"edgefleet demo: {result.held_out_samples} held-out digits, {result.duration_s} s")
-    for column in (
+    columns = (
         "device",
         "profile",
         "artifact",
         "backend used",
         "top-1 v1",
         "top-1 v2",
-        "p50 ms",
-        "p95 ms",
+        "p50/p95 ms",
         "RSS MB",
         "swaps",
         "requests",
         "failed",
-    ):
-        table.add_column(column)
+    )
+    for column in columns:
+        table.add_column(column, overflow="fold")
     for row in result.devices:
-        backend = row.backend + (
-            "\n[yellow]fallback: " + "; ".join(row.fallbacks) + "[/]" if row.fallbacks else ""
-        )
         table.add_row(
             row.device_id,
             row.profile,
             row.artifact,
-            backend,
+            row.backend + (" [yellow](fallback*)[/]" if row.fallbacks else ""),
             _fmt(row.accuracy_v1, 1, "%"),
             _fmt(row.accuracy_v2, 1, "%"),
-            _fmt(row.p50_ms, 3),
-            _fmt(row.p95_ms, 3),
+            f"{_fmt(row.p50_ms, 2)} / {_fmt(row.p95_ms, 2)}",
             _fmt(row.rss_mb, 0),
             str(row.swaps),
             str(row.requests),
             str(row.failed_requests),
         )
     return table
+
+
+def render_fallbacks(result: DemoResult) -> list[str]:
+    return [f"* {row.device_id}: {fallback}" for row in result.devices for fallback in row.fallbacks]
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -313,7 +314,10 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
     else:
-        Console().print(render(result))
+        out = Console(width=None if sys.stdout.isatty() else 160)
+        out.print(render(result))
+        for line in render_fallbacks(result):
+            out.print(line, highlight=False, markup=False)
         for problem in result.problems:
             console.print(f"[red]problem:[/] {problem}")
     if not result.ok:
