@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgefleet.contract.errors import EdgefleetError
 from edgefleet.contract.topics import check_device_id
+from edgefleet.contract.yaml_files import load_yaml_model
 from edgefleet.mqtt import BrokerAddress, BrokerError
 
 
@@ -56,19 +56,7 @@ class AgentConfig(BaseModel):
 
 
 def load_config(path: Path) -> AgentConfig:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"agent config {path}: cannot read it ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"agent config {path}: expected a mapping at the top level")
-    try:
-        config = AgentConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"agent config {path}: {problems}") from exc
+    config = load_yaml_model(path, AgentConfig, "agent config", ConfigError)
     base = path.resolve().parent
     return config.model_copy(
         update={"state_dir": base / config.state_dir, "trusted_key": base / config.trusted_key}

@@ -21,8 +21,12 @@ class MosquittoMissing(EdgefleetError):
     pass
 
 
+# Debian installs the broker in sbin, which is often not on a normal user's PATH.
+SEARCH_PATHS: tuple[str, ...] = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
 def find_mosquitto() -> str:
-    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+    for candidate in (shutil.which("mosquitto"), *SEARCH_PATHS):
         if candidate and Path(candidate).is_file():
             return candidate
     raise MosquittoMissing(f"the mosquitto broker is not installed; {INSTALL_HINT}")

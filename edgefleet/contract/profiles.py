@@ -12,10 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgefleet.contract.errors import ProfileError
+from edgefleet.contract.yaml_files import load_yaml_model
 
 PROFILES_PATH_ENV = "EDGEFLEET_PROFILES_PATH"
 
@@ -106,19 +106,7 @@ def profile_dirs() -> list[Path]:
 
 
 def load_profile_file(path: Path) -> DeviceProfile:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ProfileError(f"profile file {path}: cannot read it ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ProfileError(f"profile file {path}: expected a mapping at the top level")
-    try:
-        profile = DeviceProfile.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ProfileError(f"profile file {path}: {problems}") from exc
+    profile = load_yaml_model(path, DeviceProfile, "profile file", ProfileError)
     if profile.name != path.stem:
         raise ProfileError(
             f"profile file {path}: name '{profile.name}' must match the file name '{path.stem}'"

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from support_bundles import make_fp32_bundle
 
 from edgefleet.contract import topics
-from edgefleet.contract.bundle import write_bundle
-from edgefleet.contract.manifest import BundleManifest, ConversionMetrics, TensorSpec
 from edgefleet.contract.messages import CONTENT_NPY, BundleMeta, DesiredState
-from edgefleet.contract.signing import load_private_key
 from edgefleet.contract.tensors import encode_npy
 from edgefleet.fleet.broker import MosquittoProcess
 from edgefleet.mqtt import BrokerAddress, connect, new_client, publish_properties
@@ -61,31 +58,7 @@ def make_bundle(
     out: Path, model: Path, private_key: Path, version: str, profile: str = TEST_PROFILE, name: str = "digits"
 ) -> Path:
     """Pack an fp32 ONNX model as a signed bundle (format onnx, float I/O, no quantization, no perm)."""
-    size = model.stat().st_size
-    manifest = BundleManifest(
-        name=name,
-        version=version,
-        profile=profile,
-        format="onnx",
-        precision="fp32",
-        artifact="model.onnx",
-        inputs=[
-            TensorSpec(name="image", dtype="float32", shape=[None, 1, 8, 8], float_shape=[None, 1, 8, 8])
-        ],
-        outputs=[TensorSpec(name="logits", dtype="float32", shape=[None, 10], float_shape=[None, 10])],
-        files=[],
-        metrics=ConversionMetrics(
-            size_bytes_fp32=size,
-            size_bytes_artifact=size,
-            host_latency_ms_fp32=0.1,
-            host_latency_ms_artifact=0.1,
-            host_runtime="none (test bundle)",
-        ),
-        converter_version="test",
-        created_at=datetime.now(timezone.utc),
-    )
-    write_bundle(out, manifest, {"model.onnx": model}, load_private_key(private_key))
-    return out
+    return make_fp32_bundle(out, model, private_key, version=version, profile=profile, name=name)
 
 
 def file_sha256(path: Path) -> str:

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import json
 import zipfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from support_bundles import make_fp32_bundle
 
 from edgefleet.contract.bundle import (
     MANIFEST_NAME,
@@ -14,12 +14,9 @@ from edgefleet.contract.bundle import (
     read_manifest_unverified,
     sha256_file,
     verify_bundle,
-    write_bundle,
 )
 from edgefleet.contract.errors import BundleError
-from edgefleet.contract.manifest import BundleManifest, ConversionMetrics, TensorSpec
-from edgefleet.contract.profiles import ArtifactFormat, Precision
-from edgefleet.contract.signing import create_key_pair, load_private_key, load_public_key
+from edgefleet.contract.signing import create_key_pair, load_public_key
 
 
 @pytest.fixture
@@ -27,37 +24,10 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
     return create_key_pair(tmp_path / "keys")
 
 
-def _manifest() -> BundleManifest:
-    return BundleManifest(
-        name="digits",
-        version="1",
-        profile="rpi4",
-        format=ArtifactFormat.ONNX,
-        precision=Precision.FP32,
-        artifact="model.onnx",
-        inputs=[
-            TensorSpec(name="image", dtype="float32", shape=[None, 1, 8, 8], float_shape=[None, 1, 8, 8])
-        ],
-        outputs=[TensorSpec(name="logits", dtype="float32", shape=[None, 10], float_shape=[None, 10])],
-        files=[],
-        metrics=ConversionMetrics(
-            size_bytes_fp32=1,
-            size_bytes_artifact=1,
-            host_latency_ms_fp32=0.1,
-            host_latency_ms_artifact=0.1,
-            host_runtime="onnxruntime",
-        ),
-        converter_version="test",
-        created_at=datetime.now(timezone.utc),
-    )
-
-
 @pytest.fixture
 def bundle(tmp_path: Path, keys: tuple[Path, Path], reference_dir: Path) -> Path:
     out = tmp_path / "digits.efb"
-    write_bundle(
-        out, _manifest(), {"model.onnx": reference_dir / "digits_cnn_v1.onnx"}, load_private_key(keys[0])
-    )
+    make_fp32_bundle(out, reference_dir / "digits_cnn_v1.onnx", keys[0], version="1", profile="rpi4")
     return out
 
 
