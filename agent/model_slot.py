@@ -62,7 +62,9 @@ class LoadedModel:
                 f"the bundle holds a {manifest.format.value} artifact; profile '{profile.name}' runs "
                 f"{profile.artifact.format.value}"
             )
-        backend = open_backend(manifest.format, bundle_dir / manifest.artifact, profile.runtime)
+        backend = open_backend(
+            manifest.format, bundle_dir / manifest.artifact, profile.runtime, manifest.precision
+        )
         try:
             return cls(bundle_id, manifest, backend)
         except BaseException:

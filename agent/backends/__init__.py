@@ -5,17 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgefleet.agent.backends.base import Backend, BackendError, TensorInfo
-from edgefleet.contract.profiles import ArtifactFormat, Engine, RuntimeSpec
+from edgefleet.contract.profiles import ArtifactFormat, Engine, Precision, RuntimeSpec
 
 __all__ = ["Backend", "BackendError", "TensorInfo", "open_backend"]
 
 
-def open_backend(artifact_format: ArtifactFormat, model_path: Path, runtime: RuntimeSpec) -> Backend:
+def open_backend(
+    artifact_format: ArtifactFormat,
+    model_path: Path,
+    runtime: RuntimeSpec,
+    precision: Precision = Precision.FP32,
+) -> Backend:
     """Load `model_path` with the runtime the artifact format and the profile's engine call for."""
     if artifact_format is ArtifactFormat.ONNX and runtime.engine is Engine.ONNXRUNTIME:
         from edgefleet.agent.backends.ort import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(model_path, runtime)
+        return OnnxRuntimeBackend(model_path, runtime, precision)
     if artifact_format is ArtifactFormat.TFLITE and runtime.engine is Engine.LITERT:
         from edgefleet.agent.backends.litert import LiteRtBackend
 

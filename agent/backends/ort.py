@@ -9,7 +9,7 @@ import numpy as np
 
 from edgefleet.agent.backends.base import BackendError, TensorInfo
 from edgefleet.contract.messages import BackendInfo
-from edgefleet.contract.profiles import RuntimeSpec
+from edgefleet.contract.profiles import Precision, RuntimeSpec
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -31,7 +31,7 @@ def _info(arg: object) -> TensorInfo:
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, model_path: Path, runtime: RuntimeSpec) -> None:
+    def __init__(self, model_path: Path, runtime: RuntimeSpec, precision: Precision = Precision.FP32) -> None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -50,6 +50,12 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = runtime.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if precision is Precision.INT8 and providers == [CPU] and wanted != [CPU]:
+            # A QDQ model made for TensorRT, falling back to the CPU: onnxruntime's fused int8 CPU kernels
+            # saturate on x86 CPUs without VNNI and lose accuracy TensorRT would not; unfused Q/DQ gives
+            # exact int8 results at some speed cost, which is the right trade for a fallback path.
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
+            fallbacks.append("int8 QDQ model run on the CPU with QDQ fusion off (exact int8 results, slower)")
         try:
             self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad models
