@@ -4,23 +4,28 @@ and runs until SIGTERM/SIGINT (stop taking requests, finish the queued ones, say
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from edgefleet.agent.config import AgentConfig
-from edgefleet.agent.deployment import Deployer
+from edgefleet.agent.deployment import Deployer, DeploymentSettings
 from edgefleet.agent.dispatch import Worker
+from edgefleet.agent.http_api import HttpApi
 from edgefleet.agent.inference import InferenceService
 from edgefleet.agent.log import EventLog
 from edgefleet.agent.model_slot import ModelSlot
+from edgefleet.agent.prometheus import render as render_metrics
+from edgefleet.agent.sdnotify import SystemdNotifier
 from edgefleet.agent.session import Envelope, MqttSession
 from edgefleet.agent.status import StatusReporter
 from edgefleet.agent.store import BundleStore
-from edgefleet.agent.telemetry import CpuSampler, RequestMetrics, rss_mb
+from edgefleet.agent.telemetry import RequestMetrics, TelemetryCollector
 from edgefleet.contract import topics
-from edgefleet.contract.messages import Presence, Telemetry
+from edgefleet.contract.messages import Presence
 from edgefleet.contract.profiles import load_profile
 from edgefleet.contract.signing import load_public_key
 from edgefleet.mqtt import BrokerError, publish_properties
@@ -47,9 +52,32 @@ class Agent:
             session_expiry_s=config.session_expiry_s,
             will=(topics.online(device), Presence(online=False).to_bytes()),
         )
-        self.reporter = StatusReporter(device, self.profile.name, self.slot, self._publish)
-        self.deployer = Deployer(self.store, self.slot, self.reporter, self.session, self.profile)
-        self.inference = InferenceService(self.slot, self.metrics, self._publish)
+        self.reporter = StatusReporter(device, self.profile.name, self.slot, self._publish, config.tags)
+        self.deployer = Deployer(
+            self.store,
+            self.slot,
+            self.reporter,
+            self.session,
+            self.profile,
+            DeploymentSettings.from_config(config),
+        )
+        self.inference = InferenceService(
+            self.slot, self.metrics, self._publish, max_request_bytes=config.max_request_bytes
+        )
+        self.telemetry = TelemetryCollector(device, config.telemetry_interval_s, self.metrics, self.slot)
+        self.http = (
+            HttpApi(
+                config.http_host,
+                config.http_port,
+                service=self.inference,
+                metrics_text=self._metrics_text,
+                max_request_bytes=config.max_request_bytes,
+                max_inflight=config.max_queued_requests,
+            )
+            if config.http_port is not None
+            else None
+        )
+        self.systemd = SystemdNotifier.from_env()
         self.control: Worker[Envelope] = Worker("control", self.deployer.handle, on_idle=self.deployer.tick)
         self.requests: Worker[Envelope] = Worker(
             "infer",
@@ -74,30 +102,48 @@ class Agent:
         # network thread: only enqueue (or answer at once when we cannot take the request)
         if self._closing:
             self.inference.reply_shutting_down(envelope)
+        elif self.inference.reject_oversized(envelope):
+            return
         elif not self.requests.submit(envelope):
             self.inference.reply_busy(envelope)
 
     def _on_connected(self) -> None:
         self._publish(topics.online(self.config.device_id), Presence(online=True).to_bytes(), 1, True)
         self.reporter.publish()
+        # the deployer re-asks for what a delivery lacks (a restarted broker may have lost it)
+        self.control.submit(Envelope("connected", "", b"", None, False))
 
     def request_stop(self, signum: int = 0, frame: object = None) -> None:
         self._stop.set()
 
-    def _publish_telemetry(self, cpu: CpuSampler) -> None:
-        requests, errors, latency = self.metrics.snapshot()
-        model = self.slot.current
-        telemetry = Telemetry(
-            device_id=self.config.device_id,
-            interval_s=self.config.telemetry_interval_s,
-            model_version=model.version if model else None,
-            requests=requests,
-            errors=errors,
-            latency_ms=latency,
-            rss_mb=rss_mb(),
-            cpu_percent=cpu.sample(),
-            swaps=self.slot.swaps,
+    def _metrics_text(self) -> str:
+        ready = self.slot.current is not None and not self._closing
+        return render_metrics(
+            self.telemetry.current(), self.metrics.totals(), profile=self.profile.name, ready=ready
         )
+
+    def _start_http(self) -> None:
+        """The HTTP API is an extra: when it cannot listen, say so loudly and keep serving over MQTT."""
+        if self.http is None:
+            return
+        try:
+            self.http.start()
+        except OSError as exc:
+            where = f"http_host/http_port in {self.config_path}" if self.config_path else "http_port"
+            message = (
+                f"the HTTP API cannot listen on {self.config.http_host}:{self.config.http_port} "
+                f"({exc.strerror or exc}); MQTT inference keeps working; change {where}"
+            )
+            log.error("http_unavailable", error=message)
+            self.reporter.event("error", message)
+            self.http = None
+
+    def _healthy(self) -> bool:
+        """What the systemd watchdog ping vouches for besides this loop running."""
+        return self.http is None or self.http.alive()
+
+    def _publish_telemetry(self) -> None:
+        telemetry = self.telemetry.sample()
         self._publish(
             topics.telemetry(self.config.device_id),
             telemetry.to_bytes(),
@@ -135,17 +181,29 @@ class Agent:
             self.slot.clear()
             return 1
         self.deployer.announce_fallbacks()
-        cpu = CpuSampler()
-        while not self._stop.wait(self.config.telemetry_interval_s):
-            try:
-                self._publish_telemetry(cpu)
-            except Exception as exc:
-                log.exception("telemetry_failed", exc)
+        self._start_http()
+        model = self.slot.current
+        self.systemd.ready(f"serving {model.manifest.name} v{model.version}" if model else "no model yet")
+        interval = self.config.telemetry_interval_s
+        ping_every = self.systemd.watchdog_s or math.inf
+        next_telemetry = time.monotonic() + interval
+        while not self._stop.wait(max(0.0, min(ping_every, next_telemetry - time.monotonic()))):
+            if self._healthy():
+                self.systemd.watchdog()
+            if time.monotonic() >= next_telemetry:
+                next_telemetry = max(next_telemetry + interval, time.monotonic())
+                try:
+                    self._publish_telemetry()
+                except Exception as exc:
+                    log.exception("telemetry_failed", exc)
         return self._shutdown()
 
     def _shutdown(self) -> int:
         log.info("stopping")
+        self.systemd.stopping("finishing in-flight requests")
         self._closing = True
+        if self.http is not None:
+            self.http.close()  # refuses new requests, lets those in flight finish
         self.session.unsubscribe(topics.infer(self.config.device_id))
         self.requests.stop()  # answers what was already queued
         self.control.stop()

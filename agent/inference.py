@@ -1,11 +1,16 @@
-"""Inference requests over MQTT 5 request/response: decode the tensors, convert them to the artifact's
-form, run the pinned model, and reply on the ResponseTopic with the CorrelationData echoed.
+"""The serving path shared by both inference APIs: pin the active model, convert the request tensors to the
+artifact's form, run, convert back, and count the request in the metrics. The MQTT 5 request/response
+API lives here too (replies on the ResponseTopic with the CorrelationData echoed); the HTTP API is
+http_api.py.
 """
 
 from __future__ import annotations
 
+import io
 import time
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import numpy as np
 
@@ -20,7 +25,9 @@ from edgefleet.mqtt import publish_properties
 
 log = EventLog("inference")
 Publish = Callable[..., object]
+T = TypeVar("T")
 NO_MODEL = "no model is active"
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 _MAX_ERROR_CHARS = 600
 
 
@@ -28,20 +35,48 @@ class RequestError(Exception):
     """A request we answer with an error reply."""
 
 
+class Unavailable(RequestError):
+    """The request was fine but cannot be served now (no model, overloaded, shutting down): retry later."""
+
+
+def too_large(size: int, limit: int, what: str = "request payload") -> str:
+    return (
+        f"{what} is {size} bytes, more than this agent's limit of {limit} bytes "
+        "(max_request_bytes in the agent config); send a smaller batch"
+    )
+
+
+def _npz_content_size(payload: bytes, content_type: str | None) -> int:
+    """Bytes an .npz payload expands to (its members' declared sizes, which zipfile enforces); 0 otherwise."""
+    if not (content_type == CONTENT_NPZ or (content_type is None and payload[:2] == b"PK")):
+        return 0
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return 0  # decode_tensors reports the bad archive
+
+
 class InferenceService:
-    def __init__(self, slot: ModelSlot, metrics: RequestMetrics, publish: Publish) -> None:
+    def __init__(
+        self,
+        slot: ModelSlot,
+        metrics: RequestMetrics,
+        publish: Publish,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
         self.slot = slot
         self.metrics = metrics
+        self.max_request_bytes = max_request_bytes
         self._publish = publish
 
+    # the serving path ----------------------------------------------------------------------------
     @staticmethod
-    def compute(model: LoadedModel, payload: bytes, content_type: str | None) -> dict[str, np.ndarray]:
-        """Decode, convert, run and convert back; TensorError for anything wrong with the request."""
-        specs = model.manifest.inputs
-        tensors = decode_tensors(payload, content_type, [s.name for s in specs])
+    def compute_tensors(model: LoadedModel, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Convert to the artifact's form, run, convert back; TensorError for anything wrong with input."""
         feeds: dict[str, np.ndarray] = {}
         as_float = False
-        for spec in specs:
+        for spec in model.manifest.inputs:
             feeds[spec.name], came_as_float = to_artifact(spec, tensors[spec.name])
             as_float = as_float or came_as_float
         try:
@@ -52,35 +87,80 @@ class InferenceService:
             spec.name: from_artifact(spec, results[spec.name], as_float) for spec in model.manifest.outputs
         }
 
+    @staticmethod
+    def compute(
+        model: LoadedModel,
+        payload: bytes,
+        content_type: str | None,
+        max_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> dict[str, np.ndarray]:
+        """Decode an .npy/.npz request body (within `max_bytes`, also once unpacked) and compute it."""
+        if len(payload) > max_bytes:
+            raise TensorError(too_large(len(payload), max_bytes))
+        unpacked = _npz_content_size(payload, content_type)
+        if unpacked > max_bytes:
+            raise TensorError(too_large(unpacked, max_bytes, "the unpacked .npz payload"))
+        tensors = decode_tensors(payload, content_type, model.input_names)
+        return InferenceService.compute_tensors(model, tensors)
+
+    def serve(self, work: Callable[[LoadedModel], T]) -> T:
+        """Run `work` on the active model, pinned so a swap cannot close it underneath, and count the
+        request: ok with its serving time, or an error when `work` raises (the exception propagates)."""
+        started = time.perf_counter()
+        # pin/unpin rather than slot.use(): a generator-based context manager costs on every request
+        model = self.slot.pin()
+        try:
+            if model is None:
+                raise Unavailable(NO_MODEL)
+            result = work(model)
+        except BaseException:
+            self.metrics.record(False, None)
+            raise
+        finally:
+            self.slot.unpin(model)
+        self.metrics.record(True, (time.perf_counter() - started) * 1000)
+        return result
+
+    def count_refused(self) -> None:
+        """A request answered at once without being served (overloaded, shutting down, too large)."""
+        self.metrics.record(False, None)
+
+    # MQTT request/response -----------------------------------------------------------------------
     def handle(self, envelope: Envelope) -> None:
         response_topic = envelope.prop("ResponseTopic")
         correlation = envelope.prop("CorrelationData")
         content_type = envelope.prop("ContentType")
         if not response_topic:
-            self.metrics.record(False, None)
+            self.count_refused()
             log.warning("request_without_response_topic", topic=envelope.topic, bytes=len(envelope.payload))
             return
-        version = ""
-        started = time.perf_counter()
+        pinned: list[str] = []
+
+        def work(model: LoadedModel) -> bytes:
+            pinned.append(model.version)
+            return encode_npz(self.compute(model, envelope.payload, content_type, self.max_request_bytes))
+
         try:
-            with self.slot.use() as model:
-                if model is None:
-                    raise RequestError(NO_MODEL)
-                version = model.version
-                outputs = self.compute(model, envelope.payload, content_type)
-                body = encode_npz(outputs)
-            latency_ms = (time.perf_counter() - started) * 1000
+            body = self.serve(work)
         except (RequestError, TensorError) as exc:
-            self._reply_error(response_topic, correlation, version, str(exc))
+            self._reply_error(response_topic, correlation, "".join(pinned), str(exc))
             return
         except Exception as exc:
             log.exception("request_failed", exc)
             self._reply_error(
-                response_topic, correlation, version, f"internal error: {type(exc).__name__}: {exc}"
+                response_topic, correlation, "".join(pinned), f"internal error: {type(exc).__name__}: {exc}"
             )
             return
-        self.metrics.record(True, latency_ms)
-        self._reply(response_topic, correlation, body, CONTENT_NPZ, "ok", version)
+        self._reply(response_topic, correlation, body, CONTENT_NPZ, "ok", pinned[0])
+
+    def reject_oversized(self, envelope: Envelope) -> bool:
+        """On the network thread: answer a request over the size limit at once (True) without queueing it."""
+        size = len(envelope.payload)
+        if size <= self.max_request_bytes:
+            return False
+        log.info("request_rejected", reason="too large", bytes=size)
+        self._refuse(envelope, too_large(size, self.max_request_bytes))
+        return True
 
     def reply_busy(self, envelope: Envelope) -> None:
         self._refuse(envelope, "the agent is overloaded (request queue full); retry later")
@@ -91,13 +171,12 @@ class InferenceService:
     def _refuse(self, envelope: Envelope, message: str) -> None:
         """Answer at once without queueing (called on the network thread: publishing only enqueues)."""
         response_topic = envelope.prop("ResponseTopic")
-        self.metrics.record(False, None)
+        self.count_refused()
         if response_topic:
             body = ErrorReply(error=message).to_bytes()
             self._reply(response_topic, envelope.prop("CorrelationData"), body, CONTENT_JSON, "error", "")
 
     def _reply_error(self, topic: str, correlation: bytes | None, version: str, message: str) -> None:
-        self.metrics.record(False, None)
         if len(message) > _MAX_ERROR_CHARS:
             message = message[:_MAX_ERROR_CHARS] + "..."
         log.info("request_rejected", reason=message)

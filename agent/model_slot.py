@@ -1,13 +1,16 @@
 """The active model and its atomic replacement: requests hold a reference to the model they started on,
 so a swap never interrupts them, and a replaced model is closed when its last request has finished.
+During a probation the replaced model can stay loaded as the standby, so a rollback is one more swap.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,27 @@ from edgefleet.contract.messages import ActiveModel, BackendInfo
 from edgefleet.contract.profiles import DeviceProfile
 
 log = EventLog("model")
+LATENCY_WINDOW = 1000  # run times kept per model for the probation's p95
+_FLOAT_DTYPES = frozenset(("float16", "float32", "float64"))
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """What one loaded model did on the request path: runs, runs that raised, runs whose float outputs
+    held NaN/inf, and the p95 of its recent run times (None before the first run)."""
+
+    runs: int
+    failures: int
+    bad_outputs: int
+    p95_ms: float | None
+
+    @property
+    def errors(self) -> int:
+        return self.failures + self.bad_outputs
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.runs if self.runs else 0.0
 
 
 def _bind(kind: str, specs: list[TensorSpec], actual: list[TensorInfo]) -> dict[str, str]:
@@ -49,9 +73,19 @@ class LoadedModel:
         self._run_lock = threading.Lock()
         self._inputs = _bind("input", manifest.inputs, backend.inputs())
         self._outputs = _bind("output", manifest.outputs, backend.outputs())
+        # Per-run work is kept to what is needed (it is on every request's path): no renaming when the
+        # manifest and the runtime use the same tensor names, no NaN/inf scan of integer outputs.
+        self._same_names = all(k == v for k, v in (*self._inputs.items(), *self._outputs.items()))
+        self._float_outputs = tuple(s.name for s in manifest.outputs if s.dtype in _FLOAT_DTYPES)
+        self.input_names = [spec.name for spec in manifest.inputs]
         self.refs = 0
         self.retired = False
         self.closed = False
+        # counted under _run_lock, which every run holds anyway
+        self._runs = 0
+        self._failures = 0
+        self._bad_outputs = 0
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
     @classmethod
     def load(
@@ -89,12 +123,41 @@ class LoadedModel:
             precision=m.precision.value,
         )
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Inputs and outputs keyed by manifest names, in the artifact's own form."""
-        runtime_feeds = {self._inputs[name]: array for name, array in feeds.items()}
+    def run(self, feeds: Mapping[str, np.ndarray], record: bool = True) -> dict[str, np.ndarray]:
+        """Inputs and outputs keyed by manifest names, in the artifact's own form.
+
+        `record=False` (warm-up, health check) keeps the run out of the statistics the probation judges.
+        """
+        same_names = self._same_names
+        runtime_feeds = feeds if same_names else {self._inputs[name]: array for name, array in feeds.items()}
         with self._run_lock:
-            results = self.backend.run(runtime_feeds)
-        return {name: results[runtime_name] for name, runtime_name in self._outputs.items()}
+            started = time.perf_counter()
+            try:
+                results = self.backend.run(runtime_feeds)
+            except BaseException:
+                if record:
+                    self._runs += 1
+                    self._failures += 1
+                raise
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            outputs = (
+                results
+                if same_names
+                else {name: results[runtime_name] for name, runtime_name in self._outputs.items()}
+            )
+            if record:
+                self._runs += 1
+                self._latencies.append(elapsed_ms)
+                if self._float_outputs and not all_finite({n: outputs[n] for n in self._float_outputs}):
+                    self._bad_outputs += 1
+        return outputs
+
+    def stats(self) -> RunStats:
+        with self._run_lock:
+            runs, failures, bad = self._runs, self._failures, self._bad_outputs
+            samples = np.fromiter(self._latencies, dtype=np.float64)
+        p95 = round(float(np.percentile(samples, 95)), 3) if samples.size else None
+        return RunStats(runs=runs, failures=failures, bad_outputs=bad, p95_ms=p95)
 
     def warm_up(self, runs: int = 3) -> float:
         """Run zeros through the model (first runs allocate and plan); returns the last run's ms."""
@@ -105,7 +168,7 @@ class LoadedModel:
         elapsed = 0.0
         for _ in range(runs):
             start = time.perf_counter()
-            self.run(feeds)
+            self.run(feeds, record=False)
             elapsed = (time.perf_counter() - start) * 1000
         return elapsed
 
@@ -118,49 +181,110 @@ class LoadedModel:
 
 
 class ModelSlot:
-    """Holds the active LoadedModel. `use()` pins the current model for one request; `swap()` replaces it."""
+    """Holds the active LoadedModel. `use()` pins the current model for one request; `swap()` replaces it.
+
+    `swap(new, keep_previous=True)` keeps the replaced model loaded as the standby (not serving) until
+    `release_standby()` or `swap_back()`; only one standby exists at a time.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._current: LoadedModel | None = None
+        self._standby: LoadedModel | None = None
         self.swaps = 0
+        self.rollbacks = 0
 
     @property
     def current(self) -> LoadedModel | None:
         return self._current
 
-    @contextmanager
-    def use(self) -> Iterator[LoadedModel | None]:
+    @property
+    def standby(self) -> LoadedModel | None:
+        return self._standby
+
+    def pin(self) -> LoadedModel | None:
+        """The active model, held for one request until `unpin(model)`: a swap cannot close it before."""
         with self._lock:
             model = self._current
             if model is not None:
                 model.refs += 1
+        return model
+
+    def unpin(self, model: LoadedModel | None) -> None:
+        """Release a model `pin` returned; a retired model is closed by its last request."""
+        if model is None:
+            return
+        with self._lock:
+            model.refs -= 1
+            close_now = model.retired and model.refs == 0
+        if close_now:
+            model.close()
+
+    @contextmanager
+    def use(self) -> Iterator[LoadedModel | None]:
+        """`pin` and `unpin` around a block."""
+        model = self.pin()
         try:
             yield model
         finally:
-            if model is not None:
-                with self._lock:
-                    model.refs -= 1
-                    close_now = model.retired and model.refs == 0
-                if close_now:
-                    model.close()
+            self.unpin(model)
 
-    def swap(self, new: LoadedModel) -> LoadedModel | None:
-        """Make `new` active; the previous model is closed now if idle, else by its last request."""
+    def _retire_locked(self, model: LoadedModel) -> bool:
+        """Mark `model` retired; True when the caller must close it now (no request holds it)."""
+        model.retired = True
+        return model.refs == 0
+
+    def swap(
+        self, new: LoadedModel, *, keep_previous: bool = False, rollback: bool = False
+    ) -> LoadedModel | None:
+        """Make `new` active; the previous model becomes the standby (`keep_previous`) or is closed now if
+        idle, else by its last request. `rollback` counts the swap as a rollback too."""
+        to_close: list[LoadedModel] = []
         with self._lock:
             old, self._current = self._current, new
-            if old is None:
-                return None
-            self.swaps += 1
-            old.retired = True
-            close_now = old.refs == 0
-        if close_now:
-            old.close()
+            standby = self._standby
+            if standby is not None and standby is not new and self._retire_locked(standby):
+                to_close.append(standby)
+            self._standby = None
+            if rollback:  # also at start, when the rollback target is the first model loaded
+                self.rollbacks += 1
+            if old is not None:
+                self.swaps += 1
+                if keep_previous:
+                    self._standby = old
+                elif self._retire_locked(old):
+                    to_close.append(old)
+        for model in to_close:
+            model.close()
         return old
 
-    def clear(self) -> None:
-        """Close the active model at shutdown (after the request workers have stopped)."""
+    def swap_back(self) -> LoadedModel | None:
+        """Roll back to the standby (counted as a rollback); returns it, or None when there is none."""
+        standby = self._standby
+        if standby is None:
+            return None
+        self.swap(standby, rollback=True)
+        return standby
+
+    def release_standby(self) -> None:
+        """Retire the standby: closed now if idle, else after its last request."""
         with self._lock:
-            old, self._current = self._current, None
-        if old is not None:
-            old.close()
+            standby, self._standby = self._standby, None
+            close_now = standby is not None and self._retire_locked(standby)
+        if close_now and standby is not None:
+            standby.close()
+
+    def clear(self) -> None:
+        """Close the active model and the standby at shutdown (after the request workers have stopped)."""
+        with self._lock:
+            models = [m for m in (self._current, self._standby) if m is not None]
+            self._current = self._standby = None
+        for model in models:
+            model.close()
+
+
+def all_finite(outputs: Mapping[str, np.ndarray]) -> bool:
+    """False when a floating-point output holds NaN or inf (integer outputs are always finite)."""
+    return all(
+        bool(np.isfinite(array).all()) for array in outputs.values() if array.dtype.name in _FLOAT_DTYPES
+    )

@@ -14,7 +14,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgefleet.agent.log import EventLog
-from edgefleet.mqtt import BrokerAddress, BrokerError, connect, new_client
+from edgefleet.mqtt import BrokerAddress, BrokerError, connect, new_client, refusal_hint
 
 log = EventLog("session")
 
@@ -163,7 +163,9 @@ class MqttSession:
         if not self._connack.wait(timeout) or self._connack_reason is not None:
             self.client.loop_stop()
             why = self._connack_reason or f"no CONNACK within {timeout:.0f} s"
-            raise BrokerError(f"the MQTT broker at {self.address} did not accept the connection ({why})")
+            raise BrokerError(
+                f"the MQTT broker at {self.address} did not accept the connection ({why}){refusal_hint(why)}"
+            )
 
     def publish(
         self,

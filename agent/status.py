@@ -13,21 +13,41 @@ from edgefleet.contract import topics
 from edgefleet.contract.messages import DeviceEvent, DeviceStatus
 
 State = Literal["idle", "receiving", "activating", "serving", "error"]
-EventKind = Literal["delivery_started", "delivery_progress", "activated", "rejected", "warning", "error"]
+EventKind = Literal[
+    "delivery_started",
+    "delivery_progress",
+    "delivery_stalled",
+    "activated",
+    "probation_passed",
+    "rolled_back",
+    "rejected",
+    "warning",
+    "error",
+]
 Publish = Callable[[str, bytes, int, bool], None]
 
 log = EventLog("status")
 
 
 class StatusReporter:
-    def __init__(self, device_id: str, profile: str, slot: ModelSlot, publish: Publish) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        profile: str,
+        slot: ModelSlot,
+        publish: Publish,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         self.device_id = device_id
         self.profile = profile
+        self.tags = dict(tags or {})  # the config's labels, announced so host selectors can match them
         self.slot = slot
         self._publish = publish
         self._lock = threading.Lock()
         self._state: State | None = None
         self.last_error: str | None = None
+        # set by the Deployer: rollbacks, kept versions and the probation in progress
+        self.deployment_fields: Callable[[], dict[str, object]] = dict
 
     @property
     def state(self) -> State:
@@ -46,6 +66,8 @@ class StatusReporter:
             backend=model.info if model else None,
             swaps=self.slot.swaps,
             last_error=self.last_error,
+            tags=self.tags,
+            **self.deployment_fields(),
         )
 
     def set(self, state: State | None, last_error: str | None = None, clear_error: bool = False) -> None:

@@ -1,6 +1,8 @@
 """BundleStore: the verified bundles unpacked in the state directory and the atomic `active` pointer.
 
-Layout: bundles/{bundle_id}/ (unpacked, verified), incoming/{bundle_id}.part (deliveries in progress),
+Layout: bundles/{bundle_id}/ (unpacked, verified; a bundle is unpacked into bundles/.{bundle_id}.tmp and
+renamed, so the final name only ever holds a complete bundle), incoming/{bundle_id}.part (a delivery in
+progress) with {bundle_id}.chunks (the chunks verified so far) and {bundle_id}.meta.json (its BundleMeta),
 active (the bundle_id to load at start, replaced with tmp file + fsync + os.replace).
 """
 
@@ -11,6 +13,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from edgefleet.agent.log import EventLog
 from edgefleet.contract.bundle import MANIFEST_NAME, SIGNATURE_NAME, extract_bundle, sha256_file
 from edgefleet.contract.errors import BundleError
 from edgefleet.contract.manifest import BundleManifest
+from edgefleet.contract.messages import BundleMeta
 from edgefleet.contract.signing import verify
 
 log = EventLog("store")
@@ -34,12 +38,24 @@ class InstalledBundle:
     path: Path
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes the names in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new content, never a mix."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
 
 
 class BundleStore:
@@ -57,6 +73,45 @@ class BundleStore:
 
     def part_path(self, bundle_id: str) -> Path:
         return self.incoming_dir / f"{bundle_id}.part"
+
+    def chunk_log_path(self, bundle_id: str) -> Path:
+        return self.incoming_dir / f"{bundle_id}.chunks"
+
+    def meta_path(self, bundle_id: str) -> Path:
+        return self.incoming_dir / f"{bundle_id}.meta.json"
+
+    def save_meta(self, meta: BundleMeta) -> None:
+        """Keep the meta of a delivery in progress: after a restart the agent knows which chunks it lacks
+        even when the broker lost the retained meta (a broker killed before its last save)."""
+        write_atomic(self.meta_path(meta.bundle_id), meta.to_bytes())
+
+    def load_meta(self, bundle_id: str) -> BundleMeta | None:
+        try:
+            meta = BundleMeta.model_validate_json(self.meta_path(bundle_id).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return meta if meta.bundle_id == bundle_id else None
+
+    def cleanup_at_start(self, delivery_to_keep: str | None) -> list[str]:
+        """Remove what a crash can leave behind: half-unpacked staging dirs, tmp files, and the part files
+        of every delivery except the one still wanted (which resumes). Returns what was removed."""
+        removed = []
+        for staging in self.bundles_dir.glob(".*.tmp"):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging.name)
+        for tmp in self.state_dir.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
+        for path in self.incoming_dir.iterdir():
+            if delivery_to_keep is None or not path.name.startswith(delivery_to_keep):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path.name)
+        if removed:
+            log.info("cleaned_at_start", removed=",".join(sorted(removed))[:500])
+        return removed
 
     def bundle_dir(self, bundle_id: str) -> Path:
         return self.bundles_dir / bundle_id
@@ -81,10 +136,17 @@ class BundleStore:
         except BundleError:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        # extract_bundle fsyncs the files it hashes; the manifest, its signature and the directory
+        # entries must be on disk too before the rename makes the bundle visible under its final name
+        for name in (MANIFEST_NAME, SIGNATURE_NAME):
+            _fsync_path(staging / name)
+        directories = {(staging / entry.path).parent for entry in manifest.files} | {staging}
+        for directory in sorted(directories, reverse=True):
+            _fsync_path(directory)
         final = self.bundle_dir(bundle_id)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
-        _fsync_dir(self.bundles_dir)
+        _fsync_path(self.bundles_dir)
         return InstalledBundle(bundle_id, manifest, final)
 
     def load_installed(self, bundle_id: str) -> InstalledBundle:
@@ -114,6 +176,20 @@ class BundleStore:
     def is_installed(self, bundle_id: str) -> bool:
         return (self.bundle_dir(bundle_id) / MANIFEST_NAME).is_file()
 
+    def installed_ids(self) -> list[str]:
+        """Installed bundles, most recently installed first."""
+        dirs = [p for p in self.bundles_dir.iterdir() if p.is_dir() and _BUNDLE_ID.match(p.name)]
+        return [p.name for p in sorted(dirs, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+    def read_manifest(self, bundle_id: str) -> BundleManifest | None:
+        """The installed manifest WITHOUT verification: for reporting only (activation re-verifies)."""
+        try:
+            return BundleManifest.model_validate_json(
+                (self.bundle_dir(bundle_id) / MANIFEST_NAME).read_bytes()
+            )
+        except (OSError, ValueError):
+            return None
+
     def active_id(self) -> str | None:
         try:
             text = (self.state_dir / ACTIVE_POINTER).read_text().strip()
@@ -122,43 +198,47 @@ class BundleStore:
         return text if _BUNDLE_ID.match(text) else None
 
     def set_active(self, bundle_id: str) -> None:
-        pointer = self.state_dir / ACTIVE_POINTER
-        tmp = pointer.with_name(ACTIVE_POINTER + ".tmp")
-        with tmp.open("w") as handle:
-            handle.write(bundle_id + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, pointer)
-        _fsync_dir(self.state_dir)
+        """Only ever called with a bundle that is installed and verified (activation is idempotent)."""
+        if not _BUNDLE_ID.match(bundle_id):
+            raise ValueError(f"not a bundle id: {bundle_id!r}")
+        write_atomic(self.state_dir / ACTIVE_POINTER, (bundle_id + "\n").encode())
 
-    def prune(self) -> list[str]:
-        """Keep the active bundle and the most recently installed ones up to `keep`; drop stale part files."""
+    def prune(
+        self,
+        ranked: Sequence[str] | None = None,
+        protect: Iterable[str] = (),
+        delivery_in_progress: str | None = None,
+    ) -> list[str]:
+        """Keep the active bundle, `protect`, and the first of `ranked` (default: the most recently
+        installed) up to `keep`; drop the part files of deliveries other than `delivery_in_progress`."""
         active = self.active_id()
-        installed = sorted(
-            (p for p in self.bundles_dir.iterdir() if p.is_dir() and _BUNDLE_ID.match(p.name)),
-            key=lambda p: p.stat().st_mtime,
-            reverse=True,
-        )
+        installed = self.installed_ids()
         keep = {active} if active else set()
-        for path in installed:
+        keep |= set(protect)
+        ranked_ids = [i for i in (ranked if ranked is not None else installed) if i in installed]
+        for bundle_id in ranked_ids + installed:
             if len(keep) >= self.keep:
                 break
-            keep.add(path.name)
+            keep.add(bundle_id)
         removed = []
-        for path in installed:
-            if path.name not in keep:
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path.name)
-        for path in self.bundles_dir.glob(".*.tmp"):
-            shutil.rmtree(path, ignore_errors=True)
-        for part in self.incoming_dir.glob("*.part"):  # deliveries that were given up
-            part.unlink(missing_ok=True)
+        for bundle_id in installed:
+            if bundle_id not in keep:
+                shutil.rmtree(self.bundle_dir(bundle_id), ignore_errors=True)
+                removed.append(bundle_id)
+        for path in self.incoming_dir.iterdir():  # deliveries that were given up
+            if delivery_in_progress is None or not path.name.startswith(delivery_in_progress):
+                path.unlink(missing_ok=True)
         if removed:
             log.info("bundles_pruned", removed=",".join(r[:12] for r in removed))
         return removed
 
+    def remove(self, bundle_id: str) -> None:
+        """Delete an unpacked bundle (one that no longer verifies), so it can be fetched again."""
+        shutil.rmtree(self.bundle_dir(bundle_id), ignore_errors=True)
+
     def discard_part(self, bundle_id: str) -> None:
-        self.part_path(bundle_id).unlink(missing_ok=True)
+        for path in (self.part_path(bundle_id), self.chunk_log_path(bundle_id), self.meta_path(bundle_id)):
+            path.unlink(missing_ok=True)
 
 
 def sha256_bytes(data: bytes) -> str:

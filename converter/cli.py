@@ -7,9 +7,16 @@ import sys
 
 from pydantic import ValidationError
 
+from edgefleet.converter.compression.stats import summary_lines
 from edgefleet.converter.context import ConversionRequest
-from edgefleet.converter.errors import ConversionError
+from edgefleet.converter.errors import ConversionError, TargetRefusedError
+from edgefleet.converter.inputs.images import preprocessing_from_flags
+from edgefleet.converter.inputs.sources import default_name
 from edgefleet.converter.pipeline import ConversionResult, convert
+from edgefleet.converter.progress_display import conversion_progress
+from edgefleet.converter.report import report_lines
+from edgefleet.converter.steps.input_shapes import parse_input_shapes
+from edgefleet.converter.target_display import show_refusal, target_lines, warn_if_not_compiled
 
 
 def request_from_args(args: argparse.Namespace) -> ConversionRequest:
@@ -20,20 +27,31 @@ def request_from_args(args: argparse.Namespace) -> ConversionRequest:
             calib=args.calib,
             eval=args.eval,
             out=args.out,
-            name=args.name or args.model.stem,
+            name=args.name or default_name(args.model),
             version=args.model_version,
             key=args.key,
+            max_drop=getattr(args, "max_drop", None),
+            calib_method=getattr(args, "calib_method", None),
+            report_dir=getattr(args, "report_dir", None),
+            precision=getattr(args, "precision", None),
+            input_shapes=parse_input_shapes(getattr(args, "input_shapes", None)),
+            opset=args.opset,
+            images=preprocessing_from_flags(
+                args.image_size, args.image_layout, args.image_channel_order, args.image_mean, args.image_std
+            ),
+            train=args.train,
+            prune=args.prune,
+            distill_epochs=args.distill_epochs,
+            low_rank=args.low_rank,
+            magnitude_prune=args.magnitude_prune,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
+        hint = " (use letters, digits, '.', '_', '-')" if field in ("name", "version") else ""
         raise ConversionError(
-            f"--{field} {first.get('input')!r}: {first['msg']} (use letters, digits, '.', '_', '-')"
+            f"--{field.replace('_', '-')} {first.get('input')!r}: {first['msg']}{hint}"
         ) from exc
-
-
-def _progress(index: int, total: int, name: str, seconds: float) -> None:
-    print(f"  [{index:>2}/{total}] {name:<32} {seconds:6.2f} s", file=sys.stderr, flush=True)
 
 
 def _size(n: int) -> str:
@@ -65,6 +83,11 @@ def format_summary(result: ConversionResult) -> str:
         f"latency   host, 1 thread, batch 1: fp32 {metrics.host_latency_ms_fp32:.3f} ms -> artifact "
         f"{metrics.host_latency_ms_artifact:.3f} ms ({metrics.host_runtime})"
     )
+    for report in result.compression:  # before/after of each compression method, in the order applied
+        first, *rest = summary_lines(report)
+        lines += [f"compress  {first}", *(f"          {line}" for line in rest)]
+    lines.extend(target_lines(result))
+    lines.extend(report_lines(result.report, result.report_files))
     lines.extend(f"note      {note}" for note in result.notes)
     lines.append(f"bundle    {result.bundle_path}  ({result.total_seconds:.1f} s)")
     return "\n".join(lines)
@@ -73,6 +96,12 @@ def format_summary(result: ConversionResult) -> str:
 def run_convert(args: argparse.Namespace) -> int:
     request = request_from_args(args)
     print(f"converting {request.model} for profile '{request.profile}'", file=sys.stderr, flush=True)
-    result = convert(request, progress=_progress)
+    try:
+        with conversion_progress() as display:
+            result = convert(request, progress=display.step_done, status=display.status)
+    except TargetRefusedError as exc:
+        show_refusal(exc)
+        raise
     print(format_summary(result))
+    warn_if_not_compiled(result.target_checks)
     return 0

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefleet.contract.manifest import ConversionMetrics, TensorSpec
-from edgefleet.contract.profiles import DeviceProfile
+from edgefleet.contract.manifest import ArtifactAlternative, ConversionMetrics, TensorSpec
+from edgefleet.contract.profiles import DeviceProfile, Precision
+from edgefleet.contract.target_checks import TargetChecks
+from edgefleet.converter.inputs.images import ImagePreprocessing
 
 if TYPE_CHECKING:
     import onnx
 
+    from edgefleet.converter.compression.stats import CompressionReport
+    from edgefleet.converter.report import ConversionReport
     from edgefleet.converter.steps.calibration import TensorSet
+    from edgefleet.converter.steps.evaluate import OutputMetrics
+    from edgefleet.converter.steps.layer_error import LayerError
     from edgefleet.converter.steps.load_onnx import ModelInfo
+    from edgefleet.converter.steps.mixed_precision import BudgetOutcome
+
+# How activation ranges are chosen from the calibration data (see steps/calibration_ranges.py).
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 
 
 class ConversionRequest(BaseModel):
@@ -31,6 +41,31 @@ class ConversionRequest(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     version: str = Field(default="1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
     key: Path | None = None
+    max_drop: float | None = Field(
+        default=None, ge=0, description="accuracy budget in points; null: the profile's budget"
+    )
+    calib_method: CalibrationMethod | None = Field(
+        default=None, description="activation range method; null: the converter's measured default"
+    )
+    report_dir: Path | None = Field(
+        default=None, description="where report.json/report.html go; null: next to the bundle"
+    )
+    precision: Precision | None = Field(
+        default=None, description="override the profile's precision (within what the target can run)"
+    )
+    input_shapes: dict[str, tuple[int | None, ...]] = Field(
+        default_factory=dict, description="input name -> shape fixing its dynamic dims (None: stays dynamic)"
+    )
+    # Sources other than ONNX (converter/inputs/) and compression (converter/compression/).
+    opset: int = Field(default=17, ge=13, le=20, description="ONNX opset for PyTorch/Keras model export")
+    images: ImagePreprocessing = Field(
+        default_factory=ImagePreprocessing, description="how image folders given as data become input tensors"
+    )
+    train: Path | None = Field(default=None, description="recovery training data for `prune` (else calib)")
+    prune: float | None = Field(default=None, gt=0, lt=1, description="share of channels to remove (PyTorch)")
+    distill_epochs: int = Field(default=60, ge=0, le=10000, description="recovery epochs after `prune`")
+    low_rank: float | None = Field(default=None, gt=0, lt=1, description="SVD energy kept per FC/1x1 weight")
+    magnitude_prune: float | None = Field(default=None, gt=0, lt=1, description="share of weights set to 0")
 
 
 @dataclass
@@ -52,6 +87,28 @@ class ConversionContext:
     metrics: ConversionMetrics | None = None
     notes: list[str] = field(default_factory=list)  # things the user should know (printed in the summary)
     bundle_path: Path | None = None
+    float_layers: list[str] = field(default_factory=list)  # ONNX nodes kept in float (mixed precision)
+    output_metrics: list[OutputMetrics] = field(default_factory=list)  # per model output (Evaluate)
+    layer_errors: list[LayerError] = field(default_factory=list)  # fp32 vs artifact, per layer
+    budget: BudgetOutcome | None = None  # the accuracy budget and how it was met (EnforceBudget)
+    report: ConversionReport | None = None  # report.json's content, also stored in the manifest
+    report_files: list[Path] = field(default_factory=list)  # report.json, report.html once written
+    calibration_ranges: dict[str, Any] = field(default_factory=dict)  # per method, shared with alternatives
+    step_seconds: dict[str, float] = field(default_factory=dict)  # filled by pipeline.run_steps
+    detail: Any = None  # Callable[[str], None]: progress inside a long step (the CLI shows it)
+    target_checks: TargetChecks | None = None  # set by the target check steps (Edge TPU, TensorRT, XNNPACK)
+    alternatives: list[ArtifactAlternative] = field(default_factory=list)  # other model files in the bundle
+    bundle_files: dict[str, Path] = field(default_factory=dict)  # extra bundle members -> files on disk
+    torch_module: Any = None  # torch.nn.Module of a PyTorch source (replaced by the pruned one after --prune)
+    train: TensorSet | None = None  # recovery-training data for --prune
+    compression: list[CompressionReport] = field(default_factory=list)  # before/after of each method applied
+    # What the user converted, for messages and reports: request.model is swapped for the fp32 ONNX file
+    # in the work directory when the source is PyTorch/Keras or after a compression step.
+    source_model: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.source_model:
+            self.source_model = str(self.request.model)
 
     def need(self, value: Any, what: str) -> Any:
         """A value an earlier step should have produced (a pipeline wiring bug otherwise)."""

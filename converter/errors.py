@@ -23,3 +23,12 @@ class UnsupportedModelError(ConversionError):
 
 class UnsupportedTargetError(ConversionError):
     """The profile asks for an artifact this converter does not produce."""
+
+
+class TargetRefusedError(ConversionError):
+    """The target cannot run the artifact (e.g. ops the Edge TPU cannot map); the check report is written
+    to `report_path` before this is raised."""
+
+    def __init__(self, message: str, report_path: object = None) -> None:
+        super().__init__(message)
+        self.report_path = report_path

@@ -8,26 +8,36 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgefleet.contract.errors import EdgefleetError
-from edgefleet.contract.manifest import ConversionMetrics, TensorSpec
+from edgefleet.contract.manifest import ArtifactAlternative, ConversionMetrics, TensorSpec
 from edgefleet.contract.profiles import ArtifactFormat, DeviceProfile, Precision, load_profile
 from edgefleet.contract.signing import PRIVATE_KEY_FILE, default_key_dir, load_private_key
+from edgefleet.contract.target_checks import TargetChecks
+from edgefleet.converter.compression import steps as compression
+from edgefleet.converter.compression.stats import CompressionReport
 from edgefleet.converter.context import ConversionContext, ConversionRequest, Step
 from edgefleet.converter.errors import ConversionError, UnsupportedTargetError
+from edgefleet.converter.inputs import sources
+from edgefleet.converter.report import BuildReport, CheckBudget, ConversionReport, WriteReport
 from edgefleet.converter.steps.calibration import LoadCalibration, LoadEvaluation
 from edgefleet.converter.steps.describe import DescribeArtifact
 from edgefleet.converter.steps.evaluate import Evaluate
 from edgefleet.converter.steps.fp16_onnx import CopyOnnx, Fp16Onnx
+from edgefleet.converter.steps.layer_error import MeasureLayerErrors
 from edgefleet.converter.steps.load_onnx import LoadOnnx
+from edgefleet.converter.steps.mixed_precision import EnforceBudget
 from edgefleet.converter.steps.onnx_to_keras import OnnxToKeras
 from edgefleet.converter.steps.package import Package
 from edgefleet.converter.steps.quantize_onnx import QuantizeOnnx
 from edgefleet.converter.steps.quantize_tflite import QuantizeTflite
+from edgefleet.converter.targets import alternative_steps, target_check_steps, with_precision
 
 ProgressCallback = Callable[[int, int, str, float], None]  # (index, total, step name, seconds)
+StatusCallback = Callable[[str], None]  # what is running now: a step's name, or detail inside a long step
 
 
 class LoadSigningKey:
@@ -69,17 +79,37 @@ def artifact_steps(profile: DeviceProfile) -> list[Step]:
     return [CopyOnnx()]
 
 
-def plan(profile: DeviceProfile) -> list[Step]:
+def plan(
+    profile: DeviceProfile, request: ConversionRequest | None = None, has_module: bool = False
+) -> list[Step]:
+    """`request` adds the steps for its source (PyTorch, Keras, image folders) and its compression options;
+    `has_module`: the caller passes the torch.nn.Module itself."""
+    kind = sources.source_kind(request.model, has_module) if request is not None else "onnx"
+    artifact = artifact_steps(profile)
+    if kind == "keras":  # the Keras model itself is the TFLite converter's input
+        artifact = [step for step in artifact if not isinstance(step, OnnxToKeras)]
     return [
+        *(compression.check_steps(request, kind) if request else []),
+        *(sources.source_steps(request, has_module) if request else []),
         LoadOnnx(),
+        *(sources.data_steps(request) if request else []),
         LoadCalibration(),
         LoadEvaluation(),
+        *(compression.data_steps(request) if request else []),
         LoadSigningKey(),
         CheckOutputDir(),
-        *artifact_steps(profile),
+        *(compression.compression_steps(request) if request else []),
+        *artifact,
         DescribeArtifact(),
+        EnforceBudget(requantize=artifact[-1], describe=DescribeArtifact()),  # mixed precision if needed
+        *target_check_steps(profile),
         Evaluate(),
+        *alternative_steps(profile),
+        MeasureLayerErrors(),
+        BuildReport(),
+        CheckBudget(),  # a missed budget: the report is written, no bundle
         Package(),
+        WriteReport(),
     ]
 
 
@@ -93,13 +123,24 @@ class ConversionResult:
     notes: list[str]
     step_seconds: dict[str, float]
     total_seconds: float
+    compression: list[CompressionReport] = field(default_factory=list)  # before/after, one per method
+    target_checks: TargetChecks | None = None  # Edge TPU / TensorRT / XNNPACK findings (also in the manifest)
+    alternatives: list[ArtifactAlternative] = field(default_factory=list)  # other model files in the bundle
+    report_files: list[Path] = field(default_factory=list)  # report.json, report.html
+    report: ConversionReport | None = None  # what report.json holds (also in the manifest)
 
 
 def run_steps(
-    ctx: ConversionContext, steps: list[Step], progress: ProgressCallback | None = None
+    ctx: ConversionContext,
+    steps: list[Step],
+    progress: ProgressCallback | None = None,
+    status: StatusCallback | None = None,
 ) -> dict[str, float]:
-    timings: dict[str, float] = {}
+    timings = ctx.step_seconds  # the report lists them too
     for index, step in enumerate(steps, start=1):
+        if status is not None:
+            status(step.name)
+            ctx.detail = lambda text, name=step.name: status(f"{name}: {text}")
         start = time.perf_counter()
         try:
             step.run(ctx)
@@ -108,7 +149,7 @@ def run_steps(
         except Exception as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ConversionError(
-                f"step '{step.name}' failed for {ctx.request.model} -> profile '{ctx.profile.name}': "
+                f"step '{step.name}' failed for {ctx.source_model} -> profile '{ctx.profile.name}': "
                 f"{type(exc).__name__}: {detail[:300]}"
             ) from exc
         timings[step.name] = time.perf_counter() - start
@@ -117,14 +158,24 @@ def run_steps(
     return timings
 
 
-def convert(request: ConversionRequest, progress: ProgressCallback | None = None) -> ConversionResult:
-    """Convert `request.model` for `request.profile` and write the signed bundle into `request.out`."""
+def convert(
+    request: ConversionRequest,
+    progress: ProgressCallback | None = None,
+    torch_module: Any = None,
+    status: StatusCallback | None = None,
+) -> ConversionResult:
+    """Convert `request.model` for `request.profile` and write the signed bundle into `request.out`.
+
+    `request.model` is an fp32 .onnx, a .keras/.h5 file or `package.module:factory`; or pass the
+    torch.nn.Module as `torch_module` (request.model then only names it in messages)."""
     start = time.perf_counter()
-    profile = load_profile(request.profile)
-    steps = plan(profile)
+    profile = with_precision(load_profile(request.profile), request)  # --precision, within what it runs
+    steps = plan(profile, request, has_module=torch_module is not None)
     with tempfile.TemporaryDirectory(prefix="edgefleet-convert-") as work:
-        ctx = ConversionContext(request=request, profile=profile, work_dir=Path(work))
-        timings = run_steps(ctx, steps, progress)
+        ctx = ConversionContext(
+            request=request, profile=profile, work_dir=Path(work), torch_module=torch_module
+        )
+        timings = run_steps(ctx, steps, progress, status)
     return ConversionResult(
         bundle_path=ctx.need(ctx.bundle_path, "the bundle"),
         profile=profile,
@@ -134,4 +185,9 @@ def convert(request: ConversionRequest, progress: ProgressCallback | None = None
         notes=ctx.notes,
         step_seconds=timings,
         total_seconds=time.perf_counter() - start,
+        compression=ctx.compression,
+        target_checks=ctx.target_checks,
+        alternatives=ctx.alternatives,
+        report_files=ctx.report_files,
+        report=ctx.report,
     )

@@ -27,6 +27,28 @@ def _lazy(target: str) -> Handler:
     return run
 
 
+def _fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (a ratio, sparsity or energy share)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1 (e.g. 0.5)")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    """A number >= 0 (accuracy points)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more (points of accuracy, e.g. 0.5)")
+    return value
+
+
 def _profiles_list(args: argparse.Namespace) -> int:
     from edgefleet.contract.profiles import list_profiles
 
@@ -63,6 +85,40 @@ def _keys_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_broker_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--broker and the TLS/credential flags of every host command that connects to the broker."""
+    parser.add_argument(
+        "--broker", required=required, help="mqtt://HOST[:PORT], or mqtts://HOST[:PORT] for TLS"
+    )
+    group = parser.add_argument_group("broker TLS and credentials (any MQTT 5 broker)")
+    group.add_argument("--ca", dest="broker_ca", metavar="FILE", help="CA certificate (PEM) of the broker's")
+    group.add_argument("--cert", dest="broker_cert", metavar="FILE", help="client certificate (PEM)")
+    group.add_argument("--key", dest="broker_key", metavar="FILE", help="key of the client certificate (PEM)")
+    group.add_argument("--username", dest="broker_username", metavar="NAME", help="MQTT user name")
+    group.add_argument(
+        "--password-file",
+        dest="broker_password_file",
+        metavar="FILE",
+        help="file whose first line is the MQTT password",
+    )
+
+
+def _apply_broker_options(args: argparse.Namespace) -> None:
+    """Fold the TLS/credential flags into args.broker, so every connection the command opens uses them."""
+    if getattr(args, "broker", None) is None:
+        return
+    from edgefleet.mqtt import BrokerAddress, BrokerSecurity
+
+    security = BrokerSecurity(
+        ca_file=getattr(args, "broker_ca", None),
+        cert_file=getattr(args, "broker_cert", None),
+        key_file=getattr(args, "broker_key", None),
+        username=getattr(args, "broker_username", None),
+        password_file=getattr(args, "broker_password_file", None),
+    )
+    args.broker = BrokerAddress.parse(args.broker).with_security(security).url
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgefleet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
@@ -85,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(handler=_keys_init)
 
     convert = sub.add_parser("convert", help="convert an fp32 ONNX model into a signed bundle for a profile")
-    convert.add_argument("model", type=Path, help="fp32 ONNX model")
+    convert.add_argument(
+        "model",
+        type=Path,
+        help="fp32 ONNX model, Keras model file (.keras/.h5), or PyTorch `package.module:factory` "
+        "(a function returning the trained nn.Module; needs --input-shape)",
+    )
     convert.add_argument(
         "--profile", required=True, help="target device profile (see `edgefleet profiles list`)"
     )
@@ -97,6 +158,60 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--name", help="model name (default: the model file's stem)")
     convert.add_argument("--version", dest="model_version", default="1", help="model version (default 1)")
     convert.add_argument("--key", type=Path, help="signing key (default ~/.edgefleet/keys/fleet.key)")
+    convert.add_argument("--opset", type=int, default=17, help="ONNX opset for PyTorch/Keras export (17)")
+    convert.add_argument(
+        "--precision",
+        choices=["int8", "fp16", "fp32"],
+        help="override the profile's precision, within what the target runs (e.g. fp16 on jetson-orin-nano)",
+    )
+    convert.add_argument(
+        "--input-shape",
+        dest="input_shapes",
+        action="append",
+        metavar="NAME=D1,D2,...",
+        help="fix an input's dynamic dimensions, e.g. image=1,3,96,96 (? keeps one dynamic); repeatable",
+    )
+    accuracy = convert.add_argument_group(
+        "accuracy budget and reports",
+        "over budget, the layers that lose the most are kept in float where the target allows it; a budget "
+        "that cannot be met exits non-zero with the culprit layers named in the report",
+    )
+    accuracy.add_argument(
+        "--max-drop",
+        type=_non_negative,
+        metavar="POINTS",
+        help="allowed top-1 drop vs fp32 in points (default: the profile's max_accuracy_drop_points)",
+    )
+    accuracy.add_argument(
+        "--calib-method",
+        choices=["minmax", "entropy", "percentile"],
+        help="how activation ranges are chosen (default: minmax, measured best on the reference models)",
+    )
+    accuracy.add_argument(
+        "--report-dir", type=Path, help="write report.json/report.html here (default: next to the bundle)"
+    )
+    images = convert.add_argument_group(
+        "image folders", "--calib/--eval/--train may be folders of images (labels from class sub-folders)"
+    )
+    images.add_argument("--image-size", metavar="H,W", help="resize to (default: the model input's size)")
+    images.add_argument("--image-layout", choices=["NCHW", "NHWC"], help="default: from the model input")
+    images.add_argument("--image-channel-order", choices=["RGB", "BGR"], default="RGB", help="default RGB")
+    images.add_argument("--image-mean", metavar="M[,M,M]", help="subtracted after scaling to [0,1] (0)")
+    images.add_argument("--image-std", metavar="S[,S,S]", help="divided by after the mean (1)")
+    compress = convert.add_argument_group("compression (each reports params, MACs, size, accuracy)")
+    compress.add_argument(
+        "--prune", type=_fraction, metavar="RATIO", help="remove this share of channels (PyTorch models)"
+    )
+    compress.add_argument("--train", type=Path, help="recovery data for --prune (.npz/images; else --calib)")
+    compress.add_argument(
+        "--distill-epochs", type=int, default=60, help="distillation epochs after --prune (60)"
+    )
+    compress.add_argument(
+        "--low-rank", type=_fraction, metavar="ENERGY", help="SVD of FC/1x1-conv weights keeping this energy"
+    )
+    compress.add_argument(
+        "--magnitude-prune", type=_fraction, metavar="SPARSITY", help="zero this share of each weight tensor"
+    )
     convert.set_defaults(handler=_lazy("edgefleet.converter.cli:run_convert"))
 
     agent = sub.add_parser("agent", help="run the device agent")
@@ -106,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = sub.add_parser("deploy", help="deploy a bundle to one device")
     deploy.add_argument("bundle", type=Path)
     deploy.add_argument("--device", required=True)
-    deploy.add_argument("--broker", required=True, help="mqtt://HOST[:PORT]")
+    _add_broker_options(deploy)
     deploy.add_argument(
         "--wait", action="store_true", help="wait until the device reports the version active"
     )
@@ -115,11 +230,178 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.set_defaults(handler=_lazy("edgefleet.fleet.deploy:run_deploy"))
 
+    rollback = sub.add_parser("rollback", help="make a device run a version it keeps on disk (no download)")
+    rollback.add_argument("--device", required=True)
+    _add_broker_options(rollback)
+    rollback.add_argument(
+        "--to", metavar="VERSION", help="the kept version to run (default: the previous good one)"
+    )
+    rollback.add_argument("--wait", action="store_true", help="wait until the device reports it active")
+    rollback.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait with --wait (default 60)"
+    )
+    rollback.set_defaults(handler=_lazy("edgefleet.fleet.rollback:run_rollback"))
+
     status = sub.add_parser("status", help="show the devices seen on a broker")
-    status.add_argument("--broker", required=True, help="mqtt://HOST[:PORT]")
+    _add_broker_options(status)
     status.add_argument("--json", action="store_true")
     status.add_argument("--listen", type=float, default=2.0, help="seconds to collect telemetry (default 2)")
     status.set_defaults(handler=_lazy("edgefleet.fleet.status:run_status"))
+
+    watch = sub.add_parser("watch", help="live view of the fleet's telemetry (latency, RSS, CPU, errors)")
+    _add_broker_options(watch)
+    watch.add_argument("--refresh", type=float, default=1.0, help="seconds between redraws (default 1)")
+    watch.add_argument("--rows", type=int, help="devices to show (default: what fits; problems first)")
+    watch.add_argument("--once", action="store_true", help="listen --listen seconds, print one table, exit")
+    watch.add_argument("--listen", type=float, default=3.0, help="seconds to listen with --once (default 3)")
+    watch.add_argument("--duration", type=float, help="stop the live view after this many seconds")
+    watch.add_argument("--history", type=Path, help="also record telemetry into this SQLite file")
+    watch.set_defaults(handler=_lazy("edgefleet.fleet.watch:run_watch"))
+
+    exporter = sub.add_parser("exporter", help="Prometheus metrics endpoint + SQLite history from telemetry")
+    _add_broker_options(exporter)
+    exporter.add_argument(
+        "--bind", default="127.0.0.1:9479", help="HOST:PORT of the /metrics endpoint (default 127.0.0.1:9479)"
+    )
+    exporter.add_argument(
+        "--share-group", help="MQTT 5 shared-subscription group: exporters in one group split the telemetry"
+    )
+    exporter.add_argument("--history", type=Path, help="SQLite file (default ~/.edgefleet/telemetry.sqlite)")
+    exporter.add_argument("--no-history", action="store_true", help="do not record telemetry history")
+    exporter.add_argument("--retention", default="7d", help="keep history this long (default 7d)")
+    exporter.add_argument("--duration", type=float, help="exit after this many seconds (default: run)")
+    exporter.set_defaults(handler=_lazy("edgefleet.fleet.exporter:run_exporter"))
+
+    history = sub.add_parser("history", help="one device's telemetry over time, from the SQLite history")
+    history.add_argument("device")
+    history.add_argument(
+        "--metric", default="p95_ms", help="p50_ms, p95_ms, p99_ms, rss_mb, cpu_percent, ..."
+    )
+    history.add_argument("--since", default="1h", help="a duration back (15m, 1h, 2d) or an ISO time")
+    history.add_argument("--until", help="a duration back or an ISO time (default: now)")
+    history.add_argument("--step", help="aggregate into buckets this long (e.g. 5m): min/mean/max")
+    history.add_argument("--db", type=Path, help="SQLite file (default ~/.edgefleet/telemetry.sqlite)")
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(handler=_lazy("edgefleet.fleet.history:run_history"))
+
+    broker_config = sub.add_parser(
+        "broker-config", help="write a production mosquitto config: TLS, per-device credentials and ACL"
+    )
+    broker_config.add_argument("--out", type=Path, required=True, help="directory to write into")
+    broker_config.add_argument("--devices", action="append", help="device ids, comma-separated")
+    broker_config.add_argument("--devices-file", type=Path, help="file with one device id per line")
+    broker_config.add_argument(
+        "--auth",
+        choices=["password", "certificate"],
+        default="password",
+        help="how clients authenticate (default password; certificate = mutual TLS, CN = identity)",
+    )
+    broker_config.add_argument(
+        "--hostname",
+        action="append",
+        help="name or IP clients use for the broker; repeat for several (default localhost, 127.0.0.1)",
+    )
+    broker_config.add_argument("--port", type=int, default=8883, help="TLS port (default 8883)")
+    broker_config.add_argument("--bind", help="listen on this address only (default: all)")
+    broker_config.add_argument("--admin-user", default="edgefleet-admin", help="identity allowed everything")
+    broker_config.add_argument(
+        "--monitor-user", default="edgefleet-monitor", help="read-only identity for watch/exporter"
+    )
+    broker_config.add_argument(
+        "--install-dir", type=Path, help="where the files will be on the broker host (default: --out)"
+    )
+    broker_config.add_argument(
+        "--data-dir", type=Path, default=Path("/var/lib/mosquitto"), help="mosquitto persistence directory"
+    )
+    broker_config.add_argument("--days", type=int, default=825, help="certificate validity (default 825)")
+    broker_config.add_argument(
+        "--run-as", help="account mosquitto switches to when started as root (mosquitto's default: mosquitto)"
+    )
+    broker_config.set_defaults(handler=_lazy("edgefleet.fleet.broker_config:run_broker_config"))
+
+    devices = sub.add_parser("devices", help="list the devices that announced themselves (the inventory)")
+    _add_broker_options(devices)
+    devices.add_argument(
+        "--select", help="only devices matching e.g. profile=rpi4,site=lab (id/profile/tags)"
+    )
+    devices.add_argument("--json", action="store_true")
+    devices.add_argument(
+        "--listen", type=float, default=2.0, help="seconds to hear telemetry for last-seen (default 2)"
+    )
+    devices.set_defaults(handler=_lazy("edgefleet.fleet.inventory:run_devices"))
+
+    rollout = sub.add_parser(
+        "rollout",
+        help="staged rollout of a bundle to selected devices; `rollout status|resume|abort [ID]`",
+        description="edgefleet rollout BUNDLE --select SELECTOR --broker URL [options]: canary, then "
+        "batches, each waiting until its devices run the bundle healthily; halts and rolls back on failures. "
+        "edgefleet rollout status|resume|abort [ID]: show, continue or stop a rollout (default: the latest).",
+    )
+    rollout.add_argument("target", metavar="BUNDLE|status|resume|abort")
+    rollout.add_argument("rollout_id", nargs="?", metavar="ID", help="rollout id for status/resume/abort")
+    _add_broker_options(rollout, required=False)
+    rollout.add_argument("--select", help="devices to roll out to, e.g. profile=rpi4,site=lab or 'id=pi-*'")
+    rollout.add_argument("--canary", default="10%", help="first stage: N devices or P%% (default 10%%)")
+    rollout.add_argument("--batch", default="25%", help="later stages: N devices or P%% (default 25%%)")
+    rollout.add_argument(
+        "--max-failures", type=int, default=0, help="halt and roll back when more fail (default 0)"
+    )
+    rollout.add_argument(
+        "--min-healthy-seconds",
+        type=float,
+        default=30.0,
+        help="how long each device must run the bundle healthily (default 30)",
+    )
+    rollout.add_argument(
+        "--stage-timeout",
+        type=float,
+        default=300.0,
+        help="seconds an online device may take from desired state to healthy (default 300)",
+    )
+    rollout.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where rollouts are kept (default ~/.edgefleet or $EDGEFLEET_STATE_DIR)",
+    )
+    rollout.add_argument("--rollback", action="store_true", help="abort: send touched devices back first")
+    rollout.add_argument("--json", action="store_true", help="print the rollout state as JSON")
+    rollout.set_defaults(handler=_lazy("edgefleet.fleet.rollout_cli:run_rollout"))
+
+    simulate = sub.add_parser("simulate", help="N simulated devices speaking the real protocol (one process)")
+    _add_broker_options(simulate)
+    simulate.add_argument("--devices", type=int, required=True, help="how many devices")
+    simulate.add_argument("--profile", default="rpi4", help="their profile (default rpi4)")
+    simulate.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a tag of every device")
+    simulate.add_argument("--id-prefix", default="sim", help="device ids are PREFIX-0000... (default sim)")
+    simulate.add_argument(
+        "--telemetry-hz", type=float, default=1.0, help="telemetry per device per second (default 1)"
+    )
+    simulate.add_argument(
+        "--fail-fraction", type=float, default=0.0, help="share of devices failing health on new bundles"
+    )
+    simulate.add_argument(
+        "--fail-mode",
+        choices=["errors", "reject", "rollback"],
+        default="errors",
+        help="errors: report errors and latency over budget; reject: refuse the bundle; rollback: go back "
+        "to the previous bundle during probation (default errors)",
+    )
+    simulate.add_argument(
+        "--probation-seconds",
+        type=float,
+        default=0.0,
+        help="watch each newly activated bundle this long, as agents do (default 0: no probation)",
+    )
+    simulate.add_argument(
+        "--initial-version", default="0", help="model version devices start with ('' = no model; default 0)"
+    )
+    simulate.add_argument("--seed", type=int, default=0, help="picks the failing devices (default 0)")
+    simulate.add_argument("--duration", type=float, help="stop after this many seconds (default: Ctrl-C)")
+    simulate.add_argument("--json", action="store_true", help="print the final report as JSON")
+    simulate.add_argument(
+        "--record", type=Path, help="at exit, write what every device received and did (JSON) to this file"
+    )
+    simulate.set_defaults(handler=_lazy("edgefleet.fleet.simulator:run_simulate"))
 
     demo = sub.add_parser(
         "demo", help="end-to-end demo: broker, three agents, convert, deploy v1 and v2 under load"
@@ -135,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _apply_broker_options(args)
         return args.handler(args)
     except EdgefleetError as exc:
         print(f"edgefleet: error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ and tests.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -42,7 +43,13 @@ class MosquittoProcess:
     """Start with `start()` (or as a context manager); `kill()` is kill -9, `start()` again restarts it
     on the same port with the same persistence file."""
 
-    def __init__(self, workdir: Path | None = None, port: int | None = None, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        port: int | None = None,
+        extra_config: str = "",
+        autosave_interval: int = 1,
+    ) -> None:
         self.binary = find_mosquitto()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="edgefleet-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -55,9 +62,12 @@ class MosquittoProcess:
                     f"listener {self.port} 127.0.0.1",
                     "allow_anonymous true",
                     "set_tcp_nodelay true",
+                    # Started as root, mosquitto drops to user `mosquitto`, which cannot write our
+                    # persistence folder: stay the user we are, so snapshots are really saved.
+                    f"user {getpass.getuser()}",
                     "persistence true",
                     f"persistence_location {self.workdir}/",
-                    "autosave_interval 1",
+                    f"autosave_interval {autosave_interval}",
                     "max_queued_messages 10000",
                     "log_dest stderr",
                     "log_type error",

@@ -20,7 +20,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgefleet.contract import topics
-from edgefleet.mqtt import BrokerAddress, BrokerError, connect, new_client
+from edgefleet.mqtt import BrokerAddress, BrokerError, connect, new_client, refusal_hint
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,9 @@ class BrokerSession:
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
         self._client.on_subscribe = self._handle_subscribe
+        self._client.on_log = self._handle_log
+        self._last_socket_error: str | None = None
+        self._ever_connected = False
         self._loop_started = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -119,8 +122,11 @@ class BrokerSession:
                 self.close()
                 raise BrokerError(
                     f"the MQTT broker at {self.address} accepted the TCP connection but did not answer the "
-                    f"MQTT 5 handshake within {self.connect_timeout:.0f} s; is it an MQTT 5 broker?"
+                    f"MQTT 5 handshake within {self.connect_timeout:.0f} s; is it an MQTT 5 broker"
+                    f"{'' if self.address.tls else ', or does that port want TLS (mqtts://)'}?"
                 )
+        # paho formats every packet's log line while on_log is set; it was only needed for the handshake.
+        self._client.on_log = None
         return self
 
     def close(self) -> None:
@@ -218,7 +224,9 @@ class BrokerSession:
         properties: Properties | None,
     ) -> None:
         if reason.is_failure:
-            self._fatal = f"the MQTT broker at {self.address} refused the connection: {reason}"
+            self._fatal = (
+                f"the MQTT broker at {self.address} refused the connection: {reason}{refusal_hint(reason)}"
+            )
             self._acks.wake()
             return
         if properties is not None:
@@ -228,6 +236,7 @@ class BrokerSession:
             # A reconnect with a clean start lost them: subscribe again (no waiting on this thread).
             client.subscribe(list(self._subscriptions))
         self._disconnected_reason = None
+        self._ever_connected = True
         self._connected.set()
 
     def _handle_disconnect(
@@ -240,7 +249,21 @@ class BrokerSession:
     ) -> None:
         self._connected.clear()
         self._disconnected_reason = str(reason)
+        if not self._ever_connected and self._fatal is None:
+            # Closed before any CONNACK: a TLS-level refusal (e.g. a client certificate is required) or
+            # not an MQTT 5 broker. Waiting for paho's reconnects would only hide the reason.
+            why = self._last_socket_error or str(reason)
+            hint = ""
+            if self.address.tls and not self.address.security.cert_file:
+                hint = "; if the broker requires client certificates, pass one with --cert/--key"
+            self._fatal = (
+                f"the MQTT broker at {self.address} closed the connection before accepting it ({why}){hint}"
+            )
         self._acks.wake()
+
+    def _handle_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self._last_socket_error = text
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic == self._sync_topic:

@@ -1,4 +1,5 @@
-"""Reference models shipped with edgefleet (made by models/train_digits_cnn.py; no downloads)."""
+"""Reference models shipped with edgefleet (made by models/train_digits_cnn.py and models/mobilenet_digits.py;
+no downloads)."""
 
 from importlib import resources
 from pathlib import Path

@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${EDGEFLEET_EXTRAS:-agent,converter,dev}"
+EXTRAS="${EDGEFLEET_EXTRAS:-agent,converter,compress,train,dev}"
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -21,6 +21,12 @@ apt_install() {
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   echo "setup: installing mosquitto (apt)" >&2
   apt_install mosquitto mosquitto-clients
+fi
+
+# the agent's unit file is checked with `systemd-analyze verify` (container images often lack it)
+if ! command -v systemd-analyze >/dev/null 2>&1 && [ ! -x /usr/bin/systemd-analyze ]; then
+  echo "setup: installing systemd-analyze (apt package systemd)" >&2
+  apt_install systemd
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ class TensorSet:
     path: Path
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
+    # Largest batch the model the artifact is built from accepts (1 once its batch is fixed; None: any).
+    max_batch: int | None = None
 
     @property
     def samples(self) -> int:
@@ -51,7 +53,7 @@ def load_tensor_set(path: Path, info: ModelInfo, role: str, min_samples: int) ->
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise InputDataError(f"{where}: not a readable .npz file ({exc})") from exc
     expected = [tensor.name for tensor in info.inputs]
-    allowed_extra = {LABELS_KEY} if role == "evaluation" else set()
+    allowed_extra = {LABELS_KEY}  # optional in every set (scoring, recovery training after pruning)
     missing = [name for name in expected if name not in arrays]
     unexpected = sorted(set(arrays) - set(expected) - allowed_extra)
     if missing or unexpected:
@@ -91,7 +93,7 @@ def load_tensor_set(path: Path, info: ModelInfo, role: str, min_samples: int) ->
         raise InputDataError(
             f"{where}: {samples} samples, at least {min_samples} are needed; add representative samples"
         )
-    labels = arrays.get(LABELS_KEY) if role == "evaluation" else None
+    labels = arrays.get(LABELS_KEY)
     if labels is not None and (
         labels.ndim != 1 or len(labels) != samples or not np.issubdtype(labels.dtype, np.integer)
     ):
@@ -102,6 +104,17 @@ def load_tensor_set(path: Path, info: ModelInfo, role: str, min_samples: int) ->
     return TensorSet(path=path, inputs=inputs, labels=labels)
 
 
+def fixed_batch(model) -> int | None:  # type: ignore[no-untyped-def]
+    """1 when every input of `model` has a fixed batch of 1 (the profile or --input-shape fixed it)."""
+    initializers = {init.name for init in model.graph.initializer}
+    firsts = [
+        value.type.tensor_type.shape.dim[0].dim_value if value.type.tensor_type.shape.dim else 0
+        for value in model.graph.input
+        if value.name not in initializers
+    ]
+    return 1 if firsts and all(first == 1 for first in firsts) else None
+
+
 class LoadCalibration:
     """Load and check the calibration set (static quantization needs representative inputs)."""
 
@@ -109,7 +122,8 @@ class LoadCalibration:
 
     def run(self, ctx: ConversionContext) -> None:
         info = ctx.need(ctx.model_info, "the model description")
-        ctx.calib = load_tensor_set(ctx.request.calib, info, "calibration", MIN_CALIBRATION_SAMPLES)
+        data = load_tensor_set(ctx.request.calib, info, "calibration", MIN_CALIBRATION_SAMPLES)
+        ctx.calib = replace(data, max_batch=fixed_batch(ctx.need(ctx.model, "the source model")))
 
 
 class LoadEvaluation:
@@ -129,8 +143,8 @@ class OnnxCalibrationReader:
 
     def __init__(self, data: TensorSet, batch: int) -> None:
         self._data = data
-        self._batch = batch
-        self._iter = data.sample_batches(batch)
+        self._batch = min(batch, data.max_batch) if data.max_batch else batch
+        self._iter = data.sample_batches(self._batch)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._iter, None)

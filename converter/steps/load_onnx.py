@@ -72,9 +72,14 @@ def load_onnx_model(path: Path):  # type: ignore[no-untyped-def]
 
 
 class LoadOnnx:
-    """Load the source model named by the request and record what its inputs and outputs look like."""
+    """Load the source model named by the request, fix its dynamic input dimensions (`--input-shape`, the
+    profile's batch) and record what its inputs and outputs look like in float form."""
 
     name = "load model"
 
     def run(self, ctx: ConversionContext) -> None:
-        ctx.model, ctx.model_info = load_onnx_model(ctx.request.model)
+        from edgefleet.converter.steps.input_shapes import resolve_input_shapes
+
+        model, info = load_onnx_model(ctx.request.model)
+        resolved = resolve_input_shapes(model, info, ctx.request.input_shapes, ctx.profile)
+        ctx.model, ctx.model_info = resolved.model, resolved.float_info

@@ -10,7 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -45,6 +45,25 @@ class KerasTranslation:
     model: Any  # keras.Model
     input_perms: dict[str, list[int] | None]  # artifact = transpose(float, perm)
     output_perms: dict[str, list[int] | None]
+    # Keras layer name -> the ONNX nodes it computes (a Conv and the BatchNormalization folded into it).
+    # TensorFlow op names, and so TFLite tensor names, carry the layer name: this is how a TFLite tensor
+    # is traced back to the ONNX layer it came from (per-layer error, mixed precision).
+    layer_nodes: dict[str, list[str]] = field(default_factory=dict)
+
+
+LAYER_NAME = re.compile(r"(?:^|/)(L\d+_[a-z0-9]+)(?:_\d+)?/")
+
+
+def node_label(node: Any) -> str:
+    """How a node is named in reports and in ctx.float_layers: its ONNX name, else its first output."""
+    return str(node.name or node.output[0])
+
+
+def layer_names_in(tensor_name: str) -> list[str]:
+    """The translator's Keras layer names found in a TensorFlow/TFLite tensor name (fused ops join several
+    op names with ';'), in ONNX graph order."""
+    found = dict.fromkeys(LAYER_NAME.findall(tensor_name))
+    return sorted(found, key=lambda name: int(name[1:].split("_", 1)[0]))
 
 
 def keras_safe_name(name: str) -> str:
@@ -106,6 +125,8 @@ class _Translator:
                 self.consumers.setdefault(name, []).append(node)
         self.graph_outputs = {v.name for v in self.model.graph.output}
         self.fused: set[int] = set()  # ids of nodes folded into an earlier layer
+        self.node_index = {id(node): index for index, node in enumerate(self.model.graph.node)}
+        self.layer_nodes: dict[str, list[str]] = {}
         self.handlers: dict[str, Callable[[Any], None]] = {
             "Conv": self._conv,
             "Relu": self._relu,
@@ -153,6 +174,18 @@ class _Translator:
         for value in fixed.graph.output:  # let shape inference recompute output shapes with batch 1
             value.type.tensor_type.ClearField("shape")
         return fixed
+
+    def _name(self, node: Any, *folded: Any) -> str:
+        """A unique Keras layer name for `node` (recorded with the ONNX nodes the layer computes)."""
+        name = f"L{self.node_index[id(node)]}_{re.sub(r'[^a-z0-9]', '', node.op_type.lower())}"
+        self.layer_nodes[name] = [node_label(n) for n in (node, *folded)]
+        return name
+
+    def _padding_name(self, node: Any) -> str:
+        """The explicit padding in front of `node`: a layer of its own, reported as '<node>/pad'."""
+        name = f"L{self.node_index[id(node)]}_pad"
+        self.layer_nodes[name] = [f"{node_label(node)}/pad"]
+        return name
 
     def _unsupported(self, node: Any, why: str) -> UnsupportedModelError:
         return UnsupportedModelError(
@@ -247,7 +280,7 @@ class _Translator:
                 )
             output_perms[value.name] = list(NCHW_TO_NHWC) if translated.layout == "nhwc" else None
             outputs.append(tensor)
-        return KerasTranslation(keras.Model(inputs, outputs), input_perms, output_perms)
+        return KerasTranslation(keras.Model(inputs, outputs), input_perms, output_perms, self.layer_nodes)
 
     # --- constants and shapes ----------------------------------------------------------------------
     def _fold_constant(self, node: Any) -> None:
@@ -344,18 +377,27 @@ class _Translator:
         bias = np.zeros(out_ch, np.float32) if bias is None else bias.astype(np.float32)
         output = node.output[0]
         bn = self._sole_consumer(output, "BatchNormalization")
+        folded = []
         if bn is not None and all(n in self.consts for n in bn.input[1:5]):
             scale, shift = self._bn_affine(bn)
             weight = weight * scale[:, None, None, None]
             bias = bias * scale + shift
             self.fused.add(id(bn))
             output = bn.output[0]
+            folded.append(bn)
         mode, pads = self._spatial_padding(node, in_hw, kernel, strides, dilations)
         tensor = x.tensor
         if mode == "explicit":
-            tensor = keras.layers.ZeroPadding2D(((pads[0], pads[2]), (pads[1], pads[3])))(tensor)
+            tensor = keras.layers.ZeroPadding2D(
+                ((pads[0], pads[2]), (pads[1], pads[3])), name=self._padding_name(node)
+            )(tensor)
             mode = "valid"
-        common = {"strides": tuple(strides), "padding": mode, "dilation_rate": tuple(dilations)}
+        common = {
+            "strides": tuple(strides),
+            "padding": mode,
+            "dilation_rate": tuple(dilations),
+            "name": self._name(node, *folded),
+        }
         if group == 1:
             layer = keras.layers.Conv2D(out_ch, tuple(kernel), **common)
             kernel_w = weight.transpose(2, 3, 1, 0)
@@ -387,16 +429,18 @@ class _Translator:
 
     def _relu(self, node: Any) -> None:
         x = self._value(node, node.input[0])
-        self._set(node, _Value(self.keras.layers.ReLU()(x.tensor), x.layout, x.chw))
+        self._set(node, _Value(self.keras.layers.ReLU(name=self._name(node))(x.tensor), x.layout, x.chw))
 
     def _leaky_relu(self, node: Any) -> None:
         x = self._value(node, node.input[0])
         alpha = float(_attrs(node).get("alpha", 0.01))
-        self._set(node, _Value(self.keras.layers.LeakyReLU(negative_slope=alpha)(x.tensor), x.layout, x.chw))
+        layer = self.keras.layers.LeakyReLU(negative_slope=alpha, name=self._name(node))
+        self._set(node, _Value(layer(x.tensor), x.layout, x.chw))
 
     def _sigmoid(self, node: Any) -> None:
         x = self._value(node, node.input[0])
-        self._set(node, _Value(self.keras.layers.Activation("sigmoid")(x.tensor), x.layout, x.chw))
+        layer = self.keras.layers.Activation("sigmoid", name=self._name(node))
+        self._set(node, _Value(layer(x.tensor), x.layout, x.chw))
 
     def _clip(self, node: Any) -> None:
         x = self._value(node, node.input[0])
@@ -407,7 +451,7 @@ class _Translator:
             low = None if low_c is None else float(low_c)
             high = None if high_c is None else float(high_c)
         if low == 0.0:  # ReLU / ReLU6: fused into the producing conv by the TFLite converter
-            result = self.keras.layers.ReLU(max_value=high)(x.tensor)
+            result = self.keras.layers.ReLU(max_value=high, name=self._name(node))(x.tensor)
         else:
             result = self.keras.ops.clip(
                 x.tensor, -np.inf if low is None else low, np.inf if high is None else high
@@ -422,7 +466,10 @@ class _Translator:
         mode, _ = self._spatial_padding(node, in_hw, kernel, strides, dilations)
         if mode == "explicit":
             raise self._unsupported(node, "padding other than none or TF-'same' is not supported for MaxPool")
-        result = self.keras.layers.MaxPooling2D(tuple(kernel), tuple(strides), padding=mode)(x.tensor)
+        layer = self.keras.layers.MaxPooling2D(
+            tuple(kernel), tuple(strides), padding=mode, name=self._name(node)
+        )
+        result = layer(x.tensor)
         self._set(node, _Value(result, "nhwc"))
 
     def _avg_pool(self, node: Any) -> None:
@@ -435,9 +482,14 @@ class _Translator:
         if mode == "explicit" or (mode == "same" and include_pad):
             if not include_pad:
                 raise self._unsupported(node, "explicit padding with count_include_pad=0 is not supported")
-            tensor = keras.layers.ZeroPadding2D(((pads[0], pads[2]), (pads[1], pads[3])))(tensor)
+            tensor = keras.layers.ZeroPadding2D(
+                ((pads[0], pads[2]), (pads[1], pads[3])), name=self._padding_name(node)
+            )(tensor)
             mode = "valid"
-        result = keras.layers.AveragePooling2D(tuple(kernel), tuple(strides), padding=mode)(tensor)
+        layer = keras.layers.AveragePooling2D(
+            tuple(kernel), tuple(strides), padding=mode, name=self._name(node)
+        )
+        result = layer(tensor)
         self._set(node, _Value(result, "nhwc"))
 
     def _global_pool(self, node: Any) -> None:
@@ -449,7 +501,7 @@ class _Translator:
             if node.op_type == "GlobalAveragePool"
             else self.keras.layers.GlobalMaxPooling2D
         )
-        self._set(node, _Value(layer_type(keepdims=True)(x.tensor), "nhwc"))
+        self._set(node, _Value(layer_type(keepdims=True, name=self._name(node))(x.tensor), "nhwc"))
 
     def _binary(self, node: Any) -> None:
         ops = self.keras.ops
@@ -464,9 +516,23 @@ class _Translator:
         a, b = self._value(node, node.input[0]), self._value(node, node.input[1])
         if (a.layout, a.chw) != (b.layout, b.chw) or len(a.tensor.shape) != len(b.tensor.shape):
             raise self._unsupported(node, "operands have different layouts or ranks")
-        self._set(node, _Value(op(a.tensor, b.tensor), a.layout, a.chw))
+        if a.tensor.shape == b.tensor.shape:  # a named layer, so a residual Add is traceable in TFLite
+            layers = self.keras.layers
+            layer_type = {"Add": layers.Add, "Sub": layers.Subtract, "Mul": layers.Multiply}[node.op_type]
+            result = layer_type(name=self._name(node))([a.tensor, b.tensor])
+        else:
+            result = op(a.tensor, b.tensor)
+        self._set(node, _Value(result, a.layout, a.chw))
 
-    def _dense(self, node: Any, x: _Value, kernel: np.ndarray, bias: np.ndarray | None, output: str) -> None:
+    def _dense(
+        self,
+        node: Any,
+        x: _Value,
+        kernel: np.ndarray,
+        bias: np.ndarray | None,
+        output: str,
+        folded: tuple[Any, ...] = (),
+    ) -> None:
         """Dense layer on a [batch, features] tensor; rows of `kernel` (in, out) follow ONNX order."""
         if len(x.tensor.shape) != 2 or x.layout == "nhwc":
             raise self._unsupported(node, "only [batch, features] inputs are supported")
@@ -474,7 +540,9 @@ class _Translator:
             # The features arrive flattened in NHWC order; reordering the weight rows avoids a TRANSPOSE.
             assert x.chw is not None
             kernel = kernel[_flat_nhwc_index(x.chw)]
-        layer = self.keras.layers.Dense(kernel.shape[1], use_bias=bias is not None)
+        layer = self.keras.layers.Dense(
+            kernel.shape[1], use_bias=bias is not None, name=self._name(node, *folded)
+        )
         result = layer(x.tensor)
         layer.set_weights([kernel] if bias is None else [kernel, bias])
         self._set(node, _Value(result), output)
@@ -507,7 +575,7 @@ class _Translator:
         if kernel.ndim != 2:
             raise self._unsupported(node, "only [batch, in] x [in, out] with a constant weight is supported")
         kernel = kernel.astype(np.float32)
-        bias, output = None, node.output[0]
+        bias, output, folded = None, node.output[0], ()
         add = self._sole_consumer(output, "Add")
         if add is not None:
             other = add.input[1] if add.input[0] == output else add.input[0]
@@ -515,7 +583,8 @@ class _Translator:
             if candidate is not None and candidate.size == kernel.shape[1]:
                 bias, output = candidate.astype(np.float32).reshape(-1), add.output[0]
                 self.fused.add(id(add))
-        self._dense(node, x, kernel, bias, output)
+                folded = (add,)
+        self._dense(node, x, kernel, bias, output, folded)
 
     def _flatten(self, node: Any) -> None:
         x = self._value(node, node.input[0])
@@ -529,13 +598,13 @@ class _Translator:
         shape = [int(d) for d in x.tensor.shape]
         if x.layout == "nhwc":
             h, w, c = shape[1:]
-            flat = self.keras.layers.Flatten()(x.tensor)
+            flat = self.keras.layers.Flatten(name=self._name(node))(x.tensor)
             # With H = W = 1 the NHWC and NCHW flattening orders coincide.
             self._set(node, _Value(flat, "same") if h == w == 1 else _Value(flat, "flat_nhwc", (c, h, w)))
         elif len(shape) == 2:
             self._set(node, x)
         else:
-            self._set(node, _Value(self.keras.layers.Flatten()(x.tensor), "same"))
+            self._set(node, _Value(self.keras.layers.Flatten(name=self._name(node))(x.tensor), "same"))
 
     def _reshape(self, node: Any) -> None:
         x = self._value(node, node.input[0])
@@ -543,7 +612,8 @@ class _Translator:
         if len(target) == 2 and target[0] == 1:
             self._flatten_to_2d(node, x)
         elif x.layout == "same":
-            self._set(node, _Value(self.keras.layers.Reshape(tuple(target[1:]))(x.tensor)))
+            layer = self.keras.layers.Reshape(tuple(target[1:]), name=self._name(node))
+            self._set(node, _Value(layer(x.tensor)))
         else:
             raise self._unsupported(node, f"reshaping an NCHW feature map to {target} is not supported")
 
@@ -574,7 +644,7 @@ class _Translator:
         axis = int(_attrs(node).get("axis", -1 if self.opset >= 13 else 1))
         if x.layout != "same" or axis not in (-1, rank - 1):
             raise self._unsupported(node, "only softmax over the last axis of a [batch, features] tensor")
-        self._set(node, _Value(self.keras.layers.Softmax(axis=-1)(x.tensor)))
+        self._set(node, _Value(self.keras.layers.Softmax(axis=-1, name=self._name(node))(x.tensor)))
 
     def _concat(self, node: Any) -> None:
         parts = [self._value(node, name) for name in node.input]
@@ -585,7 +655,7 @@ class _Translator:
         axis = int(_attrs(node)["axis"]) % rank
         if parts[0].layout == "nhwc":
             axis = NCHW_TO_NHWC.index(axis)
-        result = self.keras.layers.Concatenate(axis=axis)([p.tensor for p in parts])
+        result = self.keras.layers.Concatenate(axis=axis, name=self._name(node))([p.tensor for p in parts])
         self._set(node, _Value(result, parts[0].layout))
 
 

@@ -7,6 +7,11 @@ from typing import Literal
 
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.steps.calibration import OnnxCalibrationReader
+from edgefleet.converter.steps.calibration_ranges import (
+    calibration_method,
+    onnx_range_overrides,
+    onnxruntime_calibration,
+)
 
 MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) need opset 13
 CALIBRATION_BATCH = 32
@@ -26,7 +31,8 @@ def ensure_opset(model, minimum: int):  # type: ignore[no-untyped-def]
 
 
 class QuantizeOnnx:
-    """QDQ INT8, per-channel weights, calibrated with MinMax on the calibration set.
+    """QDQ INT8, per-channel weights, calibrated on the calibration set with the request's method; the
+    nodes in ctx.float_layers (mixed precision) are left unquantized.
 
     Flavor 'ort': asymmetric uint8 activations (fastest in onnxruntime on CPUs).
     Flavor 'tensorrt': symmetric int8 activations and weights (zero point 0), float bias: the form
@@ -40,7 +46,12 @@ class QuantizeOnnx:
 
     def run(self, ctx: ConversionContext) -> None:
         import onnx
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        # Sessions on exporter-made models warn about every Clip bound they fold away (dozens of lines for a
+        # MobileNet); real problems still arrive as exceptions.
+        ort.set_default_logger_severity(3)
 
         model = ensure_opset(ctx.need(ctx.model, "the source model"), MIN_QDQ_OPSET)
         source = ctx.work_dir / "source.onnx"
@@ -52,6 +63,10 @@ class QuantizeOnnx:
         else:
             activation_type = QuantType.QUInt8
             extra = {}
+        calib = ctx.need(ctx.calib, "calibration data")
+        overrides = onnx_range_overrides(ctx)
+        if overrides:
+            extra = {**extra, "TensorQuantOverrides": overrides}
         # quantize_static logs a generic "consider pre-processing" warning on the root logger; pre-processing
         # changed nothing measurable for exporter-folded models (toolchain notes), so keep the CLI quiet.
         logging.disable(logging.WARNING)
@@ -59,15 +74,32 @@ class QuantizeOnnx:
             quantize_static(
                 str(source),
                 str(out),
-                OnnxCalibrationReader(ctx.need(ctx.calib, "calibration data"), CALIBRATION_BATCH),
+                OnnxCalibrationReader(calib, CALIBRATION_BATCH),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=activation_type,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=onnxruntime_calibration(calibration_method(ctx)),
                 extra_options=extra,
+                nodes_to_exclude=list(ctx.float_layers),
             )
         finally:
             logging.disable(logging.NOTSET)
+        drop_unused_initializers(out)
         onnx.checker.check_model(str(out))
         ctx.artifact_path = out
+
+
+def drop_unused_initializers(path) -> None:  # type: ignore[no-untyped-def]
+    """quantize_static folds Clip/Relu into the producing node but leaves their min/max constants behind;
+    onnxruntime then warns about each one whenever the model is loaded (on the device too)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {output.name for output in model.graph.output}
+    unused = [init for init in model.graph.initializer if init.name not in used]
+    if unused:
+        for init in unused:
+            model.graph.initializer.remove(init)
+        onnx.save(model, str(path))

@@ -1,13 +1,19 @@
 """Full-INT8 TFLite from the Keras twin: static post-training quantization with a representative dataset,
 int8 weights and activations, int32 bias, int8/uint8 I/O as the profile says, static shapes, one subgraph.
+
+Calibration and quantization are two passes (as in TensorFlow's QuantizationDebugger): the calibrated float
+model records every activation range, the calibration method may rewrite those ranges, and the MLIR
+quantizer turns them into scales - keeping in float any op that mixed precision asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +21,8 @@ import numpy as np
 
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.errors import ConversionError
-from edgefleet.converter.steps.onnx_to_keras import import_keras
+from edgefleet.converter.steps.calibration_ranges import calibration_method, rewrite_tflite_ranges
+from edgefleet.converter.steps.onnx_to_keras import KerasTranslation, import_keras, layer_names_in
 
 # int32 is allowed only where full-INT8 kernels take it: the bias of conv/FC ops and RESHAPE's shape.
 _INT32_OPERANDS = {
@@ -29,22 +36,35 @@ _INT32_OPERANDS = {
 }
 
 
-def full_int8_violations(path: Path) -> list[str]:
-    """Everything that keeps a .tflite from being full-INT8 with static shapes (empty list: clean)."""
+def full_int8_violations(path: Path, float_ops: Iterable[str] = ()) -> list[str]:
+    """Everything that keeps a .tflite from being full-INT8 with static shapes (empty list: clean).
+
+    float_ops: output tensor names of ops deliberately kept in float (mixed precision); their tensors, and
+    the QUANTIZE/DEQUANTIZE ops around them, may be float."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path))
     problems = []
     if interpreter.num_subgraphs() != 1:
         problems.append(f"{interpreter.num_subgraphs()} subgraphs (want 1)")
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    kept_float = set(float_ops)
     allowed_int32: set[int] = set()
+    allowed_float: set[int] = set()
     for op in interpreter._get_ops_details():
         for position in _INT32_OPERANDS.get(op["op_name"], set()):
             if position < len(op["inputs"]):
                 allowed_int32.add(int(op["inputs"][position]))
+        outputs = [int(i) for i in op["outputs"]]
+        if kept_float and (
+            op["op_name"] in ("QUANTIZE", "DEQUANTIZE") or any(names[i] in kept_float for i in outputs)
+        ):
+            allowed_float.update(int(i) for i in [*op["inputs"], *outputs] if int(i) >= 0)
     for tensor in interpreter.get_tensor_details():
         dtype = np.dtype(tensor["dtype"])
         if dtype == np.int32 and tensor["index"] in allowed_int32:
+            continue
+        if dtype == np.float32 and tensor["index"] in allowed_float:
             continue
         if dtype not in (np.int8, np.uint8):
             problems.append(f"tensor '{tensor['name']}' is {dtype.name}")
@@ -87,19 +107,75 @@ def name_io_tensors(flatbuffer: bytes, input_names: list[str], output_names: lis
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def calibrated_model_path(ctx: ConversionContext) -> Path:
+    """The calibrated float TFLite model (ranges recorded, calibration method applied): the float
+    reference of the per-layer comparison and the input of every re-quantization."""
+    return ctx.work_dir / f"calibrated-{calibration_method(ctx)}.tflite"
+
+
+def tflite_op_outputs(model: bytes) -> list[str]:
+    """Output tensor names of every op of a TFLite model, in execution order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model)
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    return [names[int(i)] for op in interpreter._get_ops_details() for i in op["outputs"]]
+
+
+def ops_for_layers(op_outputs: list[str], translation: KerasTranslation, layers: Iterable[str]) -> list[str]:
+    """Output tensor names of the TFLite ops that compute any of the ONNX nodes `layers` (the names the
+    MLIR quantizer's denylist takes)."""
+    wanted = set(layers)
+    return [
+        name
+        for name in op_outputs
+        if any(wanted.intersection(translation.layer_nodes.get(k, [])) for k in layer_names_in(name))
+    ]
+
+
+@contextlib.contextmanager
+def _native_stderr_discarded() -> Iterator[None]:
+    """The TFLite converter and quantizer print from C++ straight to file descriptor 2 ('fully_quantize: 0,
+    ...'); Python-level redirection cannot catch that. Errors still arrive as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _quiet() -> contextlib.ExitStack:
+    """The converter prints its SavedModel export to stdout and warns freely; keep the CLI output readable."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(_native_stderr_discarded())
+    return stack
+
+
 class QuantizeTflite:
-    """tf.lite.TFLiteConverter on the Keras twin, fed NHWC calibration samples one at a time (batch 1)."""
+    """Calibrate the Keras twin on NHWC calibration samples (batch 1), then quantize with the MLIR quantizer;
+    ctx.float_layers (mixed precision) stay float where the profile allows float fallback."""
 
     name = "quantize tflite (full int8)"
 
     def __init__(self, io_dtype: Literal["int8", "uint8"]) -> None:
         self.io_dtype = io_dtype
 
-    def run(self, ctx: ConversionContext) -> None:
+    def _calibrate(self, ctx: ConversionContext) -> bytes:
+        """The calibrated float model, made once per conversion (re-quantizations reuse it)."""
+        path = calibrated_model_path(ctx)
+        if path.is_file():
+            return path.read_bytes()
         import_keras()  # the Keras twin and TensorFlow must agree on the backend
         import tensorflow as tf
 
-        translation = ctx.need(ctx.keras_model, "the Keras model")
+        translation: KerasTranslation = ctx.need(ctx.keras_model, "the Keras model")
         calib = ctx.need(ctx.calib, "calibration data")
         names = [t.name for t in ctx.need(ctx.model_info, "model description").inputs]
 
@@ -116,24 +192,54 @@ class QuantizeTflite:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        io_type = tf.int8 if self.io_dtype == "int8" else tf.uint8
-        converter.inference_input_type = io_type
-        converter.inference_output_type = io_type
-        # The converter prints its SavedModel export to stdout; keep the CLI output readable.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        converter._experimental_calibrate_only = True  # ranges only; quantized below (see module doc)
+        with _quiet():
             try:
-                flatbuffer = converter.convert()
+                calibrated = converter.convert()
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ConversionError(
-                    f"TFLite full-INT8 conversion failed ({first}); the model may use an op without an "
+                    f"TFLite conversion failed ({first}); the model may use an op without a TFLite "
+                    "kernel - choose an ONNX profile for it"
+                ) from exc
+            calibrated = rewrite_tflite_ranges(calibrated, ctx, translation)
+        path.write_bytes(calibrated)
+        return calibrated
+
+    def run(self, ctx: ConversionContext) -> None:
+        import tensorflow as tf
+        from tensorflow.lite.python.convert import mlir_quantize
+
+        calibrated = self._calibrate(ctx)
+        translation: KerasTranslation = ctx.need(ctx.keras_model, "the Keras model")
+        float_ops: list[str] = []
+        if ctx.float_layers:
+            if not ctx.profile.artifact.allow_float_fallback:
+                raise ConversionError(
+                    f"profile '{ctx.profile.name}' does not allow float fallback; layers "
+                    f"{ctx.float_layers} cannot be kept in float"
+                )
+            float_ops = ops_for_layers(tflite_op_outputs(calibrated), translation, ctx.float_layers)
+        io_type = tf.int8 if self.io_dtype == "int8" else tf.uint8
+        with _quiet():
+            try:
+                flatbuffer = mlir_quantize(
+                    calibrated,
+                    input_data_type=io_type,
+                    output_data_type=io_type,
+                    denylisted_nodes=float_ops or None,
+                )
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConversionError(
+                    f"TFLite full-INT8 quantization failed ({first}); the model may use an op without an "
                     "INT8 TFLite kernel - choose an ONNX profile for it"
                 ) from exc
         info = ctx.need(ctx.model_info, "model description")
+        names = [t.name for t in info.inputs]
         out = ctx.work_dir / "model.tflite"
         out.write_bytes(name_io_tensors(flatbuffer, names, [t.name for t in info.outputs]))
-        problems = full_int8_violations(out)
+        problems = full_int8_violations(out, float_ops)
         if problems:
             raise ConversionError(
                 f"the TFLite model is not full-INT8 with static shapes: {'; '.join(problems[:5])}"

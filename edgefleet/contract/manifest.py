@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.contract.profiles import ArtifactFormat, Precision
+from edgefleet.contract.target_checks import TargetChecks
 
 MANIFEST_SCHEMA_VERSION = 1
 TensorDtype = Literal["float32", "float16", "int8", "uint8", "int32", "int64"]
@@ -15,7 +16,9 @@ Dim = int | None  # None: dynamic (any size)
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are ignored, so an agent accepts bundles from a newer converter that added optional
+    # fields; the signature covers the whole manifest either way.
+    model_config = ConfigDict(extra="ignore")
 
 
 class QuantParams(_Model):
@@ -65,6 +68,22 @@ class ConversionMetrics(_Model):
     host_runtime: str = Field(description="what ran the artifact on the host to measure it")
 
 
+class ArtifactAlternative(_Model):
+    """Another model file in the bundle for the same target (e.g. an INT8 ONNX next to the preferred
+    TFLite, or the Edge TPU-compiled TFLite); `BundleManifest.artifact` stays the profile's preferred one."""
+
+    kind: str = Field(description="what it is: 'onnx-int8', 'onnx-fp16', 'tflite-int8-edgetpu'")
+    path: str = Field(description="path of the model file inside the bundle (listed in `files`)")
+    format: ArtifactFormat
+    precision: Precision
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metrics: ConversionMetrics | None = Field(default=None, description="null when the host cannot run it")
+    requires_delegate: Literal["edgetpu"] | None = Field(
+        default=None, description="runs only where this delegate is loaded (compiled Edge TPU models)"
+    )
+
+
 class BundleManifest(_Model):
     schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -79,6 +98,22 @@ class BundleManifest(_Model):
     metrics: ConversionMetrics
     converter_version: str
     created_at: datetime
+    health_samples: str | None = Field(
+        default=None,
+        description="path of an .npz inside the bundle (listed in `files`): a few inputs in the float form, "
+        "one array per input name, first axis = samples; the agent runs them before it swaps the model in",
+    )
+    alternatives: list[ArtifactAlternative] = Field(
+        default_factory=list, description="other model files for this target; `artifact` is the preferred one"
+    )
+    target_checks: TargetChecks | None = Field(
+        default=None, description="what the converter checked about the target running the artifact"
+    )
+    report: dict[str, Any] | None = Field(
+        default=None,
+        description="the converter's report.json (accuracy budget, per-output and per-layer error, every "
+        "artifact vs fp32); its schema is edgefleet.converter.report.ConversionReport (`schema_version`)",
+    )
 
     def file(self, path: str) -> FileEntry:
         for entry in self.files:

@@ -49,6 +49,29 @@ class BackendInfo(Message):
     fallbacks: list[str] = Field(
         default_factory=list, description="what the profile asked for but could not be had, and why"
     )
+    requested: list[str] = Field(
+        default_factory=list, description="the delegates or providers the profile asked for, in order"
+    )
+
+
+class KeptVersion(Message):
+    """A verified bundle kept unpacked on the device: what `edgefleet rollback` can return to."""
+
+    name: str
+    version: str
+    bundle_id: str
+    last_active_at: datetime | None = Field(default=None, description="null: installed, never activated")
+    failed: bool = Field(default=False, description="rejected or rolled back under its latest deployment")
+
+
+class ProbationStatus(Message):
+    """The model that was just swapped in and is being watched; `previous_*` is what a rollback returns to."""
+
+    bundle_id: str
+    version: str
+    previous_bundle_id: str | None
+    previous_version: str | None
+    ends_at: datetime
 
 
 class DeviceStatus(Message):
@@ -61,6 +84,14 @@ class DeviceStatus(Message):
     swaps: int = 0
     last_error: str | None = None
     updated_at: datetime = Field(default_factory=utc_now)
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="labels from the agent config (e.g. site: lab), used by selectors"
+    )
+    rollbacks: int = Field(default=0, description="swaps that were rollbacks, since the agent started")
+    kept: list[KeptVersion] = Field(
+        default_factory=list, description="bundles kept on the device, most recently active first"
+    )
+    probation: ProbationStatus | None = None
 
 
 class LatencySummary(Message):
@@ -81,6 +112,18 @@ class Telemetry(Message):
     rss_mb: float
     cpu_percent: float = Field(description="process CPU over the last interval, 100 = one core")
     swaps: int
+    # optional, so telemetry of older agents still parses
+    rollbacks: int = Field(default=0, description="swaps that were rollbacks, since the agent started")
+    model_name: str | None = None
+    backend: BackendInfo | None = Field(default=None, description="what actually runs the active model")
+    interval_requests: int | None = Field(default=None, description="requests answered in the last interval")
+    interval_errors: int | None = Field(default=None, description="error replies in the last interval")
+    throughput_rps: float | None = Field(
+        default=None, description="requests answered per second over the last interval"
+    )
+    soc_temp_c: float | None = Field(
+        default=None, description="SoC temperature from /sys/class/thermal; null where there is none"
+    )
 
 
 class BundleMeta(Message):
@@ -107,12 +150,25 @@ class DesiredState(Message):
 
 
 class DeviceEvent(Message):
-    kind: Literal["delivery_started", "delivery_progress", "activated", "rejected", "warning", "error"]
+    kind: Literal[
+        "delivery_started",
+        "delivery_progress",
+        "delivery_stalled",
+        "activated",
+        "probation_passed",
+        "rolled_back",
+        "rejected",
+        "warning",
+        "error",
+    ]
     deployment_id: str | None = None
     version: str | None = None
     detail: str = ""
     chunks_received: int | None = None
     chunks_total: int | None = None
+    missing_chunks: list[tuple[int, int]] | None = Field(
+        default=None, description="delivery_stalled: the chunks still missing, as [first, last] ranges"
+    )
     at: datetime = Field(default_factory=utc_now)
 
 

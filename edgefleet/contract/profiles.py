@@ -51,6 +51,21 @@ class ArtifactSpec(_Strict):
         description="INT8 ONNX only: 'ort' = asymmetric uint8 activations (fastest on CPUs); "
         "'tensorrt' = symmetric int8, zero-point 0, unquantized bias (TensorRT explicit quantization)",
     )
+    allow_float_fallback: bool = Field(
+        default=False,
+        description="INT8 only: the target can run some layers in float, so the converter may keep the "
+        "layers that lose the most accuracy in float to meet the accuracy budget (mixed precision); false "
+        "(Edge TPU): every op must be int8, and a missed budget names the culprit layers instead",
+    )
+    batch: Literal[1] | None = Field(
+        default=None,
+        description="1: a dynamic batch axis is fixed to 1 in the artifact (static shapes, as TFLite and the "
+        "Edge TPU need; tflite artifacts are always batch 1); null: an ONNX artifact keeps it dynamic",
+    )
+
+
+# Extra model files a profile can ask to have in its bundles next to the preferred artifact.
+AlternativeKind = Literal["onnx-int8", "onnx-fp16"]
 
 
 class RuntimeSpec(_Strict):
@@ -70,10 +85,31 @@ class DeviceProfile(_Strict):
     memory_budget_mb: int = Field(gt=0)
     latency_budget_ms: float = Field(gt=0)
     max_accuracy_drop_points: float = Field(default=1.0, ge=0)
+    max_error_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="probation: a newly swapped-in model whose failed or non-finite runs exceed this share "
+        "is rolled back",
+    )
+    alternatives: tuple[AlternativeKind, ...] = Field(
+        default=(),
+        description="other artifacts the bundle carries next to the preferred one, e.g. [onnx-int8]",
+    )
+    refused_precisions: dict[Precision, str] = Field(
+        default_factory=dict,
+        description="precisions this target cannot run (`convert --precision`), each with the reason",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DeviceProfile:
         fmt, precision = self.artifact.format, self.artifact.precision
+        if precision in self.refused_precisions:
+            raise ValueError(f"artifact precision {precision.value} is in refused_precisions")
+        if len(set(self.alternatives)) != len(self.alternatives):
+            raise ValueError("alternatives lists a kind twice")
+        if f"{fmt.value}-{precision.value}" in self.alternatives:
+            raise ValueError(f"alternatives repeats the artifact itself ({fmt.value}-{precision.value})")
         if fmt is ArtifactFormat.TFLITE:
             if precision is not Precision.INT8:
                 raise ValueError("tflite artifacts are full-INT8 only (precision: int8)")

@@ -319,6 +319,8 @@ def agent_config(workdir: Path, broker_url: str, keys: Keys, **extra: object) ->
         "state_dir": str(workdir / "state"),
         "trusted_key": str(keys.public),
         "telemetry_interval_s": 0.5,
+        # no probation unless a test is about it: otherwise the replaced model stays loaded as standby
+        "probation_s": 0,
         **extra,
     }
 
@@ -328,3 +330,176 @@ class RunningAgent:
     process: AgentProcess
     observer: Observer
     broker: MosquittoProcess
+
+
+# -- helpers for the swap, crash and malformed-message tests ---------------------------------------------
+
+
+def saving_broker(workdir: Path, autosave_interval: int = 1) -> MosquittoProcess:
+    """A mosquitto that snapshots its persistence every `autosave_interval` seconds; a long interval makes
+    a kill -9 lose everything published since the start."""
+    return MosquittoProcess(workdir, autosave_interval=autosave_interval)
+
+
+def sqrt_model(path: Path, outputs: int = 10) -> Path:
+    """logits = sqrt(flatten(image) @ W) with W > 0: finite for non-negative images, NaN for negative ones.
+    A model that passes a health check on good samples and fails on other inputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(7).uniform(0.01, 0.1, size=(64, outputs)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "W"], ["scores"]),
+            helper.make_node("Sqrt", ["scores"], ["logits"]),
+        ],
+        "sqrt_model",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", outputs])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_custom_bundle(
+    out: Path,
+    model: Path,
+    private_key: Path,
+    version: str,
+    *,
+    health_samples: np.ndarray | None = None,
+    padding_bytes: int = 0,
+    profile: str = TEST_PROFILE,
+) -> Path:
+    """A signed digits-shaped bundle (image [?,1,8,8] -> logits [?,10]) with optional health samples (the
+    float form of `image`) and random padding (an extra listed file) to make deliveries long."""
+    from support_bundles import fp32_manifest
+
+    from edgefleet.contract.bundle import write_bundle
+    from edgefleet.contract.signing import load_private_key
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = {"model.onnx": model}
+    manifest = fp32_manifest(profile, version, "digits", model.stat().st_size)
+    if health_samples is not None:
+        samples = out.with_suffix(".samples.npz")
+        np.savez(samples, image=health_samples.astype(np.float32))
+        files["health_samples.npz"] = samples
+        manifest = manifest.model_copy(update={"health_samples": "health_samples.npz"})
+    if padding_bytes:
+        padding = out.with_suffix(".padding")
+        padding.write_bytes(os.urandom(padding_bytes))
+        files["padding.bin"] = padding
+    write_bundle(out, manifest, files, load_private_key(private_key))
+    return out
+
+
+def publish_bundle_parts(
+    url: str,
+    device_id: str,
+    bundle: Path,
+    deployment_id: str,
+    *,
+    chunk_size: int = 256 * 1024,
+    chunks: Any = None,
+    meta: bool = True,
+    desired: bool = True,
+    version: str = "?",
+) -> BundleMeta:
+    """Like publish_bundle, but only the chunks named by `chunks` (an iterable of indices; None: all), and
+    the meta and desired state only when asked: lets a test put a delivery exactly where it wants it."""
+    data = bundle.read_bytes()
+    bundle_id = hashlib.sha256(data).hexdigest()
+    pieces = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+    bundle_meta = BundleMeta(
+        bundle_id=bundle_id,
+        size=len(data),
+        chunk_size=chunk_size,
+        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in pieces],
+        name="digits",
+        version=version,
+        profile=TEST_PROFILE,
+    )
+    client = _connected_client(url, "test-parts")
+    try:
+        infos = [
+            client.publish(topics.bundle_chunk(bundle_id, i), pieces[i], qos=1, retain=True)
+            for i in (range(len(pieces)) if chunks is None else chunks)
+        ]
+        if meta:
+            infos.append(
+                client.publish(topics.bundle_meta(bundle_id), bundle_meta.to_bytes(), qos=1, retain=True)
+            )
+        if desired:
+            state = DesiredState(
+                deployment_id=deployment_id,
+                bundle_id=bundle_id,
+                name="digits",
+                version=version,
+                profile=TEST_PROFILE,
+            )
+            infos.append(client.publish(topics.desired(device_id), state.to_bytes(), qos=1, retain=True))
+        for info in infos:
+            info.wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return bundle_meta
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; AssertionError naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+class Traffic:
+    """Inference requests sent back to back from a thread while a test does something else; every reply
+    is kept as (status, model_version) so the test can check that none failed."""
+
+    def __init__(self, observer: Observer, images: np.ndarray, pause_s: float = 0.0) -> None:
+        self.observer = observer
+        self.images = images
+        self.pause_s = pause_s
+        self.results: list[tuple[str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            reply = self.observer.infer(self.images)
+            self.results.append((reply.status, reply.model_version))
+            if self.pause_s:
+                self._stop.wait(self.pause_s)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def failed(self) -> list[tuple[str, str]]:
+        return [r for r in self.results if r[0] != "ok"]
+
+    def versions(self) -> set[str]:
+        return {version for _, version in self.results}
+
+
+def restart(process: AgentProcess, observer: Observer) -> None:
+    """Start the agent process again and wait until it says it is online (a new `online: true`)."""
+    seen = len(observer.of("online"))
+    process.start()
+    wait_until(lambda: any(m["online"] for m in observer.of("online")[seen:]), 20, "the agent online again")

@@ -33,7 +33,9 @@ def test_bundle_verifies_and_describes_the_artifact(
         expected.precision,
     )
     assert manifest.artifact == f"model.{expected.format.value}"
-    assert [f.path for f in manifest.files] == [manifest.artifact]
+    alternatives = [alternative.path for alternative in manifest.alternatives]  # rpi4: + the INT8 ONNX
+    assert [f.path for f in manifest.files] == [manifest.artifact, *alternatives, "health_samples.npz"]
+    assert manifest.health_samples == "health_samples.npz"  # the agent's pre-swap health check runs them
     assert manifest.converter_version == __version__
     assert manifest.inputs == result.inputs and manifest.outputs == result.outputs
     assert [spec.dtype for spec in manifest.inputs] == [expected.io_dtype]

@@ -1,0 +1,148 @@
+"""Memory of the agent vs the bare runtime: VmRSS (from /proc/PID/status) of a real agent process idle
+(connected to a private mosquitto, no model) and with a model loaded and serving, next to a separate
+bare-runtime process (python + numpy + ai_edge_litert Interpreter with the same model file and thread count,
+after the same number of inferences). One fresh agent per model: the digits CNN and the MobileNetV2-style
+model, both converted for the profile (full-INT8 TFLite for rpi4).
+
+    .venv/bin/python bench/bench_agent_rss.py [--threads N] [--requests 50] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from bench_agent_support import (
+    DEVICE,
+    Agent,
+    artifact_sample,
+    convert_reference,
+    keys,
+    machine_load,
+    read_vm_rss_kib,
+    unpack,
+    use_profile_threads,
+)
+
+from edgefleet.contract.profiles import load_profile
+from edgefleet.fleet.broker import MosquittoProcess
+from edgefleet.fleet.deploy import deploy_bundle
+from edgefleet.fleet.inference import InferenceClient
+
+SETTLE_S = 1.5  # after the last request, before reading VmRSS
+
+BARE_RUNTIME = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, threads, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    interpreter = Interpreter(model_path=model, num_threads=threads)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    output = interpreter.get_output_details()[0]
+    image = np.zeros(detail["shape"], dtype=detail["dtype"])
+    for _ in range(runs):
+        interpreter.set_tensor(detail["index"], image)
+        interpreter.invoke()
+        interpreter.get_tensor(output["index"])
+    print("ready", flush=True)
+    sys.stdin.read()  # stay alive until the parent has read our RSS
+    """
+)
+
+
+def bare_runtime_rss_kib(model: Path, threads: int, runs: int) -> int:
+    process = subprocess.Popen(
+        [sys.executable, "-c", BARE_RUNTIME, str(model), str(threads), str(runs)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the bare runtime process failed")
+        time.sleep(SETTLE_S)
+        return read_vm_rss_kib(process.pid)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", default="rpi4")
+    parser.add_argument("--threads", type=int, default=None, help="default: the profile's, at most the CPUs")
+    parser.add_argument("--requests", type=int, default=50, help="inferences before RSS is read (both sides)")
+    parser.add_argument("--work", type=Path, default=None, help="keep converted bundles here (reused)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
+        tmp_path = Path(tmp)
+        work = args.work or tmp_path
+        work.mkdir(parents=True, exist_ok=True)
+        wanted = args.threads or min(load_profile(args.profile).runtime.threads, os.cpu_count() or 1)
+        threads = use_profile_threads(tmp_path, args.profile, wanted)
+        private_key, public_key = keys(work)
+        bundles = {
+            "digits CNN": convert_reference(work, "digits", args.profile, "1", private_key),
+            "MobileNetV2 224": convert_reference(work, "mobilenet", args.profile, "1", private_key, 224),
+        }
+        rows = []
+        for index, (label, bundle) in enumerate(bundles.items()):
+            # a broker per agent: no retained desired state of the previous one
+            with MosquittoProcess(tmp_path / f"broker-{index}") as broker:
+                _, manifest = unpack(bundle, tmp_path / f"unpacked-{index}", public_key)
+                agent = Agent(
+                    tmp_path / f"agent-{index}", broker.url, public_key, args.profile, probation_s=0
+                ).start()
+                try:
+                    agent.wait_log(r"event=connected ")
+                    time.sleep(SETTLE_S)
+                    idle = read_vm_rss_kib(agent.pid)
+                    deploy_bundle(broker.url, bundle, DEVICE, wait=True, timeout=120)
+                    image = artifact_sample(manifest)
+                    with InferenceClient(broker.url) as client:
+                        for _ in range(args.requests):
+                            client.infer(DEVICE, image)
+                    time.sleep(SETTLE_S)
+                    loaded = read_vm_rss_kib(agent.pid)
+                finally:
+                    agent.stop()
+                bare = bare_runtime_rss_kib(
+                    tmp_path / f"unpacked-{index}" / manifest.artifact, threads, args.requests
+                )
+                rows.append((label, manifest, idle, loaded, bare))
+        load = machine_load()
+
+        print(
+            f"# profile {args.profile}, {threads} runtime threads; VmRSS after {args.requests} inferences "
+            f"and {SETTLE_S} s; agent idle = connected, no model"
+        )
+        print(f"# machine: {load}")
+        print(
+            "| model (artifact size) | agent idle MiB | agent with the model MiB | bare runtime process MiB "
+            "| agent - bare MiB | agent / bare |"
+        )
+        print("|---|---|---|---|---|---|")
+        for label, manifest, idle, loaded, bare in rows:
+            size = manifest.metrics.size_bytes_artifact / 1024
+            print(
+                f"| {label} ({size:.0f} KiB) | {idle / 1024:.1f} | {loaded / 1024:.1f} | {bare / 1024:.1f} "
+                f"| {(loaded - bare) / 1024:+.1f} | {loaded / bare:.2f}x |"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The conversion report: what the artifact costs and loses against the fp32 model, in one document.
+
+report.json (also stored in the bundle manifest's `report`) is the machine-readable form; report.html
+(report_html.py) draws the same data. Both are written next to the bundle (or into --report-dir), and also
+when the accuracy budget is missed - then no bundle is written and the conversion fails.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from edgefleet import __version__
+from edgefleet.contract.manifest import ConversionMetrics
+from edgefleet.contract.target_checks import TargetChecks
+from edgefleet.converter.compression.stats import CompressionReport
+from edgefleet.converter.context import ConversionContext
+from edgefleet.converter.errors import ConversionError
+from edgefleet.converter.steps.calibration_ranges import DEFAULT_CALIBRATION_METHOD, calibration_method
+from edgefleet.converter.steps.evaluate import OutputMetrics
+from edgefleet.converter.steps.layer_error import LayerError
+from edgefleet.converter.steps.mixed_precision import BudgetOutcome
+from edgefleet.converter.steps.package import bundle_file_name
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class AccuracyBudgetError(ConversionError):
+    """The artifact loses more accuracy than allowed; the report (with the culprit layers) is written."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArtifactSummary(_Model):
+    """One model file measured on the host: the fp32 source, the profile's artifact, or an alternative."""
+
+    kind: str  # "fp32" for the source model, else "<format>-<precision>" or the alternative's kind
+    path: str | None  # member of the bundle (null for the source model)
+    role: Literal["source", "preferred", "alternative"]
+    size_bytes: int
+    host_latency_ms: float | None
+    host_runtime: str | None
+    accuracy: float | None  # top-1 % (labels) or top-1 agreement with fp32 %
+    accuracy_metric: Literal["top1", "top1_agreement"] | None
+    drop_points: float | None
+
+
+class CalibrationSummary(_Model):
+    method: str
+    default_method: str
+    samples: int
+
+
+class ConversionReport(_Model):
+    schema_version: Literal[1] = REPORT_SCHEMA_VERSION
+    name: str
+    version: str
+    profile: str
+    profile_description: str
+    source_model: str
+    converter_version: str
+    created_at: datetime
+    calibration: CalibrationSummary
+    evaluation_samples: int | None
+    budget: BudgetOutcome | None
+    outputs: list[OutputMetrics]
+    artifacts: list[ArtifactSummary]
+    layers: list[LayerError]
+    notes: list[str]
+    step_seconds: dict[str, float]
+    bundle: str | None  # the bundle's file name; null when none was written (budget missed)
+    target_checks: TargetChecks | None = None  # Edge TPU / TensorRT / XNNPACK findings (as in the manifest)
+    compression: list[CompressionReport] = []  # before/after of each compression method, in the order applied
+
+
+def _summary(
+    kind: str, path: str | None, role: Literal["preferred", "alternative"], metrics: ConversionMetrics
+) -> ArtifactSummary:
+    accuracy = metrics.accuracy
+    return ArtifactSummary(
+        kind=kind,
+        path=path,
+        role=role,
+        size_bytes=metrics.size_bytes_artifact,
+        host_latency_ms=metrics.host_latency_ms_artifact,
+        host_runtime=metrics.host_runtime,
+        accuracy=accuracy.artifact if accuracy else None,
+        accuracy_metric=accuracy.metric if accuracy else None,
+        drop_points=accuracy.drop_points if accuracy else None,
+    )
+
+
+def artifact_summaries(ctx: ConversionContext) -> list[ArtifactSummary]:
+    """fp32 source first, then the profile's artifact, then every alternative the bundle carries."""
+    metrics: ConversionMetrics = ctx.need(ctx.metrics, "the metrics")
+    accuracy = metrics.accuracy
+    spec = ctx.profile.artifact
+    path = ctx.need(ctx.artifact_path, "the artifact")
+    rows = [
+        ArtifactSummary(
+            kind="fp32",
+            path=None,
+            role="source",
+            size_bytes=metrics.size_bytes_fp32,
+            host_latency_ms=metrics.host_latency_ms_fp32,
+            host_runtime="onnxruntime CPUExecutionProvider, 1 thread",
+            accuracy=accuracy.fp32
+            if accuracy and accuracy.fp32 is not None
+            else (100.0 if accuracy else None),
+            accuracy_metric=accuracy.metric if accuracy else None,
+            drop_points=0.0 if accuracy else None,
+        ),
+        _summary(f"{spec.format.value}-{spec.precision.value}", f"model{path.suffix}", "preferred", metrics),
+    ]
+    for alternative in ctx.alternatives:
+        if alternative.metrics is not None:
+            rows.append(_summary(alternative.kind, alternative.path, "alternative", alternative.metrics))
+    return rows
+
+
+def build_report(ctx: ConversionContext, bundle: str | None) -> ConversionReport:
+    request = ctx.request
+    calib = ctx.need(ctx.calib, "calibration data")
+    return ConversionReport(
+        name=request.name,
+        version=request.version,
+        profile=ctx.profile.name,
+        profile_description=ctx.profile.description,
+        source_model=ctx.source_model,
+        converter_version=__version__,
+        created_at=datetime.now(timezone.utc),
+        calibration=CalibrationSummary(
+            method=calibration_method(ctx), default_method=DEFAULT_CALIBRATION_METHOD, samples=calib.samples
+        ),
+        evaluation_samples=ctx.eval.samples if ctx.eval is not None else None,
+        budget=ctx.budget,
+        outputs=ctx.output_metrics,
+        artifacts=artifact_summaries(ctx),
+        layers=ctx.layer_errors,
+        notes=list(ctx.notes),
+        step_seconds={name: round(seconds, 3) for name, seconds in ctx.step_seconds.items()},
+        bundle=bundle,
+        target_checks=ctx.target_checks,
+        compression=list(ctx.compression),
+    )
+
+
+def report_paths(ctx: ConversionContext) -> tuple[Path, Path]:
+    """report.json/report.html in --report-dir, else `<bundle name>.report.json/.html` next to the bundle."""
+    request = ctx.request
+    if request.report_dir is not None:
+        return request.report_dir / "report.json", request.report_dir / "report.html"
+    stem = bundle_file_name(request.name, request.version, ctx.profile.name).removesuffix(".efb")
+    return request.out / f"{stem}.report.json", request.out / f"{stem}.report.html"
+
+
+def write_report(ctx: ConversionContext, report: ConversionReport) -> list[Path]:
+    from edgefleet.converter.report_html import render_html
+
+    json_path, html_path = report_paths(ctx)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
+    html_path.write_text(render_html(report))
+    ctx.report_files = [json_path, html_path]
+    return ctx.report_files
+
+
+class BuildReport:
+    """Assemble the report before packaging, so the manifest carries it."""
+
+    name = "build report"
+
+    def run(self, ctx: ConversionContext) -> None:
+        budget = ctx.budget
+        for (
+            alternative
+        ) in ctx.alternatives:  # the budget binds the preferred artifact; say when others miss it
+            accuracy = alternative.metrics.accuracy if alternative.metrics else None
+            if (
+                budget is not None
+                and budget.checked
+                and accuracy
+                and accuracy.drop_points > budget.max_drop_points
+            ):
+                ctx.notes.append(
+                    f"alternative {alternative.kind} drops {accuracy.drop_points:.2f} points, more than the "
+                    f"budget of {budget.max_drop_points:.2f} that the preferred artifact meets"
+                )
+        met = ctx.budget is None or ctx.budget.met
+        bundle = bundle_file_name(ctx.request.name, ctx.request.version, ctx.profile.name) if met else None
+        ctx.report = build_report(ctx, bundle)
+
+
+class CheckBudget:
+    """Stop before packaging when the accuracy budget is missed: write the report, then fail."""
+
+    name = "check accuracy budget"
+
+    def run(self, ctx: ConversionContext) -> None:
+        budget = ctx.budget
+        if budget is None or budget.met:
+            return
+        files = write_report(ctx, ctx.need(ctx.report, "the report"))
+        hints = "" if budget.float_fallback_allowed else "This target runs every layer in int8. "
+        raise AccuracyBudgetError(
+            f"profile '{ctx.profile.name}': {budget.message}. No bundle written; report: {files[1]}. "
+            f"{hints}Try more representative calibration data (--calib), another --calib-method "
+            "(minmax, entropy, percentile), or accept the loss with a larger --max-drop"
+        )
+
+
+class WriteReport:
+    """Write report.json and report.html for the finished conversion."""
+
+    name = "write report"
+
+    def run(self, ctx: ConversionContext) -> None:
+        write_report(ctx, ctx.need(ctx.report, "the report"))
+
+
+def report_lines(report: ConversionReport | None, files: list[Path]) -> list[str]:
+    """The convert summary's budget and report lines."""
+    lines = []
+    if report is not None and report.budget is not None:
+        budget = report.budget
+        if budget.checked:
+            kept = f"; {len(budget.float_layers)} layer(s) kept in float" if budget.float_layers else ""
+            lines.append(
+                f"budget    drop {budget.drop_points:.2f} <= {budget.max_drop_points:.2f} points "
+                f"({budget.source}){kept}; calibration {report.calibration.method}"
+            )
+        else:
+            lines.append(f"budget    {budget.message}")
+    if files:
+        lines.append(f"report    {files[-1]}  (+ {files[0].name})")
+    return lines

@@ -1,0 +1,281 @@
+"""report.html: the conversion report as one self-contained page, with plots drawn as inline SVG (no plotting
+library, no scripts, no network): size, latency and accuracy drop of every artifact vs fp32, and the
+per-layer quantization error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+
+from edgefleet.converter.report import ArtifactSummary, ConversionReport
+
+WIDTH = 820
+LABEL_WIDTH = 300
+NOTE_WIDTH = 150
+ROW_HEIGHT = 22
+BAR_HEIGHT = 14
+COLORS = {
+    "source": "#9aa0a6",
+    "preferred": "#1a73e8",
+    "alternative": "#12b5cb",
+    "int8": "#1a73e8",
+    "float": "#188038",
+    "culprit": "#d93025",
+    "budget": "#d93025",
+}
+_STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 880px; color: #202124; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-top: 1.8em; }
+.verdict { padding: 0.7em 1em; border-radius: 6px; margin: 1em 0; }
+.ok { background: #e6f4ea; } .fail { background: #fce8e6; } .unchecked { background: #fef7e0; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 3px 10px; text-align: left; }
+th { border-bottom: 1px solid #dadce0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.muted { color: #5f6368; } svg text { font: 12px system-ui, sans-serif; fill: #202124; }
+.legend span { display: inline-block; width: 10px; height: 10px; margin: 0 4px 0 12px; }
+"""
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    value: float
+    color: str
+    note: str
+
+
+def bar_chart(bars: list[Bar], unit: str, marker: tuple[float, str] | None = None) -> str:
+    """Horizontal bars, one row each; `marker` draws a labelled vertical line (a budget) at that value."""
+    if not bars:
+        return '<p class="muted">nothing to plot</p>'
+    plot = WIDTH - LABEL_WIDTH - NOTE_WIDTH
+    top = max([b.value for b in bars] + [marker[0] if marker else 0.0] + [1e-9])
+    scale = plot / top
+    pad = 18 if marker is not None else 0  # room above the bars for the marker's label
+    height = pad + ROW_HEIGHT * len(bars) + 28
+    parts = [f'<svg width="{WIDTH}" height="{height}" role="img" xmlns="http://www.w3.org/2000/svg">']
+    for row, bar in enumerate(bars):
+        y = pad + row * ROW_HEIGHT
+        width = max(bar.value * scale, 0.0)
+        label = bar.label if len(bar.label) <= 44 else "..." + bar.label[-41:]
+        parts.append(
+            f'<text x="{LABEL_WIDTH - 8}" y="{y + 12}" text-anchor="end"><title>{escape(bar.label)}</title>'
+            f"{escape(label)}</text>"
+            f'<rect x="{LABEL_WIDTH}" y="{y + 1}" width="{width:.1f}" height="{BAR_HEIGHT}" '
+            f'fill="{bar.color}"><title>{escape(bar.label)}: {escape(bar.note)}</title></rect>'
+            f'<text x="{LABEL_WIDTH + width + 6:.1f}" y="{y + 12}">{escape(bar.note)}</text>'
+        )
+    axis_y = pad + ROW_HEIGHT * len(bars) + 4
+    parts.append(
+        f'<line x1="{LABEL_WIDTH}" y1="{axis_y}" x2="{LABEL_WIDTH + plot}" y2="{axis_y}" stroke="#dadce0"/>'
+        f'<text x="{LABEL_WIDTH}" y="{axis_y + 16}" class="muted">0</text>'
+        f'<text x="{LABEL_WIDTH + plot}" y="{axis_y + 16}" text-anchor="end">{top:.3g} {escape(unit)}</text>'
+    )
+    if marker is not None:
+        x = LABEL_WIDTH + marker[0] * scale
+        parts.append(
+            f'<line x1="{x:.1f}" y1="4" x2="{x:.1f}" y2="{axis_y}" stroke="{COLORS["budget"]}" '
+            f'stroke-dasharray="4 3"/><text x="{x:.1f}" y="12" text-anchor="end" fill="{COLORS["budget"]}">'
+            f"{escape(marker[1])}</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _artifact_label(artifact: ArtifactSummary) -> str:
+    if artifact.role == "source":
+        return "fp32 (source model)"
+    return f"{artifact.kind}{' (preferred)' if artifact.role == 'preferred' else ''}"
+
+
+def _size_bars(artifacts: list[ArtifactSummary]) -> list[Bar]:
+    fp32 = artifacts[0].size_bytes
+    return [
+        Bar(
+            _artifact_label(a),
+            a.size_bytes / 1024,
+            COLORS[a.role],
+            f"{a.size_bytes / 1024:.1f} KiB ({a.size_bytes / fp32:.2f}x)",
+        )
+        for a in artifacts
+    ]
+
+
+def _latency_bars(artifacts: list[ArtifactSummary]) -> list[Bar]:
+    fp32 = artifacts[0].host_latency_ms
+    return [
+        Bar(
+            _artifact_label(a),
+            a.host_latency_ms,
+            COLORS[a.role],
+            f"{a.host_latency_ms:.3f} ms" + (f" ({a.host_latency_ms / fp32:.2f}x)" if fp32 else ""),
+        )
+        for a in artifacts
+        if a.host_latency_ms is not None
+    ]
+
+
+def _drop_bars(artifacts: list[ArtifactSummary]) -> list[Bar]:
+    return [
+        Bar(
+            _artifact_label(a),
+            max(a.drop_points, 0.0),
+            COLORS[a.role],
+            f"{a.drop_points:+.2f} points ({a.accuracy:.2f}%)" if a.accuracy is not None else "",
+        )
+        for a in artifacts
+        if a.drop_points is not None and a.role != "source"
+    ]
+
+
+def _layer_bars(report: ConversionReport, loss: bool) -> list[Bar]:
+    culprits = set(report.budget.culprits) if report.budget else set()
+    bars = []
+    for layer in report.layers:
+        color = (
+            COLORS["float"]
+            if layer.kept_float
+            else COLORS["culprit"]
+            if layer.layer in culprits
+            else COLORS["int8"]
+        )
+        value = max(layer.loss_db, 0.0) if loss else max(layer.sqnr_db, 0.0)
+        note = f"{layer.loss_db:+.1f} dB" if loss else f"{layer.sqnr_db:.1f} dB"
+        bars.append(Bar(f"{layer.layer} [{layer.op}]", value, color, note))
+    return bars
+
+
+def _verdict(report: ConversionReport) -> str:
+    budget = report.budget
+    if budget is None or not budget.checked:
+        message = budget.message if budget else "accuracy budget not checked"
+        return f'<div class="verdict unchecked">{escape(message)}</div>'
+    css = "ok" if budget.met else "fail"
+    headline = "Within the accuracy budget" if budget.met else "Accuracy budget missed - no bundle written"
+    return f'<div class="verdict {css}"><strong>{headline}.</strong> {escape(budget.message)}</div>'
+
+
+def _table(header: list[str], rows: list[list[str]], numeric: set[int]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="num">{escape(c)}</td>' if i in numeric else f"<td>{escape(c)}</td>"
+            for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def render_html(report: ConversionReport) -> str:
+    artifacts = report.artifacts
+    budget = report.budget
+    sections = [
+        f"<h1>{escape(report.name)} {escape(report.version)} &rarr; {escape(report.profile)}</h1>",
+        f'<p class="muted">{escape(report.profile_description)}<br>source {escape(report.source_model)}; '
+        f"calibration: {escape(report.calibration.method)} on {report.calibration.samples} samples; "
+        f"converter {escape(report.converter_version)}; {report.created_at:%Y-%m-%d %H:%M} UTC; "
+        f"bundle: {escape(report.bundle or 'not written')}</p>",
+        _verdict(report),
+        "<h2>Artifacts vs fp32</h2>",
+        _table(
+            ["artifact", "size", "host latency", "accuracy", "drop (points)", "measured with"],
+            [
+                [
+                    _artifact_label(a),
+                    f"{a.size_bytes / 1024:.1f} KiB",
+                    _fmt(a.host_latency_ms, ".3f") + " ms",
+                    _fmt(a.accuracy, ".2f") + ("%" if a.accuracy is not None else ""),
+                    _fmt(a.drop_points, "+.2f"),
+                    a.host_runtime or "-",
+                ]
+                for a in artifacts
+            ],
+            {1, 2, 3, 4},
+        ),
+        "<h2>File size</h2>",
+        bar_chart(_size_bars(artifacts), "KiB"),
+        "<h2>Host latency (batch 1, one thread)</h2>",
+        bar_chart(_latency_bars(artifacts), "ms"),
+        "<h2>Accuracy drop vs fp32</h2>",
+        bar_chart(
+            _drop_bars(artifacts),
+            "points",
+            (budget.max_drop_points, f"budget {budget.max_drop_points:.2f}") if budget else None,
+        ),
+    ]
+    if report.outputs:
+        sections += [
+            "<h2>Outputs</h2>",
+            _table(
+                ["output", "metric", "fp32", "artifact", "drop (points)", "agreement with fp32", "SQNR"],
+                [
+                    [
+                        o.output,
+                        o.metric,
+                        _fmt(o.fp32, ".2f"),
+                        f"{o.artifact:.2f}",
+                        f"{o.drop_points:+.2f}",
+                        f"{o.agreement:.2f}%",
+                        f"{o.sqnr_db:.1f} dB",
+                    ]
+                    for o in report.outputs
+                ],
+                {2, 3, 4, 5, 6},
+            ),
+        ]
+    if budget is not None and len(budget.attempts) > 1:
+        sections += [
+            "<h2>Mixed precision search</h2>",
+            _table(
+                ["attempt", "layers kept in float", "drop (points)", "within budget"],
+                [
+                    [
+                        str(i),
+                        ", ".join(a.float_layers) or "(all int8)",
+                        f"{a.drop_points:+.2f}",
+                        "yes" if a.met else "no",
+                    ]
+                    for i, a in enumerate(budget.attempts)
+                ],
+                {0, 2},
+            ),
+        ]
+    if report.layers:
+        legend = (
+            '<p class="legend muted">'
+            f'<span style="background:{COLORS["int8"]}"></span>int8'
+            f'<span style="background:{COLORS["float"]}"></span>kept in float'
+            f'<span style="background:{COLORS["culprit"]}"></span>culprit (loses the most)</p>'
+        )
+        sections += [
+            "<h2>Per-layer quantization error</h2>",
+            '<p class="muted">SQNR of each layer\'s output, fp32 vs artifact on the same calibration samples '
+            "(higher is better; the error accumulates with depth).</p>",
+            legend,
+            bar_chart(_layer_bars(report, loss=False), "dB"),
+            "<h2>SQNR lost in each layer</h2>",
+            '<p class="muted">Worst input SQNR minus output SQNR: the layers that add the most error, '
+            "which mixed precision keeps in float.</p>",
+            legend,
+            bar_chart(_layer_bars(report, loss=True), "dB"),
+        ]
+    if report.notes:
+        sections += ["<h2>Notes</h2><ul>", *(f"<li>{escape(n)}</li>" for n in report.notes), "</ul>"]
+    if report.step_seconds:
+        total = sum(report.step_seconds.values())
+        sections += [
+            f"<h2>Steps ({total:.1f} s)</h2>",
+            _table(["step", "seconds"], [[k, f"{v:.2f}"] for k, v in report.step_seconds.items()], {1}),
+        ]
+    title = f"{report.name} {report.version} for {report.profile}: conversion report"
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>\n"
+    )

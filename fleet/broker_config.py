@@ -1,0 +1,362 @@
+"""`edgefleet broker-config`: a production mosquitto configuration for a fleet: TLS only, no anonymous
+clients, a password or a client certificate per device, and an ACL that confines each device to its own
+topics. The CA, certificates and passwords are made here (`cryptography`, PBKDF2-SHA512).
+
+What each identity may do (see `device_acl`):
+- a device publishes only its own online/status/telemetry/events and inference replies, and reads only
+  its own desired state and inference requests, plus bundles (read-only, every bundle: see below);
+- the monitoring identity (watch, exporter, status) reads what devices report and nothing else;
+- the admin identity (deploy, rollout, the CLI) may do everything.
+
+Bundles are content-addressed (`bundles/{sha256}/...`) and shared by every device that runs them, so a
+static ACL cannot know which bundle a device will be told to fetch: every device may read every bundle,
+no device may write one. A device can therefore download a model meant for another device (it cannot
+alter one: bundles are signed and hash-checked). Scoping reads per device needs an auth plugin that
+consults the desired state (mosquitto-go-auth, EMQX's HTTP ACL, HiveMQ's extensions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from cryptography.x509.oid import NameOID
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from edgefleet.contract import topics
+from edgefleet.contract.errors import EdgefleetError
+from edgefleet.fleet.certs import (
+    Issued,
+    load_issued,
+    make_ca,
+    make_client_cert,
+    make_server_cert,
+)
+from edgefleet.fleet.passwords import new_password, password_file_line
+from edgefleet.mqtt import DEFAULT_TLS_PORT
+
+ADMIN_USER = "edgefleet-admin"
+MONITOR_USER = "edgefleet-monitor"
+AuthMode = Literal["password", "certificate"]
+
+_DEVICE_WRITES = ("online", "status", "telemetry", "events")
+_DEVICE_READS = ("desired", "infer")
+
+
+class BrokerConfigError(EdgefleetError):
+    """The broker configuration could not be written as asked."""
+
+
+class BrokerConfigSpec(BaseModel):
+    """What `broker-config` is asked to write."""
+
+    out_dir: Path
+    devices: list[str] = Field(min_length=1)
+    auth: AuthMode = "password"
+    hostnames: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"], min_length=1)
+    port: int = Field(default=DEFAULT_TLS_PORT, ge=1, le=65535)
+    bind: str | None = Field(default=None, description="listen on this address only (default: all)")
+    admin_user: str = ADMIN_USER
+    monitor_user: str = MONITOR_USER
+    install_dir: Path | None = Field(
+        default=None, description="where the files will be on the broker host (default: out_dir)"
+    )
+    data_dir: Path = Field(default=Path("/var/lib/mosquitto"), description="mosquitto persistence")
+    run_as: str | None = Field(
+        default=None,
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="account mosquitto switches to when started as root (mosquitto's default: mosquitto)",
+    )
+    days: int = Field(default=825, ge=1, description="validity of the server and client certificates")
+
+    @field_validator("devices", mode="after")
+    @classmethod
+    def _device_ids(cls, devices: list[str]) -> list[str]:
+        for device_id in devices:
+            topics.check_device_id(device_id)
+        duplicates = sorted({d for d in devices if devices.count(d) > 1})
+        if duplicates:
+            raise ValueError(f"device ids given more than once: {', '.join(duplicates)}")
+        return devices
+
+    @field_validator("admin_user", "monitor_user")
+    @classmethod
+    def _identity(cls, value: str) -> str:
+        return topics.check_device_id(value)
+
+    @model_validator(mode="after")
+    def _distinct_identities(self) -> BrokerConfigSpec:
+        if self.admin_user == self.monitor_user:
+            raise ValueError("the admin and monitor identities must differ")
+        clash = {self.admin_user, self.monitor_user} & set(self.devices)
+        if clash:
+            raise ValueError(
+                f"device id {sorted(clash)[0]!r} is also the admin or monitor identity; rename the device "
+                "or pass --admin-user/--monitor-user"
+            )
+        return self
+
+    @property
+    def broker_url(self) -> str:
+        return f"mqtts://{self.hostnames[0]}:{self.port}"
+
+
+class BrokerConfigFiles(BaseModel):
+    """Where everything was written."""
+
+    mosquitto_conf: Path
+    acl: Path
+    password_file: Path | None
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    clients: dict[str, Path] = Field(description="identity -> its folder (ca.crt + password or cert/key)")
+    broker_url: str
+
+
+def device_acl(device_id: str) -> list[str]:
+    """mosquitto ACL lines for one device."""
+    lines = [f"user {device_id}"]
+    lines += [f"topic write {topics.PREFIX}/devices/{device_id}/{leaf}" for leaf in _DEVICE_WRITES]
+    lines += [f"topic read {topics.PREFIX}/devices/{device_id}/{leaf}" for leaf in _DEVICE_READS]
+    # Bundles are shared and content-addressed: read-only for every device (see the module docstring).
+    lines.append(f"topic read {topics.PREFIX}/bundles/#")
+    # Inference replies go where the requester asks; host clients ask under clients/{client_id}/replies.
+    lines.append(f"topic write {topics.PREFIX}/clients/+/replies")
+    return lines
+
+
+def render_acl(spec: BrokerConfigSpec) -> str:
+    # Every identity is listed by name (no %u patterns): a device dropped from --devices loses all rights,
+    # even while its client certificate is still valid.
+    blocks = [
+        [
+            "# edgefleet ACL written by `edgefleet broker-config`. mosquitto denies whatever no line allows.",
+            "# Host/admin identity: everything (deploy, rollout, inference requests, bundle upload).",
+            f"user {spec.admin_user}",
+            "topic readwrite #",
+        ],
+        [
+            "# Monitoring identity (watch, exporter, status): reads what devices report; its own sync topic.",
+            f"user {spec.monitor_user}",
+            *(f"topic read {topics.PREFIX}/devices/+/{leaf}" for leaf in _DEVICE_WRITES),
+            f"topic readwrite {topics.PREFIX}/clients/+/sync",
+        ],
+        *(device_acl(device_id) for device_id in spec.devices),
+    ]
+    return "\n\n".join("\n".join(block) for block in blocks) + "\n"
+
+
+def render_mosquitto_conf(spec: BrokerConfigSpec, install_dir: Path) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    listener = f"listener {spec.port}" + (f" {spec.bind}" if spec.bind else "")
+    auth_lines = (
+        [
+            "# Clients prove who they are with a password (the broker's certificate still proves who it is).",
+            f"password_file {install_dir / 'passwd'}",
+            "require_certificate false",
+        ]
+        if spec.auth == "password"
+        else [
+            "# Clients prove who they are with a certificate from our CA; its common name is the user name.",
+            "require_certificate true",
+            "use_identity_as_username true",
+        ]
+    )
+    lines = [
+        f"# mosquitto 2 configuration written by `edgefleet broker-config` on {now}",
+        f"# for {len(spec.devices)} device(s). TLS only, no anonymous clients, per-device ACL.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"acl_file {install_dir / 'acl'}",
+        "",
+        listener,
+        f"cafile {install_dir / 'ca.crt'}",
+        f"certfile {install_dir / 'server.crt'}",
+        f"keyfile {install_dir / 'server.key'}",
+        "tls_version tlsv1.2",
+        *auth_lines,
+        "",
+        "# Request/response latency: no Nagle on the broker side either.",
+        "set_tcp_nodelay true",
+        "# Per-client queue: a slow subscriber loses QoS 1 messages beyond this (the default is 1000).",
+        "max_queued_messages 10000",
+        "persistence true",
+        f"persistence_location {spec.data_dir}/",
+        "autosave_interval 60",
+        "log_dest stderr",
+    ]
+    if spec.run_as:
+        lines += [
+            "# The account the broker switches to when started as root; it must read passwd and server.key.",
+            f"user {spec.run_as}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str, private: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if private:
+        path.chmod(0o600)
+
+
+def _load_or_make_ca(out_dir: Path) -> Issued:
+    cert_path, key_path = out_dir / "ca.crt", out_dir / "private" / "ca.key"
+    if cert_path.exists() and key_path.exists():
+        # Keeping the CA keeps every certificate already on devices valid when devices are added.
+        return load_issued(cert_path, key_path)
+    ca = make_ca()
+    ca.write(cert_path, key_path)
+    return ca
+
+
+def _client_password(folder: Path) -> str:
+    path = folder / "password"
+    if path.exists():
+        existing = path.read_text().strip()
+        if existing:
+            return existing
+    password = new_password()
+    _write_text(path, password + "\n", private=True)
+    return password
+
+
+def _client_cert(ca: Issued, folder: Path, identity: str, days: int) -> None:
+    cert_path, key_path = folder / "client.crt", folder / "client.key"
+    if cert_path.exists() and key_path.exists():
+        current = load_issued(cert_path, key_path)
+        if current.cert.issuer == ca.cert.subject and _common_name(current) == identity:
+            return
+    make_client_cert(ca, identity, days).write(cert_path, key_path)
+
+
+def _common_name(issued: Issued) -> str:
+    values = issued.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(values[0].value) if values else ""
+
+
+def _agent_snippet(spec: BrokerConfigSpec, identity: str) -> str:
+    settings: dict[str, str] = {"broker": spec.broker_url, "broker_ca": "ca.crt"}
+    if spec.auth == "password":
+        settings |= {"broker_username": identity, "broker_password_file": "password"}
+    else:
+        settings |= {"broker_cert": "client.crt", "broker_key": "client.key"}
+    header = (
+        f"# Broker settings for device {identity}: merge into its agent.yaml and copy this folder's files\n"
+        "# next to it (relative paths are taken from agent.yaml's folder).\n"
+    )
+    return header + yaml.safe_dump(settings, sort_keys=False)
+
+
+def write_broker_config(spec: BrokerConfigSpec) -> BrokerConfigFiles:
+    """Write the broker's files and one folder of credentials per identity into `spec.out_dir`.
+
+    Run it again with more devices to add them: the CA and existing credentials are kept.
+    """
+    out = spec.out_dir.resolve()
+    install_dir = spec.install_dir if spec.install_dir is not None else out
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        ca = _load_or_make_ca(out)
+        make_server_cert(ca, spec.hostnames, spec.days).write(out / "server.crt", out / "server.key")
+        identities = [spec.admin_user, spec.monitor_user, *spec.devices]
+        password_lines: list[str] = []
+        clients: dict[str, Path] = {}
+        for identity in identities:
+            folder = out / "clients" / identity
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / "ca.crt", folder / "ca.crt")
+            if spec.auth == "password":
+                password_lines.append(password_file_line(identity, _client_password(folder)))
+            else:
+                _client_cert(ca, folder, identity, spec.days)
+            if identity in spec.devices:
+                _write_text(folder / "broker.yaml", _agent_snippet(spec, identity))
+            clients[identity] = folder
+    except OSError as exc:
+        raise BrokerConfigError(f"cannot write the broker configuration into {out}: {exc}") from exc
+    password_file = None
+    if spec.auth == "password":
+        password_file = out / "passwd"
+        _write_text(password_file, "\n".join(password_lines) + "\n", private=True)
+    _write_text(out / "acl", render_acl(spec))
+    _write_text(out / "mosquitto.conf", render_mosquitto_conf(spec, install_dir))
+    return BrokerConfigFiles(
+        mosquitto_conf=out / "mosquitto.conf",
+        acl=out / "acl",
+        password_file=password_file,
+        ca_cert=out / "ca.crt",
+        ca_key=out / "private" / "ca.key",
+        server_cert=out / "server.crt",
+        server_key=out / "server.key",
+        clients=clients,
+        broker_url=spec.broker_url,
+    )
+
+
+def host_connection_flags(files: BrokerConfigFiles, spec: BrokerConfigSpec, identity: str) -> str:
+    """The CLI flags that connect as `identity` with the written credentials."""
+    folder = files.clients[identity]
+    flags = f"--broker {spec.broker_url} --ca {folder / 'ca.crt'}"
+    if spec.auth == "password":
+        return flags + f" --username {identity} --password-file {folder / 'password'}"
+    return flags + f" --cert {folder / 'client.crt'} --key {folder / 'client.key'}"
+
+
+def _split_devices(args: argparse.Namespace) -> list[str]:
+    devices: list[str] = []
+    for chunk in args.devices or []:
+        devices += [d.strip() for d in chunk.split(",") if d.strip()]
+    if args.devices_file:
+        try:
+            text = Path(args.devices_file).read_text()
+        except OSError as exc:
+            raise BrokerConfigError(f"cannot read --devices-file {args.devices_file}: {exc}") from exc
+        devices += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return devices
+
+
+def run_broker_config(args: argparse.Namespace) -> int:
+    """CLI entry point (edgefleet broker-config)."""
+    devices = _split_devices(args)
+    if not devices:
+        raise BrokerConfigError("no devices given; use --devices id1,id2,... or --devices-file FILE")
+    try:
+        spec = BrokerConfigSpec(
+            out_dir=args.out,
+            devices=devices,
+            auth=args.auth,
+            hostnames=args.hostname or ["localhost", "127.0.0.1"],
+            port=args.port,
+            bind=args.bind,
+            admin_user=args.admin_user,
+            monitor_user=args.monitor_user,
+            install_dir=args.install_dir,
+            data_dir=args.data_dir,
+            days=args.days,
+            run_as=args.run_as,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "arguments"
+        raise BrokerConfigError(f"broker-config: {where}: {first['msg']}") from None
+    files = write_broker_config(spec)
+    print(f"wrote a mosquitto configuration for {len(spec.devices)} device(s) into {spec.out_dir}")
+    print(f"  broker:   mosquitto -c {files.mosquitto_conf}   (listens on {spec.broker_url})")
+    print(f"  ACL:      {files.acl}")
+    if files.password_file:
+        print(f"  passwords: {files.password_file}  (PBKDF2-SHA512; one password per identity)")
+    print(f"  CA key:   {files.ca_key}  (not needed on the broker; keep it to add devices later)")
+    account = spec.run_as or "mosquitto"
+    secrets_text = " and ".join(str(p) for p in (files.password_file, files.server_key) if p is not None)
+    print(f"  the broker's account ({account}) must be able to read {secrets_text}")
+    print(f"  devices:  {spec.out_dir / 'clients'}/DEVICE/ (copy to each device; see broker.yaml there)")
+    print(f"  host:     edgefleet status {host_connection_flags(files, spec, spec.admin_user)}")
+    print(f"  monitor:  edgefleet watch {host_connection_flags(files, spec, spec.monitor_user)}")
+    return 0

@@ -1,0 +1,263 @@
+"""The fleet inventory: every device that announced itself (retained presence and status: id, profile, tags,
+versions, backend), folded from MQTT messages into one record per device. `edgefleet devices` prints it;
+rollouts feed the same fold live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import paho.mqtt.client as mqtt
+from pydantic import BaseModel, Field, TypeAdapter
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgefleet.contract import topics
+from edgefleet.contract.messages import DeviceEvent, DeviceStatus, Message, Presence, Telemetry, utc_now
+from edgefleet.fleet.describe import describe_backend
+from edgefleet.fleet.device_messages import InvalidDeviceMessage, parse_device_message
+from edgefleet.fleet.selectors import Selector, SelectorError, explain_no_match
+from edgefleet.fleet.session import BrokerSession
+
+
+class DeviceRecord(BaseModel):
+    """What the inventory knows of one device (the JSON shape of `edgefleet devices --json`)."""
+
+    device_id: str
+    online: bool | None = Field(default=None, description="None: the device never published its presence")
+    last_seen: datetime | None = Field(
+        default=None, description="the newest timestamp on anything the device published that we received"
+    )
+    profile: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    state: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    bundle_id: str | None = None
+    agent_version: str | None = None
+    backend: str | None = None
+    last_error: str | None = None
+    invalid: dict[str, str] = Field(
+        default_factory=dict, description="topic leaf -> why its last message was not understood"
+    )
+    status: DeviceStatus | None = None
+
+    @property
+    def announced(self) -> bool:
+        """True once the device published a readable status (we know its profile)."""
+        return self.status is not None
+
+
+@dataclass
+class DeviceMessage:
+    """One parsed message from a device, as handed to whoever feeds the inventory."""
+
+    device_id: str
+    leaf: str
+    message: Message | None
+    received_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Device:
+    device_id: str
+    presence: Presence | None = None
+    status: DeviceStatus | None = None
+    telemetry: Telemetry | None = None
+    telemetry_received_at: float | None = None
+    last_event: DeviceEvent | None = None
+    invalid: dict[str, str] = field(default_factory=dict)
+
+    def last_seen(self) -> datetime | None:
+        stamps = [
+            m.at
+            for m in (self.presence, self.telemetry, self.last_event)
+            if m is not None and isinstance(getattr(m, "at", None), datetime)
+        ]
+        if self.status is not None:
+            stamps.append(self.status.updated_at)
+        return max(stamps) if stamps else None
+
+
+class Inventory:
+    """Folds device messages (presence, status, telemetry, events) into one record per device."""
+
+    TOPICS = (topics.ALL_ONLINE, topics.ALL_STATUS, topics.ALL_TELEMETRY, topics.ALL_EVENTS)
+
+    def __init__(self) -> None:
+        self._devices: dict[str, _Device] = {}
+
+    def feed(self, message: mqtt.MQTTMessage) -> DeviceMessage | None:
+        """Record a message; returns it parsed (None for foreign topics and garbage, which is recorded)."""
+        parsed_topic = topics.parse_device_topic(message.topic)
+        if parsed_topic is None:
+            return None
+        device_id, leaf = parsed_topic
+        device = self._devices.get(device_id)
+        if device is None:
+            device = self._devices[device_id] = _Device(device_id)
+        try:
+            parsed = parse_device_message(leaf, bytes(message.payload))
+        except InvalidDeviceMessage as exc:
+            device.invalid[leaf] = str(exc)
+            return None
+        payload_id = getattr(parsed, "device_id", device_id)
+        if payload_id != device_id:
+            device.invalid[leaf] = (
+                f"payload says device_id {payload_id!r} but was published on {message.topic}"
+            )
+            return None
+        device.invalid.pop(leaf, None)
+        received = DeviceMessage(device_id, leaf, parsed)
+        if leaf == "status":
+            device.status = parsed if isinstance(parsed, DeviceStatus) else None
+        elif leaf == "online":
+            device.presence = parsed if isinstance(parsed, Presence) else None
+        elif leaf == "telemetry" and isinstance(parsed, Telemetry):
+            device.telemetry = parsed
+            device.telemetry_received_at = received.received_at
+        elif leaf == "events" and isinstance(parsed, DeviceEvent):
+            device.last_event = parsed
+        return received
+
+    # queries -------------------------------------------------------------------------------------
+    def __contains__(self, device_id: str) -> bool:
+        return device_id in self._devices
+
+    def status(self, device_id: str) -> DeviceStatus | None:
+        device = self._devices.get(device_id)
+        return device.status if device else None
+
+    def online(self, device_id: str) -> bool | None:
+        device = self._devices.get(device_id)
+        return device.presence.online if device and device.presence else None
+
+    def telemetry(self, device_id: str) -> tuple[Telemetry, float] | None:
+        """The latest telemetry and when (time.monotonic) it arrived."""
+        device = self._devices.get(device_id)
+        if device is None or device.telemetry is None or device.telemetry_received_at is None:
+            return None
+        return device.telemetry, device.telemetry_received_at
+
+    def record(self, device_id: str) -> DeviceRecord:
+        device = self._devices.get(device_id) or _Device(device_id)
+        status = device.status
+        model = status.model if status else None
+        return DeviceRecord(
+            device_id=device_id,
+            online=device.presence.online if device.presence else None,
+            last_seen=device.last_seen(),
+            profile=status.profile if status else None,
+            tags=dict(status.tags) if status else {},
+            state=status.state if status else None,
+            model_name=model.name if model else None,
+            model_version=model.version if model else None,
+            bundle_id=model.bundle_id if model else None,
+            agent_version=status.agent_version if status else None,
+            backend=describe_backend(status.backend, with_fallbacks=False)
+            if status and status.backend
+            else None,
+            last_error=status.last_error if status else None,
+            invalid=dict(device.invalid),
+            status=status,
+        )
+
+    def records(self) -> list[DeviceRecord]:
+        return [self.record(device_id) for device_id in sorted(self._devices)]
+
+    def select(self, selector: Selector) -> list[DeviceRecord]:
+        """Devices the selector matches, in id order. Devices that never announced a status are matched on
+        their id alone (profile and tags unknown), so `id=...` still finds them."""
+        return [r for r in self.records() if selector.matches(r.device_id, r.profile, r.tags)]
+
+    def no_match_message(self, selector: Selector) -> str:
+        return explain_no_match(selector, [(r.device_id, r.profile, r.tags) for r in self.records()])
+
+
+def collect_inventory(broker_url: str, listen_s: float = 2.0) -> tuple[Inventory, str]:
+    """Every device's retained presence and status, plus `listen_s` seconds of live telemetry (which makes
+    last-seen current). Returns the inventory and the broker address."""
+    inventory = Inventory()
+    with BrokerSession(broker_url, "devices") as session:
+        session.subscribe([topics.ALL_ONLINE, topics.ALL_STATUS, topics.ALL_TELEMETRY])
+        session.sync()
+        deadline = time.monotonic() + max(0.0, listen_s)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                message = session.messages.get(timeout=max(0.0, min(remaining, 0.25)))
+            except queue.Empty:
+                if remaining <= 0:
+                    break
+                continue
+            inventory.feed(message)
+        address = str(session.address)
+    return inventory, address
+
+
+def format_age(then: datetime | None, now: datetime | None = None) -> str:
+    if then is None:
+        return "never"
+    seconds = max(0.0, ((now or utc_now()) - then) / timedelta(seconds=1))
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f}h ago"
+    return f"{seconds / 86400:.0f}d ago"
+
+
+def render_devices(records: list[DeviceRecord], broker: str) -> Table:
+    online_count = sum(1 for r in records if r.online)
+    table = Table(title=f"{len(records)} devices on {broker} ({online_count} online)")
+    for column in ("device", "online", "last seen", "profile", "tags", "model", "agent", "backend", "notes"):
+        table.add_column(column)
+    now = utc_now()
+    for record in records:
+        notes = []
+        if record.state and record.state != "serving":
+            notes.append(f"state {record.state}")
+        if record.last_error:
+            notes.append(f"last error: {escape(record.last_error)}")
+        if not record.announced and "status" not in record.invalid:
+            notes.append("no status yet")
+        notes.extend(f"[red]garbage on {leaf}:[/] {escape(why)}" for leaf, why in record.invalid.items())
+        table.add_row(
+            escape(record.device_id),
+            {True: "[green]online[/]", False: "[red]offline[/]", None: "?"}[record.online],
+            format_age(record.last_seen, now),
+            escape(record.profile or "-"),
+            escape(",".join(f"{k}={v}" for k, v in sorted(record.tags.items())) or "-"),
+            escape(f"{record.model_name} v{record.model_version}" if record.model_version else "-"),
+            escape(record.agent_version or "-"),
+            escape(record.backend or "-"),
+            "\n".join(notes),
+        )
+    return table
+
+
+_RECORDS = TypeAdapter(list[DeviceRecord])
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    """CLI entry point (edgefleet devices)."""
+    selector = Selector.parse(args.select) if args.select else None
+    inventory, address = collect_inventory(args.broker, args.listen)
+    records = inventory.select(selector) if selector else inventory.records()
+    if selector is not None and not records:
+        raise SelectorError(inventory.no_match_message(selector))
+    if args.json:
+        print(_RECORDS.dump_json(records, indent=2).decode())
+        return 0
+    console = Console() if Console().is_terminal else Console(width=200)
+    if not records:
+        console.print(f"no devices have announced themselves on {address}", highlight=False)
+        return 0
+    console.print(render_devices(records, address))
+    return 0

@@ -1,0 +1,265 @@
+"""`edgefleet watch`: a live terminal view of the fleet (online, version, latency p50/p95/p99, RSS, CPU,
+temperature, errors, last seen) redrawn as telemetry arrives. Devices that need attention (garbage,
+offline or silent, errors, over their profile's budgets) are listed first, so a big fleet fits on a
+screen; garbage is shown as garbage and never stops the view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from edgefleet.contract.errors import EdgefleetError
+from edgefleet.contract.profiles import DeviceProfile, load_profile
+from edgefleet.fleet.fleet_feed import FleetFeed
+from edgefleet.fleet.monitor import DeviceHealth, FleetMonitor, FleetSnapshot, telemetry_extra
+from edgefleet.fleet.stop_signals import stop_on_signals
+from edgefleet.fleet.telemetry_store import HistoryRecorder
+
+_COLUMNS: list[tuple[str, str]] = [
+    ("device", "left"),
+    ("online", "center"),
+    ("profile", "left"),
+    ("version", "left"),
+    ("p50 ms", "right"),
+    ("p95 ms", "right"),
+    ("p99 ms", "right"),
+    ("RSS MB", "right"),
+    ("CPU %", "right"),
+    ("temp °C", "right"),
+    ("requests", "right"),
+    ("errors", "right"),
+    ("last seen", "right"),
+    ("notes", "left"),
+]
+
+
+@functools.lru_cache(maxsize=64)
+def _budgets(profile: str) -> DeviceProfile | None:
+    try:
+        return load_profile(profile)
+    except EdgefleetError:
+        return None  # a profile this host does not know: no budgets to compare with
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Why a device is listed early (rank 0 = most urgent) and what to say about it."""
+
+    rank: int
+    notes: list[str]
+
+
+def assess(device: DeviceHealth, now: float) -> Attention:
+    notes: list[str] = []
+    rank = 9
+    for leaf, reason in device.invalid.items():
+        notes.append(f"[red]garbage on {escape(leaf)}:[/] {escape(reason)}")
+        rank = 0
+    if device.online is False:
+        notes.append("[red]offline[/]")
+        rank = min(rank, 1)
+    elif device.stale(now):
+        notes.append("[yellow]telemetry stopped[/]")
+        rank = min(rank, 1)
+    status = device.status
+    if status is not None:
+        if status.state == "error" or status.last_error:
+            notes.append(f"[red]{escape(status.last_error or 'state error')}[/]")
+            rank = min(rank, 2)
+        elif status.state != "serving":
+            notes.append(f"state {status.state}")
+            rank = min(rank, 4)
+    if device.new_errors:
+        notes.append(f"[red]+{device.new_errors} errors[/]")
+        rank = min(rank, 2)
+    tele, profile = device.telemetry, _budgets(device.profile) if device.profile else None
+    if tele is not None and profile is not None:
+        if tele.latency_ms.p95 is not None and tele.latency_ms.p95 > profile.latency_budget_ms:
+            notes.append(f"[yellow]p95 over the {profile.latency_budget_ms:g} ms budget[/]")
+            rank = min(rank, 3)
+        if tele.rss_mb > profile.memory_budget_mb:
+            notes.append(f"[yellow]RSS over the {profile.memory_budget_mb} MB budget[/]")
+            rank = min(rank, 3)
+    return Attention(rank, notes)
+
+
+def format_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _optional(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _row(device: DeviceHealth, attention: Attention, now: float) -> list[str]:
+    stale = device.stale(now)
+    online = {True: "[green]yes[/]", False: "[red]no[/]", None: "?"}[device.online]
+    if device.online and stale:
+        online = "[yellow]silent[/]"
+    tele = device.telemetry
+    cells = [
+        escape(device.device_id),
+        online,
+        escape(device.profile or "-"),
+        escape(device.model_version or "-"),
+    ]
+    if tele is None:
+        cells += ["-"] * 8
+    else:
+        latency = tele.latency_ms
+        cells += [
+            _ms(latency.p50),
+            _ms(latency.p95),
+            _ms(latency.p99),
+            f"{tele.rss_mb:.0f}",
+            f"{tele.cpu_percent:.0f}",
+            _optional(telemetry_extra(tele, "soc_temp_c"), ".0f"),
+            str(tele.requests),
+            f"[red]{tele.errors}[/]" if device.new_errors else str(tele.errors),
+        ]
+    age = None if device.last_seen is None else now - device.last_seen
+    cells.append(format_age(age))
+    cells.append("; ".join(attention.notes))
+    return cells
+
+
+def render_watch(
+    snapshot: FleetSnapshot,
+    broker: str,
+    *,
+    max_rows: int | None = None,
+    telemetry_rate: float | None = None,
+) -> Group:
+    """The view: a one-line fleet summary, then devices needing attention first, then the rest by id."""
+    now = snapshot.taken_at
+    ranked = sorted(
+        ((assess(device, now), device) for device in snapshot.devices),
+        key=lambda pair: (pair[0].rank, pair[1].device_id),
+    )
+    needing = sum(1 for attention, _ in ranked if attention.rank < 9)
+    shown = ranked if max_rows is None else ranked[: max(1, max_rows)]
+    table = Table(expand=False, pad_edge=False)
+    for name, justify in _COLUMNS:
+        table.add_column(name, justify=justify, no_wrap=name != "notes")  # type: ignore[arg-type]
+    for attention, device in shown:
+        table.add_row(*_row(device, attention, now))
+    stale = sum(1 for d in snapshot.devices if d.online and d.stale(now))
+    rate = "" if telemetry_rate is None else f", {telemetry_rate:.0f} telemetry/s"
+    header = Text.from_markup(
+        f"[bold]edgefleet watch[/] {escape(broker)}  {len(snapshot.devices)} devices: "
+        f"[green]{snapshot.online} online[/], [red]{snapshot.offline} offline[/], "
+        f"[yellow]{stale} silent[/], [red]{snapshot.with_garbage} sending garbage[/]; "
+        f"{needing} need attention{rate}  "
+        f"({datetime.fromtimestamp(now).strftime('%H:%M:%S')})"
+    )
+    parts: list[Text | Table] = [header, table]
+    hidden = len(ranked) - len(shown)
+    if hidden:
+        hidden_needing = max(0, needing - len(shown))
+        parts.append(
+            Text(
+                f"... and {hidden} more devices ({hidden_needing} of them need attention); "
+                "widen the terminal or pass --rows"
+            )
+        )
+    if not snapshot.devices:
+        parts.append(Text("no device has reported yet"))
+    return Group(*parts)
+
+
+def summary_line(snapshot: FleetSnapshot) -> str:
+    elapsed = snapshot.taken_at - snapshot.started_at
+    return (
+        f"watch: {snapshot.telemetry_messages} telemetry messages from {len(snapshot.devices)} devices in "
+        f"{elapsed:.1f} s ({snapshot.invalid_messages} not understood)"
+    )
+
+
+def _default_rows(console: Console) -> int | None:
+    if not console.is_terminal:
+        return None
+    return max(5, console.size.height - 8)
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    """CLI entry point (edgefleet watch)."""
+    if args.refresh <= 0:
+        raise EdgefleetError(f"--refresh must be a positive number of seconds, not {args.refresh}")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # a file or pipe: do not wrap rows at a guessed 80 columns
+    monitor = FleetMonitor()
+    recorder = HistoryRecorder(Path(args.history)).start() if args.history else None
+    stop = threading.Event()
+    try:
+        with stop_on_signals(stop), FleetFeed(args.broker, "watch", monitor, recorder=recorder) as feed:
+            if args.once:
+                feed.session.sync()  # every retained presence/status is in
+                stop.wait(max(0.0, args.listen))
+                rows = args.rows if args.rows else None
+                console.print(render_watch(monitor.snapshot(), feed.address, max_rows=rows))
+                return 0
+            if console.is_terminal:
+                _live(console, monitor, feed, args, stop)
+            else:
+                # Not a terminal: redrawing in place is impossible; print the view once, when it ends.
+                _wait(stop, args.duration)
+                console.print(render_watch(monitor.snapshot(), feed.address, max_rows=args.rows))
+    finally:
+        if recorder is not None:
+            recorder.stop()
+    console.print(summary_line(monitor.snapshot()), highlight=False)
+    return 0
+
+
+def _wait(stop: threading.Event, duration: float | None) -> None:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the view normally
+        stop.wait(duration)
+
+
+def _live(
+    console: Console, monitor: FleetMonitor, feed: FleetFeed, args: argparse.Namespace, stop: threading.Event
+) -> None:
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    last_count, last_at = 0, time.monotonic()
+    rate: float | None = None
+
+    def view() -> Group:
+        rows = args.rows or _default_rows(console)
+        return render_watch(monitor.snapshot(), feed.address, max_rows=rows, telemetry_rate=rate)
+
+    with contextlib.suppress(KeyboardInterrupt), Live(view(), console=console, auto_refresh=False) as live:
+        while not stop.wait(args.refresh):
+            now = time.monotonic()
+            count = monitor.telemetry_messages
+            rate = (count - last_count) / max(1e-6, now - last_at)
+            last_count, last_at = count, now
+            live.update(view(), refresh=True)
+            if deadline is not None and now >= deadline:
+                break

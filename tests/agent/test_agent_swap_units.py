@@ -1,0 +1,130 @@
+"""The swap's parts in-process, on real models: the health check (samples, zero inputs, latency budget),
+the probation's judgement, the standby model and swap-back, and run statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from agent_helpers import TEST_PROFILE, Keys, file_sha256, make_custom_bundle, sqrt_model
+
+from edgefleet.agent.health import HealthCheckFailed, check_health, load_samples
+from edgefleet.agent.model_slot import LoadedModel, ModelSlot, RunStats
+from edgefleet.agent.probation import ProbationLimits, judge
+from edgefleet.agent.store import BundleStore
+from edgefleet.contract.profiles import load_profile
+from edgefleet.contract.signing import load_public_key
+
+
+@pytest.fixture
+def store(tmp_path: Path, keys: Keys) -> BundleStore:
+    return BundleStore(tmp_path / "state", load_public_key(keys.public), TEST_PROFILE)
+
+
+def _loaded(store: BundleStore, bundle: Path) -> tuple[LoadedModel, Path]:
+    installed = store.install(bundle, file_sha256(bundle))
+    model = LoadedModel.load(
+        installed.bundle_id, installed.manifest, installed.path, load_profile(TEST_PROFILE)
+    )
+    return model, installed.path
+
+
+def test_health_check_runs_the_bundles_samples_or_zero_inputs(
+    store: BundleStore, keys: Keys, bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    samples = np.abs(np.random.default_rng(1).normal(size=(20, 1, 8, 8))).astype(np.float32)
+    bundle = make_custom_bundle(
+        tmp_path / "s.efb", sqrt_model(tmp_path / "s.onnx"), keys.private, "1", health_samples=samples
+    )
+    model, path = _loaded(store, bundle)
+    report = check_health(model, path, latency_budget_ms=50)
+    assert (report.source, report.samples) == ("health_samples.npz", 16)  # capped at MAX_SAMPLES
+    assert 0 < report.median_ms <= report.max_ms
+    assert model.stats().runs == 0  # health-check runs are not request statistics
+
+    plain, plain_path = _loaded(store, bundles["v1"])
+    report = check_health(plain, plain_path, latency_budget_ms=50)
+    assert (report.source, report.samples) == ("zero inputs", 3)
+    feeds = load_samples(plain.manifest, plain_path)
+    assert feeds[0]["image"].shape == (1, 1, 8, 8) and not feeds[0]["image"].any()
+
+
+def test_health_check_failures_say_what_is_wrong(store: BundleStore, keys: Keys, tmp_path: Path) -> None:
+    good = np.ones((3, 1, 8, 8), np.float32)
+    cases = {
+        "NaN": (
+            sqrt_model(tmp_path / "a.onnx"),
+            -good,
+            50.0,
+            "sample 0: output 'logits' has 10 NaN/inf values",
+        ),
+        "shape": (sqrt_model(tmp_path / "b.onnx", outputs=3), good, 50.0, "has shape (1,3), the manifest"),
+        "latency": (sqrt_model(tmp_path / "c.onnx"), good, 1e-6, "exceeds the profile's latency budget"),
+        "samples": (sqrt_model(tmp_path / "d.onnx"), np.ones((2, 64), np.float32), 50.0, "sample 0: input"),
+    }
+    for name, (onnx_path, samples, budget, expected) in cases.items():
+        bundle = make_custom_bundle(
+            tmp_path / f"{name}.efb", onnx_path, keys.private, name, health_samples=samples
+        )
+        model, path = _loaded(store, bundle)
+        with pytest.raises(HealthCheckFailed) as caught:
+            check_health(model, path, latency_budget_ms=budget)
+        assert expected in str(caught.value), (name, str(caught.value))
+        model.close()
+
+
+def test_run_stats_count_failures_and_non_finite_outputs(
+    store: BundleStore, keys: Keys, tmp_path: Path
+) -> None:
+    model, _ = _loaded(
+        store, make_custom_bundle(tmp_path / "x.efb", sqrt_model(tmp_path / "x.onnx"), keys.private, "1")
+    )
+    model.run({"image": np.ones((1, 1, 8, 8), np.float32)})
+    model.run({"image": -np.ones((1, 1, 8, 8), np.float32)})  # NaN
+    with pytest.raises(Exception, match=r"(?i)rank|dimension|shape"):  # onnxruntime's own error type
+        model.run({"image": np.ones((1, 3), np.float32)})
+    model.run({"image": np.ones((1, 1, 8, 8), np.float32)}, record=False)
+    stats = model.stats()
+    assert (stats.runs, stats.failures, stats.bad_outputs, stats.errors) == (3, 1, 1, 2)
+    assert stats.error_rate == pytest.approx(2 / 3) and stats.p95_ms is not None and stats.p95_ms > 0
+
+
+def test_probation_judgement() -> None:
+    limits = ProbationLimits(window_s=10, min_requests=20, max_error_rate=0.05, latency_budget_ms=5)
+    fine = RunStats(runs=100, failures=0, bad_outputs=1, p95_ms=1.0)
+    assert judge(fine, 3, limits).outcome == "watching"
+    assert judge(fine, 10, limits).outcome == "passed"
+    errors = RunStats(runs=20, failures=1, bad_outputs=1, p95_ms=1.0)
+    failed = judge(errors, 1, limits)
+    assert failed.outcome == "failed" and "2 of 20 runs failed or gave NaN/inf (10%" in failed.reason
+    slow = judge(RunStats(runs=50, failures=0, bad_outputs=0, p95_ms=7.5), 1, limits)
+    assert slow.outcome == "failed" and "p95 run time 7.50 ms over 50 runs exceeds" in slow.reason
+    few = RunStats(runs=3, failures=3, bad_outputs=0, p95_ms=9.0)  # too little to judge before the end
+    assert judge(few, 5, limits).outcome == "watching"
+    ended = judge(few, 10, limits)
+    assert ended.outcome == "passed" and "too few to judge" in ended.reason
+
+
+def test_standby_model_and_swap_back(store: BundleStore, bundles: dict[str, Path]) -> None:
+    v1, _ = _loaded(store, bundles["v1"])
+    v2, _ = _loaded(store, bundles["v2"])
+    slot = ModelSlot()
+    slot.swap(v1)
+    with slot.use() as pinned:
+        assert slot.swap(v2, keep_previous=True) is v1
+        assert slot.standby is v1 and not v1.retired  # kept loaded for a rollback
+        assert pinned is v1 and pinned.run({"image": np.zeros((1, 1, 8, 8), np.float32)})["logits"].shape == (
+            1,
+            10,
+        )
+    assert not v1.closed
+    assert slot.swap_back() is v1
+    assert (slot.current, slot.standby, slot.swaps, slot.rollbacks) == (v1, None, 2, 1)
+    assert v2.closed  # the failed model is unloaded once idle
+    v3, _ = _loaded(store, bundles["v2"])
+    slot.swap(v3, keep_previous=True)
+    slot.release_standby()
+    assert v1.closed and slot.standby is None and slot.swap_back() is None
+    slot.clear()
+    assert v3.closed
