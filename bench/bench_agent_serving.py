@@ -5,7 +5,9 @@ count on both sides, measured interleaved in one process so machine load hits bo
 Agent path (what the MQTT handler does with a request, minus the socket): InferenceService.serve pins the
 model and counts the request; inside, compute() decodes the .npy request bytes, to_artifact, LoadedModel.run
 (run lock, bookkeeping for the probation), from_artifact, and encode_npz builds the reply body.
-Bare path: Interpreter.set_tensor / invoke / get_tensor on an array already in the artifact's form.
+Bare path: Interpreter.set_tensor / invoke / get_tensor on an array already in the artifact's form, called on
+the very Interpreter object the agent loaded (two Interpreters of one model differ by as much as the
+overhead measured; that difference is printed too). Threads: the profile's count, at most the CPU count.
 
 Two request forms: the artifact's own form (int8 NHWC, passed through), and the source model's float form
 (float32 NCHW, which the agent transposes and quantizes, and dequantizes on the way back); for the float form

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -25,7 +24,6 @@ import yaml
 
 from edgefleet.contract.profiles import PROFILES_PATH_ENV, load_profile
 
-ROOT = Path(__file__).resolve().parent.parent
 DEVICE = "bench-1"
 CALIB_SAMPLES = 64  # enough for the activation ranges; more only makes the conversion slower
 
@@ -68,6 +66,11 @@ def use_profile_threads(work: Path, profile: str, threads: int | None) -> int:
     """The thread count the profile's runtime uses; with `threads`, a copy of the profile with that count
     is put first on the profile search path (this process and the agents it starts inherit it)."""
     spec = load_profile(profile)
+    if spec.runtime.engine.value != "litert":
+        raise SystemExit(
+            f"profile '{profile}' runs on {spec.runtime.engine.value}; these benchmarks compare the agent "
+            "with the bare LiteRT runtime: pick a litert profile (e.g. rpi4, rpi5)"
+        )
     if threads is None or threads == spec.runtime.threads:
         return spec.runtime.threads
     directory = work / "profiles"
@@ -357,7 +360,3 @@ class DeviceWatcher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def median_or_nan(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
