@@ -155,10 +155,19 @@ def _fmt(shape: Sequence[Dim]) -> str:
 
 
 def quantize(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """q = clip(round(x / scale) + zero_point), computed in place in one float32 temporary."""
     assert spec.quantization is not None
     info = np.iinfo(np.dtype(spec.dtype))
-    q = np.round(array / spec.quantization.scale) + spec.quantization.zero_point
-    return np.clip(q, info.min, info.max).astype(spec.dtype)
+    q = np.divide(array, np.float32(spec.quantization.scale), dtype=np.float32)
+    np.rint(q, out=q)
+    q += np.float32(spec.quantization.zero_point)
+    np.clip(q, info.min, info.max, out=q)
+    return q.astype(spec.dtype)
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    # min/max propagate NaN and expose +-inf without allocating a boolean array the size of the input
+    return array.size == 0 or bool(np.isfinite(array.min()) and np.isfinite(array.max()))
 
 
 def dequantize(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -177,13 +186,17 @@ def to_artifact(spec: TensorSpec, array: np.ndarray) -> tuple[np.ndarray, bool]:
     if array.dtype == np.dtype(spec.dtype) and shape_matches(array.shape, spec.shape):
         return array, spec.dtype == "float32"
     if array.dtype == np.float32 and shape_matches(array.shape, spec.float_shape):
-        if not np.isfinite(array).all():
+        if not _all_finite(array):
             raise TensorError(f"input '{spec.name}': contains NaN or inf")
-        out = array if spec.perm is None else np.transpose(array, spec.perm)
+        # Quantize first (elementwise, on the contiguous input), then permute the smaller integer tensor.
         if spec.quantization is not None:
-            out = quantize(out, spec)
+            out = quantize(array, spec)
         elif spec.dtype != "float32":
-            out = out.astype(spec.dtype)
+            out = array.astype(spec.dtype)
+        else:
+            out = array
+        if spec.perm is not None:
+            out = np.transpose(out, spec.perm)
         return np.ascontiguousarray(out), True
     accepted = f"{spec.dtype} {_fmt(spec.shape)}"
     if spec.dtype != "float32" or list(spec.float_shape) != list(spec.shape):
