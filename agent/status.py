@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Literal
 
 from edgefleet import __version__
 from edgefleet.agent.log import EventLog
 from edgefleet.agent.model_slot import ModelSlot
 from edgefleet.contract import topics
-from edgefleet.contract.messages import DeviceEvent, DeviceStatus
+from edgefleet.contract.messages import DeviceEvent, DeviceEventKind, DeviceState, DeviceStatus
 
-State = Literal["idle", "receiving", "activating", "serving", "error"]
-EventKind = Literal[
-    "delivery_started",
-    "delivery_progress",
-    "delivery_stalled",
-    "activated",
-    "probation_passed",
-    "rolled_back",
-    "rejected",
-    "warning",
-    "error",
-]
+State = DeviceState  # the schema's own names, so the agent cannot drift from the contract
+EventKind = DeviceEventKind
 Publish = Callable[[str, bytes, int, bool], None]
 
 log = EventLog("status")

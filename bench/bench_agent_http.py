@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import socket
 import tempfile
@@ -32,15 +31,13 @@ from bench_agent_support import (
     BareRuntime,
     Summary,
     artifact_sample,
-    convert_reference,
     float_sample,
-    keys,
     machine_load,
+    prepare_work,
+    reference_bundles,
     unpack,
-    use_profile_threads,
 )
 
-from edgefleet.contract.profiles import load_profile
 from edgefleet.fleet.broker import MosquittoProcess
 from edgefleet.fleet.deploy import deploy_bundle
 
@@ -148,15 +145,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         tmp_path = Path(tmp)
-        work = args.work or tmp_path
-        work.mkdir(parents=True, exist_ok=True)
-        wanted = args.threads or min(load_profile(args.profile).runtime.threads, os.cpu_count() or 1)
-        threads = use_profile_threads(tmp_path, args.profile, wanted)
-        private_key, public_key = keys(work)
-        bundles = {
-            "digits CNN": convert_reference(work, "digits", args.profile, "1", private_key),
-            "MobileNetV2 224": convert_reference(work, "mobilenet", args.profile, "1", private_key, 224),
-        }
+        work, threads, private_key, public_key = prepare_work(tmp_path, args.work, args.profile, args.threads)
+        bundles = reference_bundles(work, args.profile, private_key)
         rows: list[str] = []
         loads = [machine_load()]
         with MosquittoProcess(tmp_path / "broker") as broker:

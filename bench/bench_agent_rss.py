@@ -10,7 +10,6 @@ model, both converted for the profile (full-INT8 TFLite for rpi4).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,15 +21,13 @@ from bench_agent_support import (
     DEVICE,
     Agent,
     artifact_sample,
-    convert_reference,
-    keys,
     machine_load,
+    prepare_work,
     read_vm_rss_kib,
+    reference_bundles,
     unpack,
-    use_profile_threads,
 )
 
-from edgefleet.contract.profiles import load_profile
 from edgefleet.fleet.broker import MosquittoProcess
 from edgefleet.fleet.deploy import deploy_bundle
 from edgefleet.fleet.inference import InferenceClient
@@ -90,15 +87,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
         tmp_path = Path(tmp)
-        work = args.work or tmp_path
-        work.mkdir(parents=True, exist_ok=True)
-        wanted = args.threads or min(load_profile(args.profile).runtime.threads, os.cpu_count() or 1)
-        threads = use_profile_threads(tmp_path, args.profile, wanted)
-        private_key, public_key = keys(work)
-        bundles = {
-            "digits CNN": convert_reference(work, "digits", args.profile, "1", private_key),
-            "MobileNetV2 224": convert_reference(work, "mobilenet", args.profile, "1", private_key, 224),
-        }
+        work, threads, private_key, public_key = prepare_work(tmp_path, args.work, args.profile, args.threads)
+        bundles = reference_bundles(work, args.profile, private_key)
         rows = []
         for index, (label, bundle) in enumerate(bundles.items()):
             # a broker per agent: no retained desired state of the previous one

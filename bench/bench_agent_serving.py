@@ -20,7 +20,6 @@ Printed per path: p50 and mean (ms), and the overhead in % (target: at most 5%).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import tempfile
 import time
@@ -34,11 +33,10 @@ from bench_agent_support import (
     artifact_sample,
     convert_reference,
     float_sample,
-    keys,
     machine_load,
     percent,
+    prepare_work,
     unpack,
-    use_profile_threads,
 )
 
 from edgefleet.agent.inference import InferenceService
@@ -110,11 +108,9 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        wanted = args.threads or min(load_profile(args.profile).runtime.threads, os.cpu_count() or 1)
-        threads = use_profile_threads(Path(tmp), args.profile, wanted)
-        private_key, public_key = keys(work)
+        work, threads, private_key, public_key = prepare_work(
+            Path(tmp), args.work, args.profile, args.threads
+        )
         bundle = convert_reference(work, "mobilenet", args.profile, "1", private_key, args.size)
         bundle_id, manifest = unpack(bundle, Path(tmp) / "unpacked", public_key)
         profile = load_profile(args.profile)

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
@@ -83,6 +83,34 @@ def use_profile_threads(work: Path, profile: str, threads: int | None) -> int:
     )
     assert load_profile(profile).runtime.threads == threads
     return threads
+
+
+class BenchWork(NamedTuple):
+    """Where a benchmark keeps its bundles and keys, and the runtime thread count both sides use."""
+
+    work: Path
+    threads: int
+    private_key: Path
+    public_key: Path
+
+
+def prepare_work(tmp: Path, work: Path | None, profile: str, threads: int | None) -> BenchWork:
+    """The bundle folder `work` (default `tmp`) created, the thread count put in force through a profile
+    copy under `tmp` (`threads`, else the profile's, at most this machine's CPUs), and the fleet key pair."""
+    work = work or tmp
+    work.mkdir(parents=True, exist_ok=True)
+    wanted = threads or min(load_profile(profile).runtime.threads, os.cpu_count() or 1)
+    used = use_profile_threads(tmp, profile, wanted)
+    private_key, public_key = keys(work)
+    return BenchWork(work, used, private_key, public_key)
+
+
+def reference_bundles(work: Path, profile: str, private_key: Path) -> dict[str, Path]:
+    """The two reference models, converted for `profile`, by the label a benchmark prints."""
+    return {
+        "digits CNN": convert_reference(work, "digits", profile, "1", private_key),
+        "MobileNetV2 224": convert_reference(work, "mobilenet", profile, "1", private_key, 224),
+    }
 
 
 def keys(work: Path) -> tuple[Path, Path]:

@@ -15,7 +15,6 @@ versions) give several windows.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import tempfile
 import threading
@@ -31,13 +30,11 @@ from bench_agent_support import (
     artifact_sample,
     as_version,
     convert_reference,
-    keys,
     machine_load,
+    prepare_work,
     unpack,
-    use_profile_threads,
 )
 
-from edgefleet.contract.profiles import load_profile
 from edgefleet.fleet.broker import MosquittoProcess
 from edgefleet.fleet.deploy import deploy_bundle
 from edgefleet.fleet.inference import InferenceClient
@@ -119,11 +116,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
         tmp_path = Path(tmp)
-        work = args.work or tmp_path
-        work.mkdir(parents=True, exist_ok=True)
-        wanted = args.threads or min(load_profile(args.profile).runtime.threads, os.cpu_count() or 1)
-        threads = use_profile_threads(tmp_path, args.profile, wanted)
-        private_key, public_key = keys(work)
+        work, threads, private_key, public_key = prepare_work(tmp_path, args.work, args.profile, args.threads)
         v1 = convert_reference(work, args.model, args.profile, "1", private_key)
         versions = [
             as_version(v1, str(n), tmp_path / f"v{n}.efb", private_key, public_key)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 from pydantic import BaseModel
@@ -249,14 +250,7 @@ def deploy_bundle(
             version=meta.version,
             profile=meta.profile,
         )
-        mid = session.publish(
-            topics.desired(device_id),
-            desired.to_bytes(),
-            qos=1,
-            retain=True,
-            properties=publish_properties(ContentType=CONTENT_JSON),
-        )
-        session.wait_published(mid, f"the desired state of device {device_id}")
+        publish_desired(session, device_id, desired)
         display.info(
             f"bundle {meta.bundle_id[:12]} ({meta.size} bytes, {stats.chunks} chunks) uploaded in "
             f"{stats.seconds:.2f} s ({stats.mib_per_s:.0f} MiB/s); device {device_id} should now run "
@@ -281,22 +275,38 @@ def deploy_bundle(
         )
         if not wait:
             return result
-        started = time.monotonic()
-        status = _wait_until_active(session, watch, desired, device_id, timeout, display)
-        return result.model_copy(
-            update={"active": True, "status": status, "wait_seconds": time.monotonic() - started}
-        )
+        return wait_until_active(result, session, watch, desired, device_id, timeout, display)
 
 
-def _wait_until_active(
+def publish_desired(session: BrokerSession, device_id: str, desired: DesiredState) -> None:
+    """Publish `desired` as the device's retained desired state and wait until the broker has it."""
+    mid = session.publish(
+        topics.desired(device_id),
+        desired.to_bytes(),
+        qos=1,
+        retain=True,
+        properties=publish_properties(ContentType=CONTENT_JSON),
+    )
+    session.wait_published(mid, f"the desired state of device {device_id}")
+
+
+_ResultT = TypeVar("_ResultT", bound=BaseModel)
+
+
+def wait_until_active(
+    result: _ResultT,
     session: BrokerSession,
     watch: DeviceWatch,
     desired: DesiredState,
     device_id: str,
     timeout: float,
     display: _Display,
-) -> DeviceStatus:
-    deadline = time.monotonic() + timeout
+) -> _ResultT:
+    """Wait for the device to report `desired` active and return `result` updated with that status and
+    the seconds waited (`result` has the fields active, status and wait_seconds). Raises
+    DeploymentRejected when the device rejects this deployment, DeploymentTimeout after `timeout` s."""
+    started = time.monotonic()
+    deadline = started + timeout
     with display.delivery() as bar:
         task: TaskID | None = bar.add_task(f"device {device_id}: waiting", total=None) if bar else None
         while True:
@@ -306,7 +316,9 @@ def _wait_until_active(
                 and status.model is not None
                 and status.model.bundle_id == desired.bundle_id
             ):
-                return status
+                return result.model_copy(
+                    update={"active": True, "status": status, "wait_seconds": time.monotonic() - started}
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 last_seen = watch.last_seen()

@@ -6,7 +6,6 @@ rollouts feed the same fold live.
 from __future__ import annotations
 
 import argparse
-import queue
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,7 +21,7 @@ from edgefleet.contract.messages import DeviceEvent, DeviceStatus, Message, Pres
 from edgefleet.fleet.describe import describe_backend
 from edgefleet.fleet.device_messages import InvalidDeviceMessage, parse_device_message
 from edgefleet.fleet.selectors import Selector, SelectorError, explain_no_match
-from edgefleet.fleet.session import BrokerSession
+from edgefleet.fleet.session import collect_device_messages
 
 
 class DeviceRecord(BaseModel):
@@ -183,20 +182,7 @@ def collect_inventory(broker_url: str, listen_s: float = 2.0) -> tuple[Inventory
     """Every device's retained presence and status, plus `listen_s` seconds of live telemetry (which makes
     last-seen current). Returns the inventory and the broker address."""
     inventory = Inventory()
-    with BrokerSession(broker_url, "devices") as session:
-        session.subscribe([topics.ALL_ONLINE, topics.ALL_STATUS, topics.ALL_TELEMETRY])
-        session.sync()
-        deadline = time.monotonic() + max(0.0, listen_s)
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                message = session.messages.get(timeout=max(0.0, min(remaining, 0.25)))
-            except queue.Empty:
-                if remaining <= 0:
-                    break
-                continue
-            inventory.feed(message)
-        address = str(session.address)
+    address = collect_device_messages(broker_url, "devices", listen_s, inventory.feed)
     return inventory, address
 
 

@@ -7,17 +7,21 @@ download. See docs/protocol.md, "Rolling back".
 from __future__ import annotations
 
 import argparse
-import time
 
 from pydantic import BaseModel
 from rich.console import Console
 
 from edgefleet.contract import topics
-from edgefleet.contract.messages import CONTENT_JSON, DesiredState, DeviceStatus, KeptVersion
-from edgefleet.fleet.deploy import DeviceWatch, _Display, _wait_until_active, new_deployment_id
+from edgefleet.contract.messages import DesiredState, DeviceStatus, KeptVersion
+from edgefleet.fleet.deploy import (
+    DeviceWatch,
+    _Display,
+    new_deployment_id,
+    publish_desired,
+    wait_until_active,
+)
 from edgefleet.fleet.errors import DeployError
 from edgefleet.fleet.session import BrokerSession
-from edgefleet.mqtt import publish_properties
 
 
 class RollbackError(DeployError):
@@ -122,14 +126,7 @@ def rollback_device(
             version=target.version,
             profile=status.profile,
         )
-        mid = session.publish(
-            topics.desired(device_id),
-            desired.to_bytes(),
-            qos=1,
-            retain=True,
-            properties=publish_properties(ContentType=CONTENT_JSON),
-        )
-        session.wait_published(mid, f"the desired state of device {device_id}")
+        publish_desired(session, device_id, desired)
         display.info(
             f"device {device_id}: rolling back from {current.version if current else 'nothing'} to "
             f"{target.name} {target.version} (bundle {target.bundle_id[:12]}, "
@@ -146,11 +143,7 @@ def rollback_device(
         )
         if not wait:
             return result
-        started = time.monotonic()
-        final = _wait_until_active(session, watch, desired, device_id, timeout, display)
-        return result.model_copy(
-            update={"active": True, "status": final, "wait_seconds": time.monotonic() - started}
-        )
+        return wait_until_active(result, session, watch, desired, device_id, timeout, display)
 
 
 def run_rollback(args: argparse.Namespace) -> int:

@@ -316,3 +316,24 @@ class BrokerSession:
                 f"the broker at {self.address} did not acknowledge {what} within {self.ack_timeout:.0f} s; "
                 f"{state}"
             ) from None
+
+
+def collect_device_messages(
+    broker_url: str, client_name: str, listen_s: float, feed: Callable[[mqtt.MQTTMessage], None]
+) -> str:
+    """Pass every device's retained presence and status, then `listen_s` seconds of live telemetry, to
+    `feed`. Returns the broker address. Shared by `edgefleet status` and `edgefleet devices`."""
+    with BrokerSession(broker_url, client_name) as session:
+        session.subscribe([topics.ALL_ONLINE, topics.ALL_STATUS, topics.ALL_TELEMETRY])
+        session.sync()
+        deadline = time.monotonic() + max(0.0, listen_s)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                message = session.messages.get(timeout=max(0.0, min(remaining, 0.25)))
+            except queue.Empty:
+                if remaining <= 0:
+                    break
+                continue
+            feed(message)
+        return str(session.address)

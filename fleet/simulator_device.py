@@ -31,6 +31,7 @@ from edgefleet.contract.messages import (
     BundleMeta,
     DesiredState,
     DeviceEvent,
+    DeviceState,
     DeviceStatus,
     KeptVersion,
     LatencySummary,
@@ -45,7 +46,7 @@ from edgefleet.mqtt import new_client, publish_properties
 log = logging.getLogger(__name__)
 
 FailMode = Literal["errors", "reject", "rollback"]
-State = Literal["idle", "receiving", "activating", "serving", "error"]
+State = DeviceState  # the contract's states, shared with the real agent
 
 KEEP_BUNDLES = 3  # like the agent's default keep_bundles: the previous versions stay installed
 STALL_S = 10.0  # as the agent: no progress this long -> ask the broker for the retained data again

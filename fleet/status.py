@@ -5,8 +5,6 @@ while listening) as a table or one JSON object. A device publishing garbage is s
 from __future__ import annotations
 
 import argparse
-import queue
-import time
 from datetime import datetime
 
 import paho.mqtt.client as mqtt
@@ -19,7 +17,7 @@ from edgefleet.contract import topics
 from edgefleet.contract.messages import DeviceStatus, Presence, Telemetry, utc_now
 from edgefleet.fleet.describe import describe_backend
 from edgefleet.fleet.device_messages import InvalidDeviceMessage, parse_device_message
-from edgefleet.fleet.session import BrokerSession
+from edgefleet.fleet.session import collect_device_messages
 
 
 class DeviceView(BaseModel):
@@ -85,20 +83,7 @@ class _FleetCollector:
 def collect_fleet_status(broker_url: str, listen_s: float = 2.0) -> FleetStatus:
     """Read every device's retained presence and status, then listen `listen_s` seconds for telemetry."""
     collector = _FleetCollector()
-    with BrokerSession(broker_url, "status") as session:
-        session.subscribe([topics.ALL_ONLINE, topics.ALL_STATUS, topics.ALL_TELEMETRY])
-        session.sync()
-        deadline = time.monotonic() + max(0.0, listen_s)
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                message = session.messages.get(timeout=max(0.0, min(remaining, 0.25)))
-            except queue.Empty:
-                if remaining <= 0:
-                    break
-                continue
-            collector.feed(message)
-        address = str(session.address)
+    address = collect_device_messages(broker_url, "status", listen_s, collector.feed)
     devices = sorted(collector.views.values(), key=lambda view: view.device_id)
     return FleetStatus(broker=address, collected_at=utc_now(), listen_s=listen_s, devices=devices)
 

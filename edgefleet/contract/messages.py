@@ -74,11 +74,14 @@ class ProbationStatus(Message):
     ends_at: datetime
 
 
+DeviceState = Literal["idle", "receiving", "activating", "serving", "error"]
+
+
 class DeviceStatus(Message):
     device_id: str
     profile: str
     agent_version: str
-    state: Literal["idle", "receiving", "activating", "serving", "error"]
+    state: DeviceState
     model: ActiveModel | None = None
     backend: BackendInfo | None = None
     swaps: int = 0
@@ -149,18 +152,21 @@ class DesiredState(Message):
     issued_at: datetime = Field(default_factory=utc_now)
 
 
+DeviceEventKind = Literal[
+    "delivery_started",
+    "delivery_progress",
+    "delivery_stalled",
+    "activated",
+    "probation_passed",
+    "rolled_back",
+    "rejected",
+    "warning",
+    "error",
+]
+
+
 class DeviceEvent(Message):
-    kind: Literal[
-        "delivery_started",
-        "delivery_progress",
-        "delivery_stalled",
-        "activated",
-        "probation_passed",
-        "rolled_back",
-        "rejected",
-        "warning",
-        "error",
-    ]
+    kind: DeviceEventKind
     deployment_id: str | None = None
     version: str | None = None
     detail: str = ""

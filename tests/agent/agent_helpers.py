@@ -13,7 +13,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,28 @@ class RunningAgent:
     process: AgentProcess
     observer: Observer
     broker: MosquittoProcess
+
+
+@contextmanager
+def started_agent(
+    workdir: Path,
+    broker: MosquittoProcess,
+    config: dict[str, object],
+    profiles_dir: Path,
+    log_tail: int = 5000,
+) -> Iterator[RunningAgent]:
+    """An agent process running `config` and online on `broker`, stopped afterwards; the last `log_tail`
+    characters of its log are printed (pytest shows them for a failed test)."""
+    observer = Observer(broker.url, DEVICE)
+    process = AgentProcess(workdir, config, profiles_dir).start()
+    try:
+        observer.wait_for("online", lambda m: m["online"] is True)
+        yield RunningAgent(process, observer, broker)
+    finally:
+        if process.alive():
+            process.stop()
+        observer.close()
+        print(process.log()[-log_tail:])
 
 
 # -- helpers for the swap, crash and malformed-message tests ---------------------------------------------

@@ -12,13 +12,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from agent_helpers import (
-    DEVICE,
-    AgentProcess,
     Keys,
-    Observer,
     RunningAgent,
     agent_config,
     make_bundle,
+    started_agent,
     write_profiles,
 )
 
@@ -62,13 +60,5 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, keys: Keys, reference_dir:
 def running_agent(
     tmp_path: Path, broker: MosquittoProcess, keys: Keys, profiles_dir: Path
 ) -> Iterator[RunningAgent]:
-    observer = Observer(broker.url, DEVICE)
-    process = AgentProcess(tmp_path, agent_config(tmp_path, broker.url, keys), profiles_dir).start()
-    try:
-        observer.wait_for("online", lambda m: m["online"] is True)
-        yield RunningAgent(process, observer, broker)
-    finally:
-        if process.alive():
-            process.stop()
-        observer.close()
-        print(process.log()[-5000:])
+    with started_agent(tmp_path, broker, agent_config(tmp_path, broker.url, keys), profiles_dir) as agent:
+        yield agent

@@ -26,6 +26,7 @@ from agent_helpers import (
     publish_bundle,
     publish_bundle_parts,
     restart,
+    started_agent,
     wait_until,
 )
 
@@ -43,18 +44,10 @@ IMAGES = np.zeros((1, 1, 8, 8), np.float32)
 def crash_agent(
     tmp_path: Path, broker: MosquittoProcess, keys: Keys, profiles_dir: Path, request: pytest.FixtureRequest
 ) -> Iterator[RunningAgent]:
-    observer = Observer(broker.url, DEVICE)
     probation_s = request.param if hasattr(request, "param") else 0.5
     config = agent_config(tmp_path, broker.url, keys, probation_s=probation_s, delivery_stall_s=1.0)
-    process = AgentProcess(tmp_path, config, profiles_dir).start()
-    try:
-        observer.wait_for("online", lambda m: m["online"] is True)
-        yield RunningAgent(process, observer, broker)
-    finally:
-        if process.alive():
-            process.stop()
-        observer.close()
-        print(process.log()[-8000:])
+    with started_agent(tmp_path, broker, config, profiles_dir, log_tail=8000) as agent:
+        yield agent
 
 
 def kill_9(process: AgentProcess) -> None:

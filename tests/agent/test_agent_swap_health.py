@@ -14,7 +14,6 @@ from agent_helpers import (
     DEVICE,
     AgentProcess,
     Keys,
-    Observer,
     RunningAgent,
     Traffic,
     agent_config,
@@ -25,6 +24,7 @@ from agent_helpers import (
     publish_bundle_parts,
     restart,
     sqrt_model,
+    started_agent,
     wait_until,
 )
 
@@ -41,17 +41,9 @@ NEGATIVE = -np.ones((2, 1, 8, 8), np.float32)  # sqrt_model gives NaN
 def probation_agent(
     tmp_path: Path, broker: MosquittoProcess, keys: Keys, profiles_dir: Path
 ) -> Iterator[RunningAgent]:
-    observer = Observer(broker.url, DEVICE)
     config = agent_config(tmp_path, broker.url, keys, probation_s=2.0, probation_min_requests=5)
-    process = AgentProcess(tmp_path, config, profiles_dir).start()
-    try:
-        observer.wait_for("online", lambda m: m["online"] is True)
-        yield RunningAgent(process, observer, broker)
-    finally:
-        if process.alive():
-            process.stop()
-        observer.close()
-        print(process.log()[-6000:])
+    with started_agent(tmp_path, broker, config, profiles_dir, log_tail=6000) as agent:
+        yield agent
 
 
 def _logged_since_start(process: AgentProcess, event: str) -> str | None:
