@@ -62,6 +62,7 @@ class ChunkAssembler:
         self.log_path = log_path
         self.total = len(meta.chunk_sha256)
         self.received: set[int] = set()
+        self.file_sha256: str | None = None  # the whole file's digest, once `finish` computed it
         part_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(part_path, os.O_RDWR | os.O_CREAT, 0o600)
         self._fd: int | None = fd
@@ -146,7 +147,9 @@ class ChunkAssembler:
         return ranges(self.missing())
 
     def finish(self) -> Path:
-        """fsync and check the whole file against the bundle id; returns the part file's path."""
+        """fsync and check the whole file against the bundle id; returns the part file's path.
+
+        The digest stays in `file_sha256` so BundleStore.install need not hash the file again."""
         if not self.complete:
             raise BundleError(f"bundle {self.meta.bundle_id[:12]}: chunks {self.missing()[:10]} are missing")
         assert self._fd is not None
@@ -156,7 +159,8 @@ class ChunkAssembler:
         with self.part_path.open("rb") as handle:
             while block := handle.read(1024 * 1024):
                 digest.update(block)
-        if digest.hexdigest() != self.meta.bundle_id:
+        self.file_sha256 = digest.hexdigest()
+        if self.file_sha256 != self.meta.bundle_id:
             raise BundleError(
                 f"bundle {self.meta.bundle_id[:12]}: every chunk matched the meta but the file does not hash "
                 "to the bundle id; the bundle meta is wrong - redeploy the bundle"

@@ -603,7 +603,9 @@ class Deployer:
         self._set_status("activating")
         try:
             bundle_file = delivery.assembler.finish()
-            installed = self.store.install(bundle_file, delivery.bundle_id)
+            installed = self.store.install(
+                bundle_file, delivery.bundle_id, file_sha256=delivery.assembler.file_sha256
+            )
         except Exception as exc:
             self.store.discard_part(delivery.bundle_id)
             self._reject(delivery.desired, str(exc))

@@ -124,9 +124,12 @@ class BundleStore:
                 f"for '{self.profile_name}'"
             )
 
-    def install(self, bundle_file: Path, bundle_id: str) -> InstalledBundle:
-        """Verify the bundle file (whole-file sha256, signature, each file's sha256, profile); unpack it."""
-        if sha256_file(bundle_file) != bundle_id:
+    def install(self, bundle_file: Path, bundle_id: str, file_sha256: str | None = None) -> InstalledBundle:
+        """Verify the bundle file (whole-file sha256, signature, each file's sha256, profile); unpack it.
+
+        `file_sha256`: the file's sha256 when the caller has just computed it (the chunk assembler hashes
+        the whole file as it finishes), so a 20 MiB bundle is not read and hashed a second time."""
+        if (file_sha256 or sha256_file(bundle_file)) != bundle_id:
             raise BundleError(f"bundle file does not hash to its id {bundle_id[:12]}: it is corrupt")
         staging = self.bundles_dir / f".{bundle_id}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
