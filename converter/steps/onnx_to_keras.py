@@ -20,9 +20,10 @@ from edgefleet.converter.errors import ConversionError, UnsupportedModelError
 
 NCHW_TO_NHWC = [0, 2, 3, 1]
 SUPPORTED_OPS = (
-    "Add, AveragePool, BatchNormalization, Clip, Concat, Constant, Conv (incl. grouped/depthwise), Dropout, "
-    "Flatten, Gemm, GlobalAveragePool, GlobalMaxPool, Identity, LeakyRelu, MatMul, MaxPool, Mul, Relu, "
-    "Reshape (to 2D), Sigmoid, Softmax, Sub, and shape arithmetic on constants"
+    "1D/2D Conv (grouped, depthwise), ConvTranspose, pooling, BatchNormalization, LayerNormalization, "
+    "Gemm, MatMul (also of two tensors), elementwise arithmetic and activations (incl. HardSwish, "
+    "HardSigmoid, PRelu, Erf, Gelu), Softmax, Reduce*, Reshape, Transpose, Squeeze, Unsqueeze, Flatten, "
+    "Concat, Split, Slice, Gather, Pad, Resize, Expand, If on a constant, and shape arithmetic on constants"
 )
 # Max |keras - onnx| relative to the output range above which the translation is considered wrong.
 MAX_RELATIVE_DEVIATION = 1e-3
@@ -32,8 +33,9 @@ Layout = Literal["same", "nhwc", "flat_nhwc"]
 
 @dataclass(frozen=True)
 class _Value:
-    """A translated tensor. layout 'same': ONNX layout; 'nhwc': an NCHW tensor held as NHWC;
-    'flat_nhwc': a [batch, C*H*W] tensor flattened in NHWC order (chw = ONNX C, H, W)."""
+    """A translated tensor. layout 'same': ONNX layout; 'nhwc': an N-C-spatial tensor held channels-last
+    (NCHW as NHWC, NCW as NWC); 'flat_nhwc': a [batch, C*H*W] tensor flattened in NHWC order (chw = ONNX
+    C, H, W)."""
 
     tensor: Any
     layout: Layout = "same"
@@ -98,13 +100,76 @@ def import_keras() -> Any:
     return keras
 
 
+def _channels_last(rank: int) -> list[int]:
+    """tensor = transpose(onnx_tensor, perm) for an N-C-spatial tensor held channels-last."""
+    return [0, *range(2, rank), 1]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# Elementwise ops that keep the layout: op type -> (tf module, attrs) -> function of one tensor.
+def _unary_ops() -> dict[str, Callable[[Any, dict[str, Any]], Callable[[Any], Any]]]:
+    def hard_sigmoid(tf: Any, attrs: dict[str, Any]) -> Callable[[Any], Any]:
+        alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+        # clip(a*x + b, 0, 1) written with RELU6, which every int8 target (the Edge TPU too) runs
+        return lambda t: tf.nn.relu6(t * (6 * alpha) + 6 * beta) * (1 / 6)
+
+    def gelu(tf: Any, attrs: dict[str, Any]) -> Callable[[Any], Any]:
+        tanh = _text(attrs.get("approximate", "none")) == "tanh"
+        return lambda t: tf.nn.gelu(t, approximate=tanh)
+
+    def elu(tf: Any, attrs: dict[str, Any]) -> Callable[[Any], Any]:
+        alpha = float(attrs.get("alpha", 1.0))
+        return lambda t: tf.where(t > 0, t, alpha * (tf.exp(t) - 1))
+
+    def simple(name: str) -> Callable[[Any, dict[str, Any]], Callable[[Any], Any]]:
+        return lambda tf, _attrs: _resolve(tf, name)
+
+    return {
+        "Tanh": simple("math.tanh"),
+        "Exp": simple("math.exp"),
+        "Log": simple("math.log"),
+        "Abs": simple("math.abs"),
+        "Neg": simple("math.negative"),
+        "Sqrt": simple("math.sqrt"),
+        "Reciprocal": simple("math.reciprocal"),
+        "Erf": simple("math.erf"),
+        "Floor": simple("math.floor"),
+        "Ceil": simple("math.ceil"),
+        "Round": simple("math.round"),
+        "Sin": simple("math.sin"),
+        "Cos": simple("math.cos"),
+        "Softplus": simple("math.softplus"),
+        "Softsign": simple("math.softsign"),
+        "Sign": simple("math.sign"),
+        "HardSigmoid": hard_sigmoid,
+        "HardSwish": lambda tf, _attrs: lambda t: t * tf.nn.relu6(t + 3.0) * (1 / 6),
+        "Gelu": gelu,
+        "Elu": elu,
+    }
+
+
+def _resolve(root: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        root = getattr(root, part)
+    return root
+
+
+UNARY_OPS = _unary_ops()
+FLOAT_TYPES = {1, 10, 11, 16}  # onnx TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
 class _Translator:
     def __init__(self, model: Any) -> None:
         import onnx
+        import tensorflow as tf
 
         keras = import_keras()
 
         self.keras = keras
+        self.tf = tf
         self.onnx = onnx
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.model = self._fix_batch(model)
@@ -127,28 +192,48 @@ class _Translator:
         self.fused: set[int] = set()  # ids of nodes folded into an earlier layer
         self.node_index = {id(node): index for index, node in enumerate(self.model.graph.node)}
         self.layer_nodes: dict[str, list[str]] = {}
+        binary = dict.fromkeys(("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"), self._binary)
         self.handlers: dict[str, Callable[[Any], None]] = {
+            **dict.fromkeys(UNARY_OPS, self._unary),
+            **binary,
             "Conv": self._conv,
+            "ConvTranspose": self._conv_transpose,
             "Relu": self._relu,
             "LeakyRelu": self._leaky_relu,
+            "PRelu": self._prelu,
             "Clip": self._clip,
             "Sigmoid": self._sigmoid,
             "MaxPool": self._max_pool,
             "AveragePool": self._avg_pool,
             "GlobalAveragePool": self._global_pool,
             "GlobalMaxPool": self._global_pool,
-            "Add": self._binary,
-            "Sub": self._binary,
-            "Mul": self._binary,
             "Gemm": self._gemm,
             "MatMul": self._matmul,
             "Flatten": self._flatten,
             "Reshape": self._reshape,
+            "Squeeze": self._reshape,
+            "Unsqueeze": self._reshape,
+            "Transpose": self._transpose,
             "BatchNormalization": self._batch_norm,
+            "LayerNormalization": self._layer_norm,
             "Identity": self._identity,
             "Dropout": self._identity,
+            "Cast": self._cast,
             "Softmax": self._softmax,
+            "LogSoftmax": self._softmax,
             "Concat": self._concat,
+            "Split": self._split,
+            "Slice": self._slice,
+            "Gather": self._gather,
+            "Pad": self._pad,
+            "Resize": self._resize,
+            "Upsample": self._resize,
+            "Expand": self._expand,
+            "ReduceMean": self._reduce,
+            "ReduceSum": self._reduce,
+            "ReduceMax": self._reduce,
+            "ReduceMin": self._reduce,
+            "If": self._if,
         }
 
     # --- setup -------------------------------------------------------------------------------------
@@ -167,17 +252,19 @@ class _Translator:
                 if axis != 0:
                     raise UnsupportedModelError(
                         f"input '{value.name}' axis {axis} is dynamic; TFLite needs static shapes: "
-                        "export the model with fixed non-batch dimensions"
+                        "export the model with fixed non-batch dimensions or pass --input-shape"
                     )
                 dim.Clear()
                 dim.dim_value = 1
         for value in fixed.graph.output:  # let shape inference recompute output shapes with batch 1
             value.type.tensor_type.ClearField("shape")
+        del fixed.graph.value_info[:]  # recomputed for batch 1 too
         return fixed
 
     def _name(self, node: Any, *folded: Any) -> str:
         """A unique Keras layer name for `node` (recorded with the ONNX nodes the layer computes)."""
-        name = f"L{self.node_index[id(node)]}_{re.sub(r'[^a-z0-9]', '', node.op_type.lower())}"
+        index = self.node_index.setdefault(id(node), len(self.node_index))
+        name = f"L{index}_{re.sub(r'[^a-z0-9]', '', node.op_type.lower())}"
         self.layer_nodes[name] = [node_label(n) for n in (node, *folded)]
         return name
 
@@ -219,14 +306,92 @@ class _Translator:
         self.values[name] = value
         expected = self.shapes.get(name)
         if expected is None:
+            self.shapes[name] = self._onnx_shape(value)
             return
-        got = [int(d) for d in value.tensor.shape]
-        if value.layout == "nhwc" and len(expected) == 4:
-            expected = [expected[i] for i in NCHW_TO_NHWC]
-        if got != expected:
+        got = self._onnx_shape(value)
+        if got != list(expected):
             raise self._unsupported(
                 node, f"translated shape {got} differs from the ONNX shape {expected} (padding or layout)"
             )
+
+    # --- layouts -----------------------------------------------------------------------------------
+    @staticmethod
+    def _perm(value: _Value) -> list[int]:
+        """tensor = transpose(onnx_tensor, perm): where each ONNX axis sits in the translated tensor."""
+        rank = len(value.tensor.shape)
+        return _channels_last(rank) if value.layout == "nhwc" else list(range(rank))
+
+    def _onnx_shape(self, value: _Value) -> list[int]:
+        shape = [int(d) for d in value.tensor.shape]
+        if value.layout == "flat_nhwc":
+            return [shape[0], int(np.prod(shape[1:]))]
+        onnx_shape = [0] * len(shape)
+        for position, axis in enumerate(self._perm(value)):
+            onnx_shape[axis] = shape[position]
+        return onnx_shape
+
+    def _axis(self, value: _Value, axis: int) -> int:
+        """Where ONNX axis `axis` (negative allowed) of `value` sits in the translated tensor."""
+        rank = len(value.tensor.shape)
+        return self._perm(value).index(axis % rank)
+
+    def _as_same(self, value: _Value) -> Any:
+        """The tensor in ONNX layout. Moving only size-1 axes is a reshape, not a transpose."""
+        ops = self.keras.ops
+        if value.layout == "same":
+            return value.tensor
+        if value.layout == "flat_nhwc":
+            assert value.chw is not None
+            c, h, w = value.chw
+            return ops.reshape(
+                ops.transpose(ops.reshape(value.tensor, (1, h, w, c)), (0, 3, 1, 2)), (1, c * h * w)
+            )
+        perm, shape = self._perm(value), [int(d) for d in value.tensor.shape]
+        moved = [axis for axis, size in zip(perm, shape, strict=True) if size > 1]
+        if moved == sorted(moved):
+            return ops.reshape(value.tensor, tuple(self._onnx_shape(value)))
+        return ops.transpose(value.tensor, tuple(int(i) for i in np.argsort(perm)))
+
+    def _as_channels_last(self, node: Any, value: _Value) -> _Value:
+        """An N-C-spatial tensor (rank 3 or 4) held channels-last, as convolutions and pooling take it."""
+        rank = len(value.tensor.shape)
+        if rank not in (3, 4) or value.layout == "flat_nhwc":
+            raise self._unsupported(node, f"expects an N-C-spatial tensor of rank 3 or 4, got rank {rank}")
+        if value.layout == "nhwc":
+            return value
+        perm = _channels_last(rank)
+        shape = [int(value.tensor.shape[i]) for i in perm]
+        ops = self.keras.ops
+        moved = [axis for axis, size in zip(perm, shape, strict=True) if size > 1]
+        tensor = (
+            ops.reshape(value.tensor, tuple(shape))
+            if moved == sorted(moved)
+            else ops.transpose(value.tensor, tuple(perm))
+        )
+        return _Value(tensor, "nhwc")
+
+    def _to_layout(self, const: np.ndarray, like: _Value, node: Any) -> np.ndarray:
+        """A constant operand rearranged to broadcast against a translated tensor the way ONNX would."""
+        const = const.astype(np.float32)
+        if like.layout == "same" or const.size == 1:
+            return const.reshape(()) if const.size == 1 else const
+        if like.layout == "nhwc":
+            rank = len(like.tensor.shape)
+            if const.ndim > rank:
+                raise self._unsupported(node, f"constant operand has more than {rank} dims")
+            full = const.reshape((1,) * (rank - const.ndim) + const.shape)
+            return full.transpose(self._perm(like))
+        assert like.chw is not None
+        flat = const.reshape(-1)
+        if flat.size != int(np.prod(like.chw)):
+            raise self._unsupported(node, "constant operand does not match the flattened feature map")
+        return flat[_flat_nhwc_index(like.chw)]
+
+    def _apply(self, node: Any, fn: Callable[..., Any], *tensors: Any, name: str | None = None) -> Any:
+        """Run `fn` on `tensors` inside a Keras layer named after `node`, so the TFLite ops it becomes carry
+        the name (per-layer error and mixed precision trace them back to the ONNX node)."""
+        layer = self.keras.layers.Lambda(lambda args: fn(*args), name=name or self._name(node))
+        return layer(list(tensors))
 
     # --- run ---------------------------------------------------------------------------------------
     def translate(self) -> KerasTranslation:
@@ -247,25 +412,7 @@ class _Translator:
                 self.values[value.name] = _Value(tensor)
                 input_perms[value.name] = None
             inputs.append(tensor)
-        for node in self.model.graph.node:
-            if id(node) in self.fused:
-                continue
-            if node.domain not in ("", "ai.onnx"):
-                raise self._unsupported(node, f"custom domain '{node.domain}' is not supported")
-            if node.op_type == "Constant" or (
-                node.input
-                and all(not n or n in self.consts for n in node.input)
-                and node.op_type != "Dropout"
-            ):
-                self._fold_constant(node)
-                continue
-            if node.op_type == "Shape":
-                self._shape(node)
-                continue
-            handler = self.handlers.get(node.op_type)
-            if handler is None:
-                raise self._unsupported(node, "op type is not supported")
-            handler(node)
+        self._translate_nodes(self.model.graph.node)
         outputs, output_perms = [], {}
         for value in self.model.graph.output:
             translated = self.values.get(value.name)
@@ -273,22 +420,54 @@ class _Translator:
                 raise UnsupportedModelError(f"output '{value.name}' is not computed from the inputs")
             tensor = translated.tensor
             if translated.layout == "flat_nhwc":
-                assert translated.chw is not None
-                c, h, w = translated.chw
-                tensor = keras.ops.reshape(
-                    keras.ops.transpose(keras.ops.reshape(tensor, (1, h, w, c)), (0, 3, 1, 2)), (1, c * h * w)
-                )
-            output_perms[value.name] = list(NCHW_TO_NHWC) if translated.layout == "nhwc" else None
+                tensor = self._as_same(translated)
+            output_perms[value.name] = self._perm(translated) if translated.layout == "nhwc" else None
             outputs.append(tensor)
         return KerasTranslation(keras.Model(inputs, outputs), input_perms, output_perms, self.layer_nodes)
+
+    def _translate_nodes(self, nodes: Any) -> None:
+        for node in nodes:
+            if id(node) in self.fused:
+                continue
+            if node.domain not in ("", "ai.onnx"):
+                raise self._unsupported(node, f"custom domain '{node.domain}' is not supported")
+            if node.op_type == "Constant" or (
+                node.input
+                and all(not n or n in self.consts for n in node.input)
+                and node.op_type not in ("Dropout", "If")
+            ):
+                self._fold_constant(node)
+                continue
+            if node.op_type == "Shape":
+                self._shape(node)
+                continue
+            if node.op_type == "Size":
+                shape = self.shapes.get(node.input[0])
+                if shape is None:
+                    raise self._unsupported(node, "the shape of its input is not static")
+                self.consts[node.output[0]] = np.asarray(int(np.prod(shape)), dtype=np.int64)
+                continue
+            handler = self.handlers.get(node.op_type)
+            if handler is None:
+                raise self._unsupported(node, "op type is not supported")
+            handler(node)
 
     # --- constants and shapes ----------------------------------------------------------------------
     def _fold_constant(self, node: Any) -> None:
         from onnx.reference import ReferenceEvaluator
 
+        helper = self.onnx.helper
         try:
             feeds = {name: self.consts[name] for name in node.input if name}
-            results = ReferenceEvaluator(node).run(None, feeds)
+            graph = helper.make_graph(
+                [node],
+                "fold",
+                [helper.make_tensor_value_info(name, 0, None) for name in feeds],
+                [helper.make_tensor_value_info(name, 0, None) for name in node.output],
+            )
+            # a one-node model at the source's opset: ops changed their signature across opsets
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+            results = ReferenceEvaluator(model).run(None, feeds)
         except Exception as exc:
             raise self._unsupported(node, f"cannot evaluate it on constants ({exc})") from exc
         for name, result in zip(node.output, results, strict=False):
@@ -302,14 +481,31 @@ class _Translator:
         start, end = attrs.get("start", 0), attrs.get("end", len(shape))
         self.consts[node.output[0]] = np.asarray(shape[start:end], dtype=np.int64)
 
+    def _if(self, node: Any) -> None:
+        """An If on a constant condition (shape checks in exported graphs): the taken branch, inlined."""
+        condition = self._const(node, 0)
+        assert condition is not None
+        branch = _attrs(node)["then_branch" if bool(np.asarray(condition).reshape(-1)[0]) else "else_branch"]
+        for init in branch.initializer:
+            self.consts[init.name] = self.onnx.numpy_helper.to_array(init)
+        self._translate_nodes(branch.node)
+        for source, target in zip((v.name for v in branch.output), node.output, strict=True):
+            if source in self.consts:
+                self.consts[target] = self.consts[source]
+            else:
+                self._set(node, self._value(node, source), target)
+
     # --- helpers -----------------------------------------------------------------------------------
     def _spatial_padding(
-        self, node: Any, in_hw: list[int], kernel: list[int], strides: list[int], dilations: list[int]
+        self,
+        attrs: dict[str, Any],
+        in_hw: list[int],
+        kernel: list[int],
+        strides: list[int],
+        dilations: list[int],
     ) -> tuple[str, list[int]]:
         """('same'|'valid'|'explicit', pads[top, left, bottom, right]) for a 2D window op."""
-        attrs = _attrs(node)
-        auto_pad = attrs.get("auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        auto_pad = _text(attrs.get("auto_pad", "NOTSET"))
         same = []
         for size, k, s, d in zip(in_hw, kernel, strides, dilations, strict=True):
             out = -(-size // s)
@@ -330,48 +526,67 @@ class _Translator:
             return "same", pads
         return "explicit", pads
 
-    def _window(self, node: Any, x: _Value, default_kernel: list[int] | None = None) -> tuple[list[int], ...]:
-        if x.layout != "nhwc" or len(x.tensor.shape) != 4:
-            raise self._unsupported(node, "only 2D (NCHW) inputs are supported")
+    def _window(
+        self, node: Any, x: _Value, default_kernel: list[int] | None = None
+    ) -> tuple[_Value, dict[str, Any], list[int], list[int], list[int], list[int]]:
+        """(x channels-last as 4-D, 2-D attrs, kernel, strides, dilations, in_hw); a 1-D window op is
+        computed as a 2-D one over a height of 1."""
         attrs = _attrs(node)
+        x = self._as_channels_last(node, x)
         kernel = list(attrs.get("kernel_shape", default_kernel or []))
+        if len(x.tensor.shape) == 3:
+            if len(kernel) != 1:
+                raise self._unsupported(node, "a 1D input needs a 1D kernel")
+            pads = list(attrs.get("pads", [0, 0]))
+            attrs |= {
+                "kernel_shape": [1, kernel[0]],
+                "strides": [1, *attrs.get("strides", [1])],
+                "dilations": [1, *attrs.get("dilations", [1])],
+                "pads": [0, pads[0], 0, pads[1]],
+            }
+            kernel = [1, kernel[0]]
+            _, w, c = (int(d) for d in x.tensor.shape)
+            x = _Value(self.keras.ops.reshape(x.tensor, (1, 1, w, c)), "nhwc")
         if len(kernel) != 2:
-            raise self._unsupported(node, "only 2D kernels are supported")
+            raise self._unsupported(node, "only 1D and 2D kernels are supported")
         strides = list(attrs.get("strides", [1, 1]))
         dilations = list(attrs.get("dilations", [1, 1]))
         in_hw = [int(x.tensor.shape[1]), int(x.tensor.shape[2])]
-        return kernel, strides, dilations, in_hw
+        return x, attrs, kernel, strides, dilations, in_hw
 
-    def _to_layout(self, const: np.ndarray, like: _Value, node: Any) -> np.ndarray:
-        """A constant operand rearranged to broadcast against a translated tensor the way ONNX would."""
-        const = const.astype(np.float32)
-        if like.layout == "same" or const.size == 1:
-            return const.reshape(()) if const.size == 1 else const
-        if like.layout == "nhwc":
-            if const.ndim > 4:
-                raise self._unsupported(node, "constant operand has more than 4 dims")
-            full = const.reshape((1,) * (4 - const.ndim) + const.shape)
-            return full.transpose(NCHW_TO_NHWC)
-        assert like.chw is not None
-        flat = const.reshape(-1)
-        if flat.size != int(np.prod(like.chw)):
-            raise self._unsupported(node, "constant operand does not match the flattened feature map")
-        return flat[_flat_nhwc_index(like.chw)]
+    def _set_window_result(self, node: Any, result: Any, one_d: bool, output: str | None = None) -> None:
+        if one_d:  # back from [1, 1, W, C] to the 1D channels-last [1, W, C]
+            _, _, w, c = (int(d) for d in result.shape)
+            result = self.keras.ops.reshape(result, (1, w, c))
+        self._set(node, _Value(result, "nhwc"), output)
 
-    # --- op handlers -------------------------------------------------------------------------------
+    def _padded(self, node: Any, tensor: Any, mode: str, pads: list[int]) -> tuple[Any, str]:
+        if mode != "explicit":
+            return tensor, mode
+        layer = self.keras.layers.ZeroPadding2D(
+            ((pads[0], pads[2]), (pads[1], pads[3])), name=self._padding_name(node)
+        )
+        return layer(tensor), "valid"
+
+    # --- convolutions --------------------------------------------------------------------------------
     def _conv(self, node: Any) -> None:
         keras = self.keras
-        x = self._value(node, node.input[0])
+        source = self._value(node, node.input[0])
         weight = self._const(node, 1)
         bias = self._const(node, 2)
         assert weight is not None
-        if weight.ndim != 4:
-            raise self._unsupported(node, f"only 2D convolutions are supported (weight rank {weight.ndim})")
-        kernel, strides, dilations, in_hw = self._window(node, x, list(weight.shape[2:]))
+        if weight.ndim not in (3, 4):
+            raise self._unsupported(
+                node, f"only 1D and 2D convolutions are supported (weight rank {weight.ndim})"
+            )
+        one_d = weight.ndim == 3
+        if one_d:
+            weight = weight[:, :, None, :]
+        x, attrs, kernel, strides, dilations, in_hw = self._window(node, source, list(weight.shape[2:]))
         if max(strides) > 1 and max(dilations) > 1:
             raise self._unsupported(node, "strides and dilations > 1 together are not supported by Keras")
         out_ch, in_per_group = int(weight.shape[0]), int(weight.shape[1])
-        group = int(_attrs(node).get("group", 1))
+        group = int(attrs.get("group", 1))
         in_ch = int(x.tensor.shape[3])
         weight = weight.astype(np.float32)
         bias = np.zeros(out_ch, np.float32) if bias is None else bias.astype(np.float32)
@@ -385,13 +600,8 @@ class _Translator:
             self.fused.add(id(bn))
             output = bn.output[0]
             folded.append(bn)
-        mode, pads = self._spatial_padding(node, in_hw, kernel, strides, dilations)
-        tensor = x.tensor
-        if mode == "explicit":
-            tensor = keras.layers.ZeroPadding2D(
-                ((pads[0], pads[2]), (pads[1], pads[3])), name=self._padding_name(node)
-            )(tensor)
-            mode = "valid"
+        mode, pads = self._spatial_padding(attrs, in_hw, kernel, strides, dilations)
+        tensor, mode = self._padded(node, x.tensor, mode, pads)
         common = {
             "strides": tuple(strides),
             "padding": mode,
@@ -409,7 +619,50 @@ class _Translator:
             kernel_w = weight.transpose(2, 3, 1, 0)
         result = layer(tensor)
         layer.set_weights([kernel_w, bias])
-        self._set(node, _Value(result, "nhwc"), output)
+        self._set_window_result(node, result, one_d, output)
+
+    def _conv_transpose(self, node: Any) -> None:
+        x = self._as_channels_last(node, self._value(node, node.input[0]))
+        weight = self._const(node, 1)
+        bias = self._const(node, 2)
+        assert weight is not None
+        attrs = _attrs(node)
+        if weight.ndim != 4 or len(x.tensor.shape) != 4:
+            raise self._unsupported(node, "only 2D transposed convolutions are supported")
+        if int(attrs.get("group", 1)) != 1 or max(attrs.get("dilations", [1, 1])) > 1:
+            raise self._unsupported(node, "grouped or dilated transposed convolutions are not supported")
+        if "output_shape" in attrs or _text(attrs.get("auto_pad", "NOTSET")) != "NOTSET":
+            raise self._unsupported(
+                node, "output_shape/auto_pad are not supported; export with explicit pads"
+            )
+        kernel = [int(k) for k in weight.shape[2:]]
+        strides = list(attrs.get("strides", [1, 1]))
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        extra = list(attrs.get("output_padding", [0, 0]))
+        out_ch = int(weight.shape[1])
+        layer = self.keras.layers.Conv2DTranspose(
+            out_ch,
+            tuple(kernel),
+            strides=tuple(strides),
+            padding="valid",
+            output_padding=tuple(extra) if any(extra) else None,
+            name=self._name(node),
+        )
+        result = layer(x.tensor)
+        bias_w = np.zeros(out_ch, np.float32) if bias is None else bias.astype(np.float32)
+        layer.set_weights([weight.astype(np.float32).transpose(2, 3, 1, 0), bias_w])
+        in_hw = [int(d) for d in x.tensor.shape[1:3]]
+        want = [
+            (size - 1) * s + k + e - pads[i] - pads[i + 2]
+            for i, (size, s, k, e) in enumerate(zip(in_hw, strides, kernel, extra, strict=True))
+        ]
+        got = [int(d) for d in result.shape[1:3]]
+        crop = [(pads[i], got[i] - want[i] - pads[i]) for i in range(2)]
+        if any(b < 0 or e < 0 for b, e in crop):
+            raise self._unsupported(node, f"padding {pads} with output_padding {extra} is not supported")
+        if any(b or e for b, e in crop):
+            result = self.keras.layers.Cropping2D(tuple(crop), name=self._padding_name(node))(result)
+        self._set(node, _Value(result, "nhwc"))
 
     def _bn_affine(self, node: Any) -> tuple[np.ndarray, np.ndarray]:
         gamma, beta, mean, var = (self.consts[n].astype(np.float32) for n in node.input[1:5])
@@ -421,12 +674,35 @@ class _Translator:
         x = self._value(node, node.input[0])
         if not all(n in self.consts for n in node.input[1:5]):
             raise self._unsupported(node, "scale, bias, mean and variance must be constants")
-        if x.layout == "flat_nhwc" or (x.layout == "same" and len(x.tensor.shape) != 2):
-            raise self._unsupported(node, "only NCHW feature maps and [batch, features] inputs are supported")
+        if x.layout == "flat_nhwc":
+            x = _Value(self._as_same(x))
         scale, shift = self._bn_affine(node)
-        ops = self.keras.ops
-        self._set(node, _Value(ops.add(ops.multiply(x.tensor, scale), shift), x.layout))
+        rank = len(x.tensor.shape)
+        shape = (-1,) + (1,) * (rank - 2)  # the channel axis is ONNX axis 1
+        scale_t = self._to_layout(scale.reshape(shape), x, node)
+        shift_t = self._to_layout(shift.reshape(shape), x, node)
+        result = self._apply(node, lambda t: t * scale_t + shift_t, x.tensor)
+        self._set(node, _Value(result, x.layout))
 
+    def _layer_norm(self, node: Any) -> None:
+        x = _Value(self._as_same(self._value(node, node.input[0])))
+        attrs = _attrs(node)
+        rank = len(x.tensor.shape)
+        axes = list(range(int(attrs.get("axis", -1)) % rank, rank))
+        param_shape = tuple(int(x.tensor.shape[a]) for a in axes)
+        scale = self._const(node, 1)
+        bias = self._const(node, 2)
+        assert scale is not None
+        layer = self.keras.layers.LayerNormalization(
+            axis=axes, epsilon=float(attrs.get("epsilon", 1e-5)), name=self._name(node)
+        )
+        result = layer(x.tensor)
+        gamma = np.broadcast_to(scale.astype(np.float32), param_shape)
+        beta = np.zeros(param_shape, np.float32) if bias is None else np.broadcast_to(bias, param_shape)
+        layer.set_weights([np.ascontiguousarray(gamma), np.ascontiguousarray(beta, dtype=np.float32)])
+        self._set(node, _Value(result))
+
+    # --- activations -------------------------------------------------------------------------------
     def _relu(self, node: Any) -> None:
         x = self._value(node, node.input[0])
         self._set(node, _Value(self.keras.layers.ReLU(name=self._name(node))(x.tensor), x.layout, x.chw))
@@ -437,10 +713,36 @@ class _Translator:
         layer = self.keras.layers.LeakyReLU(negative_slope=alpha, name=self._name(node))
         self._set(node, _Value(layer(x.tensor), x.layout, x.chw))
 
+    def _prelu(self, node: Any) -> None:
+        x = self._value(node, node.input[0])
+        slope = self._const(node, 1)
+        assert slope is not None
+        rank = len(x.tensor.shape)
+        aligned = self._to_layout(slope, x, node)
+        aligned = aligned.reshape((1,) * (rank - aligned.ndim) + aligned.shape)
+        shape = [int(d) for d in x.tensor.shape]
+        shared = [axis for axis in range(1, rank) if aligned.shape[axis] == 1 and shape[axis] > 1]
+        alpha_shape = [1 if axis in shared else shape[axis] for axis in range(1, rank)]
+        alpha = np.broadcast_to(aligned, [1, *alpha_shape])[0]
+        layer = self.keras.layers.PReLU(shared_axes=shared or None, name=self._name(node))
+        result = layer(x.tensor)
+        layer.set_weights([np.ascontiguousarray(alpha, dtype=np.float32)])
+        self._set(node, _Value(result, x.layout, x.chw))
+
     def _sigmoid(self, node: Any) -> None:
         x = self._value(node, node.input[0])
         layer = self.keras.layers.Activation("sigmoid", name=self._name(node))
         self._set(node, _Value(layer(x.tensor), x.layout, x.chw))
+
+    def _unary(self, node: Any) -> None:
+        x = self._value(node, node.input[0])
+        fn = UNARY_OPS[node.op_type](self.tf, _attrs(node))
+        self._set(node, _Value(self._apply(node, fn, x.tensor), x.layout, x.chw))
+
+    def _cast(self, node: Any) -> None:
+        if int(_attrs(node)["to"]) not in FLOAT_TYPES:
+            raise self._unsupported(node, "casting a computed tensor to an integer type has no int8 form")
+        self._identity(node)
 
     def _clip(self, node: Any) -> None:
         x = self._value(node, node.input[0])
@@ -453,77 +755,113 @@ class _Translator:
         if low == 0.0:  # ReLU / ReLU6: fused into the producing conv by the TFLite converter
             result = self.keras.layers.ReLU(max_value=high, name=self._name(node))(x.tensor)
         else:
-            result = self.keras.ops.clip(
-                x.tensor, -np.inf if low is None else low, np.inf if high is None else high
-            )
+            tf = self.tf
+            lo = -np.inf if low is None else low
+            hi = np.inf if high is None else high
+            result = self._apply(node, lambda t: tf.minimum(tf.maximum(t, lo), hi), x.tensor)
         self._set(node, _Value(result, x.layout, x.chw))
 
+    # --- pooling -----------------------------------------------------------------------------------
     def _max_pool(self, node: Any) -> None:
-        x = self._value(node, node.input[0])
-        kernel, strides, dilations, in_hw = self._window(node, x)
+        source = self._value(node, node.input[0])
+        one_d = len(source.tensor.shape) == 3
+        x, attrs, kernel, strides, dilations, in_hw = self._window(node, source)
         if max(dilations) > 1:
             raise self._unsupported(node, "dilated pooling is not supported")
-        mode, _ = self._spatial_padding(node, in_hw, kernel, strides, dilations)
-        if mode == "explicit":
-            raise self._unsupported(node, "padding other than none or TF-'same' is not supported for MaxPool")
+        if int(attrs.get("ceil_mode", 0)):
+            raise self._unsupported(node, "ceil_mode=1 is not supported")
+        mode, pads = self._spatial_padding(attrs, in_hw, kernel, strides, dilations)
+        tensor = x.tensor
+        if mode == "explicit":  # pad with the lowest value, so the padding never wins the max
+            tf = self.tf
+            paddings = [[0, 0], [pads[0], pads[2]], [pads[1], pads[3]], [0, 0]]
+            tensor = self._apply(
+                node,
+                lambda t: tf.pad(t, paddings, constant_values=-3.0e38),
+                tensor,
+                name=self._padding_name(node),
+            )
+            mode = "valid"
         layer = self.keras.layers.MaxPooling2D(
             tuple(kernel), tuple(strides), padding=mode, name=self._name(node)
         )
-        result = layer(x.tensor)
-        self._set(node, _Value(result, "nhwc"))
+        self._set_window_result(node, layer(tensor), one_d)
 
     def _avg_pool(self, node: Any) -> None:
         keras = self.keras
-        x = self._value(node, node.input[0])
-        kernel, strides, dilations, in_hw = self._window(node, x)
-        mode, pads = self._spatial_padding(node, in_hw, kernel, strides, dilations)
-        include_pad = bool(_attrs(node).get("count_include_pad", 0))
+        source = self._value(node, node.input[0])
+        one_d = len(source.tensor.shape) == 3
+        x, attrs, kernel, strides, dilations, in_hw = self._window(node, source)
+        if int(attrs.get("ceil_mode", 0)):
+            raise self._unsupported(node, "ceil_mode=1 is not supported")
+        mode, pads = self._spatial_padding(attrs, in_hw, kernel, strides, dilations)
+        include_pad = bool(attrs.get("count_include_pad", 0))
         tensor = x.tensor
         if mode == "explicit" or (mode == "same" and include_pad):
             if not include_pad:
                 raise self._unsupported(node, "explicit padding with count_include_pad=0 is not supported")
-            tensor = keras.layers.ZeroPadding2D(
-                ((pads[0], pads[2]), (pads[1], pads[3])), name=self._padding_name(node)
-            )(tensor)
-            mode = "valid"
+            tensor, mode = self._padded(node, tensor, "explicit", pads)
         layer = keras.layers.AveragePooling2D(
             tuple(kernel), tuple(strides), padding=mode, name=self._name(node)
         )
-        result = layer(tensor)
-        self._set(node, _Value(result, "nhwc"))
+        self._set_window_result(node, layer(tensor), one_d)
 
     def _global_pool(self, node: Any) -> None:
-        x = self._value(node, node.input[0])
-        if x.layout != "nhwc":
-            raise self._unsupported(node, "only 2D (NCHW) inputs are supported")
-        layer_type = (
-            self.keras.layers.GlobalAveragePooling2D
-            if node.op_type == "GlobalAveragePool"
-            else self.keras.layers.GlobalMaxPooling2D
-        )
-        self._set(node, _Value(layer_type(keepdims=True, name=self._name(node))(x.tensor), "nhwc"))
+        x = self._as_channels_last(node, self._value(node, node.input[0]))
+        tf = self.tf
+        reduce = tf.reduce_mean if node.op_type == "GlobalAveragePool" else tf.reduce_max
+        axes = list(range(1, len(x.tensor.shape) - 1))
+        result = self._apply(node, lambda t: reduce(t, axis=axes, keepdims=True), x.tensor)
+        self._set(node, _Value(result, "nhwc"))
 
+    # --- elementwise arithmetic --------------------------------------------------------------------
     def _binary(self, node: Any) -> None:
-        ops = self.keras.ops
-        op = {"Add": ops.add, "Sub": ops.subtract, "Mul": ops.multiply}[node.op_type]
+        tf = self.tf
+        if len(node.input) != 2:
+            raise self._unsupported(node, "only two operands are supported")
+        fns: dict[str, Callable[[Any, Any], Any]] = {
+            "Add": tf.add,
+            "Sub": tf.subtract,
+            "Mul": tf.multiply,
+            "Div": tf.divide,
+            "Pow": tf.pow,
+            "Max": tf.maximum,
+            "Min": tf.minimum,
+        }
+        op = fns[node.op_type]
         a_const, b_const = (node.input[i] in self.consts for i in (0, 1))
         if a_const or b_const:
             x = self._value(node, node.input[1 if a_const else 0])
             const = self._to_layout(self.consts[node.input[0 if a_const else 1]], x, node)
-            result = op(const, x.tensor) if a_const else op(x.tensor, const)
+            if b_const and node.op_type == "Div":  # an int8 MUL by the reciprocal, not a DIV
+                result = self._apply(node, lambda t: t * (1 / const), x.tensor)
+            elif b_const and node.op_type == "Pow":
+                result = self._apply(node, self._power(float(const.reshape(-1)[0]), const), x.tensor)
+            else:
+                result = self._apply(
+                    node, (lambda t: op(const, t)) if a_const else (lambda t: op(t, const)), x.tensor
+                )
             self._set(node, _Value(result, x.layout, x.chw))
             return
         a, b = self._value(node, node.input[0]), self._value(node, node.input[1])
-        if (a.layout, a.chw) != (b.layout, b.chw) or len(a.tensor.shape) != len(b.tensor.shape):
-            raise self._unsupported(node, "operands have different layouts or ranks")
-        if a.tensor.shape == b.tensor.shape:  # a named layer, so a residual Add is traceable in TFLite
-            layers = self.keras.layers
-            layer_type = {"Add": layers.Add, "Sub": layers.Subtract, "Mul": layers.Multiply}[node.op_type]
-            result = layer_type(name=self._name(node))([a.tensor, b.tensor])
+        same_layout = (a.layout, a.chw) == (b.layout, b.chw) and len(a.tensor.shape) == len(b.tensor.shape)
+        if same_layout:
+            layout, chw, ta, tb = a.layout, a.chw, a.tensor, b.tensor
         else:
-            result = op(a.tensor, b.tensor)
-        self._set(node, _Value(result, a.layout, a.chw))
+            layout, chw, ta, tb = "same", None, self._as_same(a), self._as_same(b)
+        self._set(node, _Value(self._apply(node, op, ta, tb), layout, chw))
 
+    def _power(self, exponent: float, const: np.ndarray) -> Callable[[Any], Any]:
+        tf = self.tf
+        if const.size == 1 and exponent == 2.0:
+            return lambda t: t * t
+        if const.size == 1 and exponent == 0.5:
+            return tf.math.sqrt
+        if const.size == 1 and exponent == 1.0:
+            return lambda t: t
+        return lambda t: tf.pow(t, const)
+
+    # --- matrix products ---------------------------------------------------------------------------
     def _dense(
         self,
         node: Any,
@@ -533,25 +871,26 @@ class _Translator:
         output: str,
         folded: tuple[Any, ...] = (),
     ) -> None:
-        """Dense layer on a [batch, features] tensor; rows of `kernel` (in, out) follow ONNX order."""
-        if len(x.tensor.shape) != 2 or x.layout == "nhwc":
-            raise self._unsupported(node, "only [batch, features] inputs are supported")
+        """Dense layer over the last axis; rows of `kernel` (in, out) follow ONNX order."""
         if x.layout == "flat_nhwc":
             # The features arrive flattened in NHWC order; reordering the weight rows avoids a TRANSPOSE.
             assert x.chw is not None
             kernel = kernel[_flat_nhwc_index(x.chw)]
+            tensor = x.tensor
+        else:
+            tensor = self._as_same(x)
         layer = self.keras.layers.Dense(
             kernel.shape[1], use_bias=bias is not None, name=self._name(node, *folded)
         )
-        result = layer(x.tensor)
+        result = layer(tensor)
         layer.set_weights([kernel] if bias is None else [kernel, bias])
         self._set(node, _Value(result), output)
 
     def _gemm(self, node: Any) -> None:
         x = self._value(node, node.input[0])
         attrs = _attrs(node)
-        if attrs.get("transA", 0):
-            raise self._unsupported(node, "transA=1 is not supported")
+        if attrs.get("transA", 0) or len(self._onnx_shape(x)) != 2:
+            raise self._unsupported(node, "only [batch, in] inputs without transA are supported")
         weight = self._const(node, 1)
         assert weight is not None
         weight = weight.astype(np.float32)
@@ -569,11 +908,14 @@ class _Translator:
         self._dense(node, x, np.ascontiguousarray(kernel), bias, node.output[0])
 
     def _matmul(self, node: Any) -> None:
-        x = self._value(node, node.input[0])
-        kernel = self._const(node, 1)
-        assert kernel is not None
+        a_name, b_name = node.input[0], node.input[1]
+        if a_name in self.consts or b_name not in self.consts:
+            self._matmul_activations(node)
+            return
+        x = self._value(node, a_name)
+        kernel = self.consts[b_name]
         if kernel.ndim != 2:
-            raise self._unsupported(node, "only [batch, in] x [in, out] with a constant weight is supported")
+            raise self._unsupported(node, "a constant weight must be 2-D")
         kernel = kernel.astype(np.float32)
         bias, output, folded = None, node.output[0], ()
         add = self._sole_consumer(output, "Add")
@@ -586,17 +928,36 @@ class _Translator:
                 folded = (add,)
         self._dense(node, x, kernel, bias, output, folded)
 
+    def _matmul_activations(self, node: Any) -> None:
+        """MatMul with a computed right operand (attention scores, value mixing): a batched MATMUL."""
+        tf = self.tf
+        operands = []
+        for name in node.input[:2]:
+            if name in self.consts:
+                operands.append(self.consts[name].astype(np.float32))
+            else:
+                operands.append(self._as_same(self._value(node, name)))
+        a, b = operands
+        if isinstance(a, np.ndarray):
+            result = self._apply(node, lambda t: tf.matmul(a, t), b)
+        else:
+            result = self._apply(node, tf.matmul, a, b)
+        self._set(node, _Value(result))
+
+    # --- shape and layout ops ----------------------------------------------------------------------
     def _flatten(self, node: Any) -> None:
         x = self._value(node, node.input[0])
-        axis = int(_attrs(node).get("axis", 1))
-        rank = len(x.tensor.shape)
-        if axis not in (1, 1 - rank):
-            raise self._unsupported(node, f"axis {axis} is not supported (only 1: [batch, features])")
-        self._flatten_to_2d(node, x)
+        shape = self._onnx_shape(x)
+        axis = int(_attrs(node).get("axis", 1)) % max(len(shape), 1)
+        target = [int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))]
+        if axis == 1:
+            self._flatten_to_2d(node, x)
+        else:
+            self._reshape_to(node, x, target)
 
     def _flatten_to_2d(self, node: Any, x: _Value) -> None:
         shape = [int(d) for d in x.tensor.shape]
-        if x.layout == "nhwc":
+        if x.layout == "nhwc" and len(shape) == 4:
             h, w, c = shape[1:]
             flat = self.keras.layers.Flatten(name=self._name(node))(x.tensor)
             # With H = W = 1 the NHWC and NCHW flattening orders coincide.
@@ -604,59 +965,308 @@ class _Translator:
         elif len(shape) == 2:
             self._set(node, x)
         else:
-            self._set(node, _Value(self.keras.layers.Flatten(name=self._name(node))(x.tensor), "same"))
+            tensor = self._as_same(x)
+            self._set(node, _Value(self.keras.layers.Flatten(name=self._name(node))(tensor), "same"))
 
     def _reshape(self, node: Any) -> None:
+        """Reshape, Squeeze and Unsqueeze: to the static shape ONNX infers (or ONNX semantics on it)."""
         x = self._value(node, node.input[0])
-        target = self.shapes.get(node.output[0]) or self._reshape_target(node, x)
-        if len(target) == 2 and target[0] == 1:
+        target = self.shapes.get(node.output[0]) or self._target_shape(node, x)
+        source = self._onnx_shape(x)
+        if len(target) == 2 and target[0] == 1 and len(source) >= 2 and target[1] == int(np.prod(source[1:])):
             self._flatten_to_2d(node, x)
-        elif x.layout == "same":
-            layer = self.keras.layers.Reshape(tuple(target[1:]), name=self._name(node))
-            self._set(node, _Value(layer(x.tensor)))
         else:
-            raise self._unsupported(node, f"reshaping an NCHW feature map to {target} is not supported")
+            self._reshape_to(node, x, list(target))
 
-    def _reshape_target(self, node: Any, x: _Value) -> list[int]:
-        """ONNX Reshape semantics on static shapes (0 copies a dim, -1 is inferred)."""
-        requested = self._const(node, 1)
-        if requested is None:
-            raise self._unsupported(node, "the target shape is not static")
-        shape = [int(d) for d in x.tensor.shape]
-        if x.layout == "nhwc":
-            shape = [shape[0], shape[3], shape[1], shape[2]]
-        elif x.layout == "flat_nhwc":
-            shape = [shape[0], int(np.prod(shape[1:]))]
-        dims = [
-            shape[i] if d == 0 and not _attrs(node).get("allowzero", 0) else int(d)
-            for i, d in enumerate(requested)
-        ]
-        target = list(np.empty(shape, dtype=np.int8).reshape(dims).shape)
+    def _reshape_to(self, node: Any, x: _Value, target: list[int]) -> None:
+        if target == self._onnx_shape(x) and x.layout != "flat_nhwc":
+            self._set(node, x)
+            return
+        tensor = self._as_same(x)
+        tf = self.tf
+        self._set(node, _Value(self._apply(node, lambda t: tf.reshape(t, target), tensor)))
+
+    def _target_shape(self, node: Any, x: _Value) -> list[int]:
+        """ONNX Reshape/Squeeze/Unsqueeze semantics on static shapes (0 copies a dim, -1 is inferred)."""
+        shape = self._onnx_shape(x)
+        attrs = _attrs(node)
+        if node.op_type == "Reshape":
+            requested = self._const(node, 1)
+            if requested is None:
+                raise self._unsupported(node, "the target shape is not static")
+            dims = [
+                shape[i] if d == 0 and not attrs.get("allowzero", 0) else int(d)
+                for i, d in enumerate(requested)
+            ]
+            target = list(np.empty(shape, dtype=np.int8).reshape(dims).shape)
+        else:
+            axes_c = self._const(node, 1) if len(node.input) > 1 else None
+            axes = [int(a) for a in (axes_c if axes_c is not None else attrs.get("axes", []))]
+            if node.op_type == "Squeeze":
+                rank = len(shape)
+                drop = {a % rank for a in axes} if axes else {i for i, d in enumerate(shape) if d == 1}
+                target = [d for i, d in enumerate(shape) if i not in drop]
+            else:
+                rank = len(shape) + len(axes)
+                target = list(shape)
+                for axis in sorted(a % rank for a in axes):
+                    target.insert(axis, 1)
         self.shapes[node.output[0]] = target
         return target
+
+    def _transpose(self, node: Any) -> None:
+        x = self._value(node, node.input[0])
+        if x.layout == "flat_nhwc":
+            x = _Value(self._as_same(x))
+        rank = len(x.tensor.shape)
+        wanted = [int(p) for p in _attrs(node).get("perm", list(reversed(range(rank))))]
+        # onnx_out = onnx_in.transpose(wanted) and tensor = onnx_in.transpose(perm), so
+        # onnx_out = tensor.transpose(inverse(perm)[wanted]).
+        inverse = list(np.argsort(self._perm(x)))
+        relative = [int(inverse[w]) for w in wanted]
+        if relative == list(range(rank)):  # e.g. an NCHW->NHWC transpose of a map already held NHWC
+            self._set(node, _Value(x.tensor))
+            return
+        if rank in (3, 4) and relative == [int(i) for i in np.argsort(_channels_last(rank))]:
+            self._set(node, _Value(x.tensor, "nhwc"))  # the result, held channels-last: no op at all
+            return
+        tf = self.tf
+        self._set(node, _Value(self._apply(node, lambda t: tf.transpose(t, relative), x.tensor)))
+
+    def _concat(self, node: Any) -> None:
+        tensors = [n for n in node.input if n not in self.consts]
+        if not tensors:
+            raise self._unsupported(node, "needs at least one computed input")
+        parts = [self._value(node, name) for name in tensors]
+        first = parts[0]
+        shared = all(
+            (p.layout, len(p.tensor.shape)) == (first.layout, len(first.tensor.shape)) for p in parts
+        )
+        if not shared or first.layout == "flat_nhwc":
+            parts = [_Value(self._as_same(p)) for p in parts]
+            first = parts[0]
+        rank = len(first.tensor.shape)
+        onnx_axis = int(_attrs(node)["axis"]) % rank
+        axis = self._axis(first, onnx_axis)
+        by_name = dict(zip(tensors, parts, strict=True))
+        operands: list[Any] = []
+        for name in node.input:
+            if name in by_name:
+                operands.append(by_name[name].tensor)
+            else:
+                operands.append(np.transpose(self.consts[name].astype(np.float32), self._perm(first)))
+        computed = [o for o in operands if not isinstance(o, np.ndarray)]
+        tf = self.tf
+
+        def concat(*args: Any) -> Any:
+            supplied = iter(args)
+            items = [o if isinstance(o, np.ndarray) else next(supplied) for o in operands]
+            return tf.concat(items, axis=axis)
+
+        self._set(node, _Value(self._apply(node, concat, *computed), first.layout))
+
+    def _split(self, node: Any) -> None:
+        x = self._value(node, node.input[0])
+        if x.layout == "flat_nhwc":
+            x = _Value(self._as_same(x))
+        attrs = _attrs(node)
+        shape = self._onnx_shape(x)
+        onnx_axis = int(attrs.get("axis", 0)) % len(shape)
+        sizes_c = self._const(node, 1) if len(node.input) > 1 else None
+        count = len(node.output)
+        if sizes_c is not None:
+            sizes = [int(s) for s in sizes_c]
+        elif "split" in attrs:
+            sizes = [int(s) for s in attrs["split"]]
+        else:
+            step = -(-shape[onnx_axis] // count)
+            sizes = [min(step, shape[onnx_axis] - i * step) for i in range(count)]
+        axis = self._axis(x, onnx_axis)
+        tf = self.tf
+        results = self._apply(node, lambda t: tf.split(t, sizes, axis=axis), x.tensor)
+        for output, result in zip(node.output, results, strict=True):
+            self._set(node, _Value(result, x.layout), output)
+
+    def _slice(self, node: Any) -> None:
+        x = self._value(node, node.input[0])
+        if x.layout == "flat_nhwc":
+            x = _Value(self._as_same(x))
+        shape = self._onnx_shape(x)
+        if self.opset < 10:
+            attrs = _attrs(node)
+            starts, ends = list(attrs["starts"]), list(attrs["ends"])
+            axes = list(attrs.get("axes", range(len(starts))))
+            steps = [1] * len(starts)
+        else:
+            starts_c, ends_c = self._const(node, 1), self._const(node, 2)
+            assert starts_c is not None and ends_c is not None
+            starts, ends = [int(s) for s in starts_c], [int(e) for e in ends_c]
+            axes_c = self._const(node, 3)
+            steps_c = self._const(node, 4)
+            axes = [int(a) for a in axes_c] if axes_c is not None else list(range(len(starts)))
+            steps = [int(s) for s in steps_c] if steps_c is not None else [1] * len(starts)
+        slices = [slice(None)] * len(shape)
+        for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+            size = shape[axis % len(shape)]
+            stop: int | None = end
+            if step < 0 and end < -size:
+                stop = None  # "to the front", written as INT64_MIN by exporters
+            elif end > size:
+                stop = size
+            slices[self._axis(x, axis)] = slice(max(min(start, size), -size), stop, step)
+        key = tuple(slices)
+        self._set(node, _Value(self._apply(node, lambda t: t[key], x.tensor), x.layout))
+
+    def _gather(self, node: Any) -> None:
+        x = self._value(node, node.input[0])
+        indices = self._const(node, 1)
+        assert indices is not None
+        axis_onnx = int(_attrs(node).get("axis", 0))
+        if x.layout == "flat_nhwc" or (x.layout == "nhwc" and indices.ndim != 1):
+            x = _Value(self._as_same(x))  # the gathered axis disappears or splits: back to ONNX layout
+        size = self._onnx_shape(x)[axis_onnx]
+        index = np.where(indices < 0, indices + size, indices).astype(np.int32)
+        axis = self._axis(x, axis_onnx)
+        tf = self.tf
+        self._set(
+            node, _Value(self._apply(node, lambda t: tf.gather(t, index, axis=axis), x.tensor), x.layout)
+        )
+
+    def _pad(self, node: Any) -> None:
+        x = self._value(node, node.input[0])
+        if x.layout == "flat_nhwc":
+            x = _Value(self._as_same(x))
+        attrs = _attrs(node)
+        rank = len(x.tensor.shape)
+        if self.opset < 11:
+            pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
+            axes = list(range(rank))
+        else:
+            pads_c = self._const(node, 1)
+            assert pads_c is not None
+            pads = [int(p) for p in pads_c]
+            value_c = self._const(node, 2) if len(node.input) > 2 else None
+            value = 0.0 if value_c is None else float(value_c.reshape(-1)[0])
+            axes_c = self._const(node, 3) if len(node.input) > 3 else None
+            axes = [int(a) % rank for a in axes_c] if axes_c is not None else list(range(rank))
+        if min(pads) < 0:
+            raise self._unsupported(node, "negative pads (cropping) are not supported")
+        mode = _text(attrs.get("mode", "constant"))
+        if mode not in ("constant", "reflect"):
+            raise self._unsupported(node, f"pad mode '{mode}' is not supported (constant, reflect)")
+        paddings = [[0, 0] for _ in range(rank)]
+        for i, axis in enumerate(axes):
+            paddings[self._axis(x, axis)] = [pads[i], pads[i + len(axes)]]
+        tf = self.tf
+        tf_mode = mode.upper()
+        result = self._apply(
+            node, lambda t: tf.pad(t, paddings, mode=tf_mode, constant_values=value), x.tensor
+        )
+        self._set(node, _Value(result, x.layout))
+
+    def _expand(self, node: Any) -> None:
+        x = self._value(node, node.input[0])
+        target = self.shapes.get(node.output[0])
+        if target is None:
+            raise self._unsupported(node, "the expanded shape is not static")
+        tensor = self._as_same(x)
+        tf = self.tf
+        self._set(node, _Value(self._apply(node, lambda t: tf.broadcast_to(t, target), tensor)))
+
+    def _resize(self, node: Any) -> None:
+        """Resize/Upsample of a 4-D map: nearest or bilinear, in TFLite's RESIZE_* coordinate modes."""
+        x = self._as_channels_last(node, self._value(node, node.input[0]))
+        if len(x.tensor.shape) != 4:
+            raise self._unsupported(node, "only 2D (NCHW) maps can be resized")
+        attrs = _attrs(node)
+        shape = self._onnx_shape(x)
+        target = self.shapes.get(node.output[0])
+        if target is None:
+            raise self._unsupported(node, "the output size is not static")
+        if target[:2] != shape[:2]:
+            raise self._unsupported(node, "only the spatial dims may be resized")
+        size = [int(target[2]), int(target[3])]
+        mode = _text(attrs.get("mode", "nearest"))
+        default_ctm = "asymmetric" if node.op_type == "Upsample" or self.opset < 11 else "half_pixel"
+        ctm = _text(attrs.get("coordinate_transformation_mode", default_ctm))
+        if ctm == "pytorch_half_pixel":
+            ctm = "half_pixel"  # the same for every output size above 1
+        if ctm not in ("asymmetric", "half_pixel", "align_corners"):
+            raise self._unsupported(node, f"coordinate_transformation_mode '{ctm}' is not supported")
+        align, half = ctm == "align_corners", ctm == "half_pixel"
+        image = self.tf.compat.v1.image
+        if mode == "nearest":
+            nearest = _text(attrs.get("nearest_mode", "round_prefer_floor"))
+            upscale = all(o % i == 0 for o, i in zip(size, shape[2:], strict=True))
+            if ctm == "asymmetric" and nearest not in ("floor",) and not upscale:
+                raise self._unsupported(node, f"nearest_mode '{nearest}' on a downscale is not supported")
+
+            def resize(t: Any) -> Any:
+                return image.resize_nearest_neighbor(t, size, align_corners=align, half_pixel_centers=half)
+        elif mode == "linear":
+
+            def resize(t: Any) -> Any:
+                return image.resize_bilinear(t, size, align_corners=align, half_pixel_centers=half)
+        else:
+            raise self._unsupported(node, f"mode '{mode}' is not supported (nearest, linear)")
+        self._set(node, _Value(self._apply(node, resize, x.tensor), "nhwc"))
+
+    def _reduce(self, node: Any) -> None:
+        x = self._value(node, node.input[0])
+        if x.layout == "flat_nhwc":
+            x = _Value(self._as_same(x))
+        attrs = _attrs(node)
+        rank = len(x.tensor.shape)
+        axes_c = self._const(node, 1) if len(node.input) > 1 else None
+        axes = [int(a) % rank for a in (axes_c if axes_c is not None else attrs.get("axes", []))]
+        if not axes:
+            if attrs.get("noop_with_empty_axes", 0):
+                self._identity(node)
+                return
+            axes = list(range(rank))
+        keep = bool(attrs.get("keepdims", 1))
+        mapped = [self._axis(x, a) for a in axes]
+        if not keep and x.layout == "nhwc":
+            remaining = [p for j, p in enumerate(self._perm(x)) if j not in mapped]
+            if remaining != sorted(remaining):  # the result would not be in ONNX order
+                x = _Value(self._as_same(x))
+                mapped = axes
+        layout = x.layout if keep else "same"
+        tf = self.tf
+        reduce = {
+            "ReduceMean": tf.reduce_mean,
+            "ReduceSum": tf.reduce_sum,
+            "ReduceMax": tf.reduce_max,
+            "ReduceMin": tf.reduce_min,
+        }[node.op_type]
+        result = self._apply(node, lambda t: reduce(t, axis=mapped, keepdims=keep), x.tensor)
+        self._set(node, _Value(result, layout))
 
     def _identity(self, node: Any) -> None:
         self._set(node, self._value(node, node.input[0]))
 
     def _softmax(self, node: Any) -> None:
         x = self._value(node, node.input[0])
-        rank = len(x.tensor.shape)
-        axis = int(_attrs(node).get("axis", -1 if self.opset >= 13 else 1))
-        if x.layout != "same" or axis not in (-1, rank - 1):
-            raise self._unsupported(node, "only softmax over the last axis of a [batch, features] tensor")
-        self._set(node, _Value(self.keras.layers.Softmax(axis=-1, name=self._name(node))(x.tensor)))
-
-    def _concat(self, node: Any) -> None:
-        parts = [self._value(node, name) for name in node.input]
-        layouts = {(p.layout, len(p.tensor.shape)) for p in parts}
-        if len(layouts) != 1 or parts[0].layout == "flat_nhwc":
-            raise self._unsupported(node, "inputs must share one layout (NCHW maps or plain tensors)")
-        rank = len(parts[0].tensor.shape)
-        axis = int(_attrs(node)["axis"]) % rank
-        if parts[0].layout == "nhwc":
-            axis = NCHW_TO_NHWC.index(axis)
-        result = self.keras.layers.Concatenate(axis=axis, name=self._name(node))([p.tensor for p in parts])
-        self._set(node, _Value(result, parts[0].layout))
+        tf = self.tf
+        fn = tf.nn.log_softmax if node.op_type == "LogSoftmax" else tf.nn.softmax
+        rank = len(self._onnx_shape(x))
+        axis = int(_attrs(node).get("axis", -1 if self.opset >= 13 else 1)) % rank
+        shape = self._onnx_shape(x)
+        if self.opset < 13 and axis != rank - 1 and int(np.prod(shape[axis + 1 :])) != 1:
+            # before opset 13, softmax ran over all axes from `axis` on, as one flattened axis
+            tensor = self._as_same(x)
+            flat = [int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))]
+            result = self._apply(node, lambda t: tf.reshape(fn(tf.reshape(t, flat), axis=-1), shape), tensor)
+            self._set(node, _Value(result))
+            return
+        if x.layout == "flat_nhwc":
+            x = _Value(self._as_same(x))
+        mapped = self._axis(x, axis)
+        if node.op_type == "Softmax":
+            result = self.keras.layers.Softmax(axis=mapped, name=self._name(node))(x.tensor)
+        else:
+            result = self._apply(node, lambda t: fn(t, axis=mapped), x.tensor)
+        self._set(node, _Value(result, x.layout))
 
 
 def translate_onnx_to_keras(model: Any) -> KerasTranslation:
