@@ -145,7 +145,6 @@ def _unary_ops() -> dict[str, Callable[[Any, dict[str, Any]], Callable[[Any], An
         "Softsign": simple("math.softsign"),
         "Sign": simple("math.sign"),
         "HardSigmoid": hard_sigmoid,
-        "HardSwish": lambda tf, _attrs: lambda t: t * tf.nn.relu6(t + 3.0) * (1 / 6),
         "Gelu": gelu,
         "Elu": elu,
     }
@@ -162,7 +161,7 @@ FLOAT_TYPES = {1, 10, 11, 16}  # onnx TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT
 
 
 class _Translator:
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, fuse_hard_swish: bool = True) -> None:
         import onnx
         import tensorflow as tf
 
@@ -192,9 +191,14 @@ class _Translator:
         self.fused: set[int] = set()  # ids of nodes folded into an earlier layer
         self.node_index = {id(node): index for index, node in enumerate(self.model.graph.node)}
         self.layer_nodes: dict[str, list[str]] = {}
+        # The TFLite converter fuses x * relu6(x + 3) / 6 into HARD_SWISH, which the Edge TPU lacks; with the
+        # ReLU6 as the first factor it keeps ADD(relu6) + MUL + MUL, which it runs.
+        self.fuse_hard_swish = fuse_hard_swish
+        self.relu6_outputs: set[str] = set()
         binary = dict.fromkeys(("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"), self._binary)
         self.handlers: dict[str, Callable[[Any], None]] = {
             **dict.fromkeys(UNARY_OPS, self._unary),
+            "HardSwish": self._hard_swish,
             **binary,
             "Conv": self._conv,
             "ConvTranspose": self._conv_transpose,
@@ -739,6 +743,15 @@ class _Translator:
         fn = UNARY_OPS[node.op_type](self.tf, _attrs(node))
         self._set(node, _Value(self._apply(node, fn, x.tensor), x.layout, x.chw))
 
+    def _hard_swish(self, node: Any) -> None:
+        x = self._value(node, node.input[0])
+        tf = self.tf
+        if self.fuse_hard_swish:
+            result = self._apply(node, lambda t: t * tf.nn.relu6(t + 3.0) * (1 / 6), x.tensor)
+        else:
+            result = self._apply(node, lambda t: tf.nn.relu6(t + 3.0) * t * (1 / 6), x.tensor)
+        self._set(node, _Value(result, x.layout, x.chw))
+
     def _cast(self, node: Any) -> None:
         if int(_attrs(node)["to"]) not in FLOAT_TYPES:
             raise self._unsupported(node, "casting a computed tensor to an integer type has no int8 form")
@@ -754,6 +767,8 @@ class _Translator:
             high = None if high_c is None else float(high_c)
         if low == 0.0:  # ReLU / ReLU6: fused into the producing conv by the TFLite converter
             result = self.keras.layers.ReLU(max_value=high, name=self._name(node))(x.tensor)
+            if high == 6.0:
+                self.relu6_outputs.add(node.output[0])
         else:
             tf = self.tf
             lo = -np.inf if low is None else low
@@ -849,6 +864,8 @@ class _Translator:
             layout, chw, ta, tb = a.layout, a.chw, a.tensor, b.tensor
         else:
             layout, chw, ta, tb = "same", None, self._as_same(a), self._as_same(b)
+        if node.op_type == "Mul" and not self.fuse_hard_swish and node.input[1] in self.relu6_outputs:
+            ta, tb = tb, ta  # x * relu6(x + 3) written relu6-first: see fuse_hard_swish
         self._set(node, _Value(self._apply(node, op, ta, tb), layout, chw))
 
     def _power(self, exponent: float, const: np.ndarray) -> Callable[[Any], Any]:
@@ -1269,9 +1286,10 @@ class _Translator:
         self._set(node, _Value(result, x.layout))
 
 
-def translate_onnx_to_keras(model: Any) -> KerasTranslation:
-    """The Keras model (NHWC, batch 1) computing what `model` computes; UnsupportedModelError otherwise."""
-    return _Translator(model).translate()
+def translate_onnx_to_keras(model: Any, fuse_hard_swish: bool = True) -> KerasTranslation:
+    """The Keras model (NHWC, batch 1) computing what `model` computes; UnsupportedModelError otherwise.
+    fuse_hard_swish=False keeps HardSwish out of TFLite's HARD_SWISH op (for the Edge TPU)."""
+    return _Translator(model, fuse_hard_swish).translate()
 
 
 class OnnxToKeras:
@@ -1285,7 +1303,8 @@ class OnnxToKeras:
 
         model = ctx.need(ctx.model, "the source model")
         calib = ctx.need(ctx.calib, "calibration data")
-        translation = translate_onnx_to_keras(model)
+        fuse = "edgetpu" not in ctx.profile.runtime.delegates  # the Edge TPU has no HARD_SWISH
+        translation = translate_onnx_to_keras(model, fuse_hard_swish=fuse)
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         input_names = [t.name for t in ctx.need(ctx.model_info, "model description").inputs]
         output_names = [o.name for o in session.get_outputs()]

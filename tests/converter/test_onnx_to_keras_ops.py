@@ -43,12 +43,12 @@ def _outputs(module: Any, shape: tuple[int, ...]) -> int:
     return len(out) if isinstance(out, tuple) else 1
 
 
-def _check(model: onnx.ModelProto, shape: tuple[int, ...], tolerance: float = 1e-4) -> Any:
+def _check(model: onnx.ModelProto, shape: tuple[int, ...], tolerance: float = 1e-4, **options: Any) -> Any:
     """Translate, run both on the same random input, compare every output; the translation is returned."""
     x = np.random.default_rng(1).normal(0, 1, shape).astype(np.float32)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     expected = session.run(None, {"x": x})
-    translation = translate_onnx_to_keras(model)
+    translation = translate_onnx_to_keras(model, **options)
     perm = translation.input_perms["x"]
     got = translation.model([x if perm is None else np.transpose(x, perm)], training=False)
     got = got if isinstance(got, list | tuple) else [got]
@@ -190,6 +190,12 @@ def test_mobilenetv3_block_translates_with_hardswish_and_squeeze_excite() -> Non
     translation = _check(_export(MobileNetV3Block(), (1, 3, 32, 32)), (1, 3, 32, 32))
     ops = _ops(translation)
     assert "HARD_SWISH" in ops and "TRANSPOSE" not in ops
+
+
+def test_hard_swish_stays_out_of_the_hard_swish_op_for_the_edge_tpu() -> None:
+    model = _export(MobileNetV3Block(), (1, 3, 32, 32))
+    ops = _ops(_check(model, (1, 3, 32, 32), fuse_hard_swish=False))
+    assert "HARD_SWISH" not in ops and "MUL" in ops
 
 
 def test_yolo_head_translates_split_resize_dfl_and_decode() -> None:
