@@ -24,7 +24,8 @@ from edgefleet.converter.errors import ConversionError
 from edgefleet.converter.steps.calibration_ranges import calibration_method, rewrite_tflite_ranges
 from edgefleet.converter.steps.onnx_to_keras import KerasTranslation, import_keras, layer_names_in
 
-# int32 is allowed only where full-INT8 kernels take it: the bias of conv/FC ops and RESHAPE's shape.
+# int32 is allowed only where full-INT8 kernels take it: the bias of conv/FC ops, and the shape, axis, index
+# and size operands of the layout ops (constants computed at conversion time).
 _INT32_OPERANDS = {
     "CONV_2D": {2},
     "DEPTHWISE_CONV_2D": {2},
@@ -32,7 +33,21 @@ _INT32_OPERANDS = {
     "TRANSPOSE_CONV": {0, 3},
     "RESHAPE": {1},
     "PAD": {1},
+    "PADV2": {1},
+    "MIRROR_PAD": {1},
     "MEAN": {1},
+    "SUM": {1},
+    "REDUCE_MAX": {1},
+    "REDUCE_MIN": {1},
+    "SPLIT": {0},
+    "SPLIT_V": {1, 2},
+    "STRIDED_SLICE": {1, 2, 3},
+    "SLICE": {1, 2},
+    "GATHER": {1},
+    "TRANSPOSE": {1},
+    "RESIZE_BILINEAR": {1},
+    "RESIZE_NEAREST_NEIGHBOR": {1},
+    "BROADCAST_TO": {1},
 }
 
 
