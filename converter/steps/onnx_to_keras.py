@@ -6,6 +6,7 @@ toolchain to tensorflow + onnx and puts every layout decision in one place.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sys
@@ -1100,7 +1101,19 @@ class _Translator:
             sizes = [min(step, shape[onnx_axis] - i * step) for i in range(count)]
         axis = self._axis(x, onnx_axis)
         tf = self.tf
-        results = self._apply(node, lambda t: tf.split(t, sizes, axis=axis), x.tensor)
+        if len(set(sizes)) == 1:
+            results = self._apply(node, lambda t: tf.split(t, len(sizes), axis=axis), x.tensor)
+        else:  # strided slices, not SPLIT_V (which the Edge TPU lacks)
+            bounds = np.cumsum([0, *sizes]).tolist()
+
+            def pieces(t: Any) -> list[Any]:
+                rank = len(t.shape)
+                return [
+                    t[tuple(slice(b, e) if i == axis else slice(None) for i in range(rank))]
+                    for b, e in itertools.pairwise(bounds)
+                ]
+
+            results = self._apply(node, pieces, x.tensor)
         for output, result in zip(node.output, results, strict=True):
             self._set(node, _Value(result, x.layout), output)
 
