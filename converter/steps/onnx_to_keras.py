@@ -1210,9 +1210,7 @@ class _Translator:
             raise self._unsupported(node, "only 2D (NCHW) maps can be resized")
         attrs = _attrs(node)
         shape = self._onnx_shape(x)
-        target = self.shapes.get(node.output[0])
-        if target is None:
-            raise self._unsupported(node, "the output size is not static")
+        target = self.shapes.get(node.output[0]) or self._resized_shape(node, shape)
         if target[:2] != shape[:2]:
             raise self._unsupported(node, "only the spatial dims may be resized")
         size = [int(target[2]), int(target[3])]
@@ -1240,6 +1238,20 @@ class _Translator:
         else:
             raise self._unsupported(node, f"mode '{mode}' is not supported (nearest, linear)")
         self._set(node, _Value(self._apply(node, resize, x.tensor), "nhwc"))
+
+    def _resized_shape(self, node: Any, shape: list[int]) -> list[int]:
+        """The output shape from constant sizes or scales (shape inference cannot always follow them)."""
+        scales_at = 1 if node.op_type == "Upsample" or self.opset < 11 else 2
+        sizes = self._const(node, 3) if len(node.input) > 3 else None
+        if sizes is not None and sizes.size:
+            return [int(d) for d in sizes]
+        scales = self._const(node, scales_at) if len(node.input) > scales_at else None
+        if scales is None or not scales.size:
+            scales_attr = _attrs(node).get("scales")
+            if scales_attr is None:
+                raise self._unsupported(node, "the output size is not static")
+            scales = np.asarray(scales_attr)
+        return [int(np.floor(d * float(f))) for d, f in zip(shape, scales.reshape(-1), strict=True)]
 
     def _reduce(self, node: Any) -> None:
         x = self._value(node, node.input[0])

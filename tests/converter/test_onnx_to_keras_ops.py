@@ -230,3 +230,22 @@ def test_an_op_without_a_translation_names_node_and_what_to_do() -> None:
 
     with pytest.raises(UnsupportedModelError, match=r"\(CumSum\): op type is not supported; .*ONNX profile"):
         translate_onnx_to_keras(_export(Cumulative(), (1, 3, 4, 4)))
+
+
+def test_resize_whose_scales_come_from_a_constant_node() -> None:
+    """nn.Upsample exports its scales as a Constant node, which onnx shape inference does not follow."""
+    from onnx import TensorProto, helper
+
+    scales = helper.make_node(
+        "Constant", [], ["scales"], value=helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    )
+    resize = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")
+    graph = helper.make_graph(
+        [scales, resize],
+        "resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    _check(model, (1, 2, 4, 4))
