@@ -7,9 +7,12 @@ import sys
 
 from pydantic import ValidationError
 
+from edgefleet.contract.manifest import AccuracyMetrics
 from edgefleet.converter.compression.stats import summary_lines
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.errors import ConversionError, TargetRefusedError
+from edgefleet.converter.fidelity.kinds import parse_output_kinds
+from edgefleet.converter.fidelity.outputs import MEASURE_LABELS
 from edgefleet.converter.inputs.images import preprocessing_from_flags
 from edgefleet.converter.inputs.sources import default_name
 from edgefleet.converter.pipeline import ConversionResult, convert
@@ -31,6 +34,9 @@ def request_from_args(args: argparse.Namespace) -> ConversionRequest:
             version=args.model_version,
             key=args.key,
             max_drop=getattr(args, "max_drop", None),
+            output_kinds=parse_output_kinds(getattr(args, "output_kinds", None)),
+            min_sqnr=getattr(args, "min_sqnr", None),
+            metric=getattr(args, "metric", None),
             calib_method=getattr(args, "calib_method", None),
             report_dir=getattr(args, "report_dir", None),
             precision=getattr(args, "precision", None),
@@ -49,6 +55,8 @@ def request_from_args(args: argparse.Namespace) -> ConversionRequest:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         hint = " (use letters, digits, '.', '_', '-')" if field in ("name", "version") else ""
+        if field == "metric":
+            hint = " (expected package.module:function, e.g. mymetrics.ocr:cer_drop)"
         raise ConversionError(
             f"--{field.replace('_', '-')} {first.get('input')!r}: {first['msg']}{hint}"
         ) from exc
@@ -56,6 +64,26 @@ def request_from_args(args: argparse.Namespace) -> ConversionRequest:
 
 def _size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.2f} MiB"
+
+
+def accuracy_text(accuracy: AccuracyMetrics) -> str:
+    """The headline measure in words: top-1 (labels), agreement, a task measure or SQNR, and its output."""
+    measure = accuracy.measure or accuracy.metric
+    where = f", output '{accuracy.output}'" if accuracy.output else ""
+    samples = f"{accuracy.samples} samples"
+    if measure == "top1":
+        return (
+            f"top-1 on {samples}: fp32 {accuracy.fp32:.2f}% -> artifact {accuracy.artifact:.2f}% "
+            f"(drop {accuracy.drop_points:+.2f} points){where}"
+        )
+    if measure == "top1_agreement":
+        return f"top-1 agreement with fp32 on {samples}: {accuracy.artifact:.2f}%{where}"
+    if accuracy.unit == "dB":
+        return f"SQNR vs fp32 on {samples}: {accuracy.artifact:.1f} dB{where}"
+    return (
+        f"{MEASURE_LABELS.get(measure, measure)} on {samples}: {accuracy.artifact:.2f}% "
+        f"(drop {accuracy.drop_points:+.2f} points){where}"
+    )
 
 
 def format_summary(result: ConversionResult) -> str:
@@ -66,15 +94,8 @@ def format_summary(result: ConversionResult) -> str:
     accuracy = metrics.accuracy
     if accuracy is None:
         lines.append("accuracy  not measured (pass --eval EVAL.npz)")
-    elif accuracy.metric == "top1":
-        lines.append(
-            f"accuracy  top-1 on {accuracy.samples} samples: fp32 {accuracy.fp32:.2f}% -> artifact "
-            f"{accuracy.artifact:.2f}% (drop {accuracy.drop_points:+.2f} points)"
-        )
     else:
-        lines.append(
-            f"accuracy  top-1 agreement with fp32 on {accuracy.samples} samples: {accuracy.artifact:.2f}%"
-        )
+        lines.append(f"accuracy  {accuracy_text(accuracy)}")
     lines.append(
         f"size      fp32 {_size(metrics.size_bytes_fp32)} -> artifact {_size(metrics.size_bytes_artifact)} "
         f"({metrics.size_bytes_artifact / metrics.size_bytes_fp32:.2f}x)"

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgefleet.contract.manifest import ArtifactAlternative, ConversionMetrics, TensorSpec
 from edgefleet.contract.profiles import DeviceProfile, Precision
 from edgefleet.contract.target_checks import TargetChecks
+from edgefleet.converter.fidelity.kinds import OutputKind
 from edgefleet.converter.inputs.images import ImagePreprocessing
 
 if TYPE_CHECKING:
@@ -43,6 +44,19 @@ class ConversionRequest(BaseModel):
     key: Path | None = None
     max_drop: float | None = Field(
         default=None, ge=0, description="accuracy budget in points; null: the profile's budget"
+    )
+    output_kinds: dict[str, OutputKind] = Field(
+        default_factory=dict,
+        description="output name -> kind, which picks the measure judging it ('*': every output not named); "
+        "unnamed outputs: classification when one score vector per sample, else tensor (SQNR/cosine)",
+    )
+    min_sqnr: float | None = Field(
+        default=None, description="floor in dB for outputs judged by SQNR; null: the precision's default"
+    )
+    metric: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$",
+        description="`package.module:function`: the user's own measure, which then judges the budget",
     )
     calib_method: CalibrationMethod | None = Field(
         default=None, description="activation range method; null: the converter's measured default"

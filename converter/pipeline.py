@@ -25,7 +25,8 @@ from edgefleet.converter.inputs import sources
 from edgefleet.converter.report import BuildReport, CheckBudget, ConversionReport, WriteReport
 from edgefleet.converter.steps.calibration import LoadCalibration, LoadEvaluation
 from edgefleet.converter.steps.describe import DescribeArtifact
-from edgefleet.converter.steps.evaluate import Evaluate
+from edgefleet.converter.steps.evaluate import CheckFidelityOptions, Evaluate
+from edgefleet.converter.steps.fold_constants import FoldConstants
 from edgefleet.converter.steps.fp16_onnx import CopyOnnx, Fp16Onnx
 from edgefleet.converter.steps.layer_error import MeasureLayerErrors
 from edgefleet.converter.steps.load_onnx import LoadOnnx
@@ -95,10 +96,14 @@ def plan(
         *(sources.data_steps(request) if request else []),
         LoadCalibration(),
         LoadEvaluation(),
+        CheckFidelityOptions(),  # --output-kind names real outputs, --metric imports: before any long step
         *(compression.data_steps(request) if request else []),
         LoadSigningKey(),
         CheckOutputDir(),
         *(compression.compression_steps(request) if request else []),
+        # After the cheap checks and compression (which reloads the model from its file): weights stored as
+        # Constant nodes become initializers, quantized per channel, not at run time.
+        FoldConstants(),
         *artifact,
         DescribeArtifact(),
         EnforceBudget(requantize=artifact[-1], describe=DescribeArtifact()),  # mixed precision if needed

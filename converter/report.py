@@ -15,13 +15,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from edgefleet import __version__
-from edgefleet.contract.manifest import ConversionMetrics
+from edgefleet.contract.manifest import AccuracyMetrics, ConversionMetrics
 from edgefleet.contract.target_checks import TargetChecks
 from edgefleet.converter.compression.stats import CompressionReport
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.errors import ConversionError
+from edgefleet.converter.fidelity.outputs import MEASURE_LABELS, OutputMetrics
 from edgefleet.converter.steps.calibration_ranges import DEFAULT_CALIBRATION_METHOD, calibration_method
-from edgefleet.converter.steps.evaluate import OutputMetrics
 from edgefleet.converter.steps.layer_error import LayerError
 from edgefleet.converter.steps.mixed_precision import BudgetOutcome
 from edgefleet.converter.steps.package import bundle_file_name
@@ -46,9 +46,10 @@ class ArtifactSummary(_Model):
     size_bytes: int
     host_latency_ms: float | None
     host_runtime: str | None
-    accuracy: float | None  # top-1 % (labels) or top-1 agreement with fp32 %
-    accuracy_metric: Literal["top1", "top1_agreement"] | None
-    drop_points: float | None
+    accuracy: float | None  # the headline measure's value (top-1 %, agreement %, F1 %, ... or SQNR dB)
+    accuracy_metric: str | None  # the headline measure: top1, top1_agreement, detection_f1, ..., sqnr
+    drop_points: float | None  # points lost vs fp32 (percentage measures; null for dB measures)
+    accuracy_unit: Literal["%", "dB"] | None = None
 
 
 class CalibrationSummary(_Model):
@@ -83,6 +84,7 @@ def _summary(
     kind: str, path: str | None, role: Literal["preferred", "alternative"], metrics: ConversionMetrics
 ) -> ArtifactSummary:
     accuracy = metrics.accuracy
+    in_db = accuracy is not None and accuracy.unit == "dB"
     return ArtifactSummary(
         kind=kind,
         path=path,
@@ -91,8 +93,9 @@ def _summary(
         host_latency_ms=metrics.host_latency_ms_artifact,
         host_runtime=metrics.host_runtime,
         accuracy=accuracy.artifact if accuracy else None,
-        accuracy_metric=accuracy.metric if accuracy else None,
-        drop_points=accuracy.drop_points if accuracy else None,
+        accuracy_metric=(accuracy.measure or accuracy.metric) if accuracy else None,
+        drop_points=accuracy.drop_points if accuracy and not in_db else None,
+        accuracy_unit=accuracy.unit if accuracy else None,
     )
 
 
@@ -102,6 +105,7 @@ def artifact_summaries(ctx: ConversionContext) -> list[ArtifactSummary]:
     accuracy = metrics.accuracy
     spec = ctx.profile.artifact
     path = ctx.need(ctx.artifact_path, "the artifact")
+    in_percent = accuracy is not None and accuracy.unit == "%"
     rows = [
         ArtifactSummary(
             kind="fp32",
@@ -110,11 +114,13 @@ def artifact_summaries(ctx: ConversionContext) -> list[ArtifactSummary]:
             size_bytes=metrics.size_bytes_fp32,
             host_latency_ms=metrics.host_latency_ms_fp32,
             host_runtime="onnxruntime CPUExecutionProvider, 1 thread",
+            # fp32 against itself: its own score with labels, else full agreement; no SQNR against itself
             accuracy=accuracy.fp32
             if accuracy and accuracy.fp32 is not None
-            else (100.0 if accuracy else None),
-            accuracy_metric=accuracy.metric if accuracy else None,
-            drop_points=0.0 if accuracy else None,
+            else (100.0 if in_percent else None),
+            accuracy_metric=(accuracy.measure or accuracy.metric) if accuracy else None,
+            drop_points=0.0 if in_percent else None,
+            accuracy_unit=accuracy.unit if accuracy else None,
         ),
         _summary(f"{spec.format.value}-{spec.precision.value}", f"model{path.suffix}", "preferred", metrics),
     ]
@@ -178,19 +184,20 @@ class BuildReport:
 
     def run(self, ctx: ConversionContext) -> None:
         budget = ctx.budget
-        for (
-            alternative
-        ) in ctx.alternatives:  # the budget binds the preferred artifact; say when others miss it
+        # The budget binds the preferred artifact; say when an alternative misses it.
+        for alternative in ctx.alternatives:
             accuracy = alternative.metrics.accuracy if alternative.metrics else None
-            if (
-                budget is not None
-                and budget.checked
-                and accuracy
-                and accuracy.drop_points > budget.max_drop_points
-            ):
+            if budget is None or not budget.checked or accuracy is None:
+                continue
+            missed = (
+                accuracy.within_budget is False
+                if accuracy.within_budget is not None
+                else accuracy.drop_points > budget.max_drop_points
+            )
+            if missed:
                 ctx.notes.append(
-                    f"alternative {alternative.kind} drops {accuracy.drop_points:.2f} points, more than the "
-                    f"budget of {budget.max_drop_points:.2f} that the preferred artifact meets"
+                    f"alternative {alternative.kind} misses the budget that the preferred artifact meets "
+                    f"({_accuracy_text(accuracy)}; judged by {accuracy.judged_by or accuracy.metric})"
                 )
         met = ctx.budget is None or ctx.budget.met
         bundle = bundle_file_name(ctx.request.name, ctx.request.version, ctx.profile.name) if met else None
@@ -208,10 +215,15 @@ class CheckBudget:
             return
         files = write_report(ctx, ctx.need(ctx.report, "the report"))
         hints = "" if budget.float_fallback_allowed else "This target runs every layer in int8. "
+        accept = "a larger --max-drop"
+        if budget.sqnr_db is not None:
+            accept += " (points) or a lower --min-sqnr (dB)"
+        if budget.custom_metric is not None:
+            accept = f"a better score from --metric {budget.custom_metric.function}, or a larger --max-drop"
         raise AccuracyBudgetError(
             f"profile '{ctx.profile.name}': {budget.message}. No bundle written; report: {files[1]}. "
             f"{hints}Try more representative calibration data (--calib), another --calib-method "
-            "(minmax, entropy, percentile), or accept the loss with a larger --max-drop"
+            f"(minmax, entropy, percentile), or accept the loss with {accept}"
         )
 
 
@@ -224,17 +236,53 @@ class WriteReport:
         write_report(ctx, ctx.need(ctx.report, "the report"))
 
 
+def _accuracy_text(accuracy: AccuracyMetrics) -> str:
+    if accuracy.unit == "dB":
+        return f"SQNR {accuracy.artifact:.1f} dB"
+    measure = accuracy.measure or accuracy.metric
+    return f"{measure} {accuracy.artifact:.2f}%, drop {accuracy.drop_points:.2f} points"
+
+
+def output_line(output: OutputMetrics) -> str:
+    """One output's measure in words: what it is, how it was judged, its SQNR and cosine."""
+    kind = f"{output.kind}, {'named' if output.kind_source == 'request' else 'from its shape'}"
+    cosine = f"cosine {output.cosine:.4f}" if output.cosine is not None else ""
+    if output.unit == "dB":
+        value = f"SQNR {output.sqnr_db:.1f} dB, {cosine}"
+    else:
+        value = f"{MEASURE_LABELS[output.metric]} {output.artifact:.2f}%"
+        value += f" (fp32 {output.fp32:.2f}%)" if output.fp32 is not None else ""
+        value += f"; SQNR {output.sqnr_db:.1f} dB, {cosine}"
+    verdict = ""
+    if output.within_budget is not None:
+        verdict = f"; {'within' if output.within_budget else 'OVER'} {output.budget}"
+    return f"'{output.output}' ({kind}): {value.rstrip(', ')}{verdict}"
+
+
 def report_lines(report: ConversionReport | None, files: list[Path]) -> list[str]:
-    """The convert summary's budget and report lines."""
+    """The convert summary's per-output, budget and report lines; the budget line names the measure(s)
+    that judged it."""
     lines = []
+    if report is not None:
+        outputs = report.outputs
+        if len(outputs) > 1 or any(o.kind != "classification" for o in outputs):
+            lines += [f"output    {output_line(o)}" for o in outputs]
     if report is not None and report.budget is not None:
         budget = report.budget
         if budget.checked:
             kept = f"; {len(budget.float_layers)} layer(s) kept in float" if budget.float_layers else ""
+            bounds = []  # only the bounds some output was held to
+            if budget.drop_points is not None or budget.custom_metric is not None:
+                bounds.append(f"drop <= {budget.max_drop_points:.2f} points ({budget.source})")
+            if budget.sqnr_db is not None and budget.min_sqnr_db is not None:
+                bounds.append(f"SQNR >= {budget.min_sqnr_db:.1f} dB ({budget.sqnr_source})")
+            verdict = "met" if budget.met else "MISSED"
+            judged_by = budget.judged_by or budget.metric
             lines.append(
-                f"budget    drop {budget.drop_points:.2f} <= {budget.max_drop_points:.2f} points "
-                f"({budget.source}){kept}; calibration {report.calibration.method}"
+                f"budget    {verdict}, judged by {judged_by} [{', '.join(bounds)}]{kept}; "
+                f"calibration {report.calibration.method}"
             )
+            lines += [f"          {note}" for note in budget.fidelity_notes]
         else:
             lines.append(f"budget    {budget.message}")
     if files:

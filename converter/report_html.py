@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
+from edgefleet.converter.fidelity.outputs import MEASURE_LABELS
 from edgefleet.converter.report import ArtifactSummary, ConversionReport
 
 WIDTH = 820
@@ -152,7 +153,18 @@ def _verdict(report: ConversionReport) -> str:
         return f'<div class="verdict unchecked">{escape(message)}</div>'
     css = "ok" if budget.met else "fail"
     headline = "Within the accuracy budget" if budget.met else "Accuracy budget missed - no bundle written"
-    return f'<div class="verdict {css}"><strong>{headline}.</strong> {escape(budget.message)}</div>'
+    judged = f"<br>Judged by {escape(budget.judged_by)}." if budget.judged_by else ""
+    notes = "".join(f"<br>{escape(note)}" for note in budget.fidelity_notes)
+    return (
+        f'<div class="verdict {css}"><strong>{headline}.</strong> {escape(budget.message)}{judged}{notes}'
+        "</div>"
+    )
+
+
+def _value(value: float | None, unit: str | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f} dB" if unit == "dB" else f"{value:.2f}%"
 
 
 def _table(header: list[str], rows: list[list[str]], numeric: set[int]) -> str:
@@ -191,7 +203,8 @@ def render_html(report: ConversionReport) -> str:
                     _artifact_label(a),
                     f"{a.size_bytes / 1024:.1f} KiB",
                     _fmt(a.host_latency_ms, ".3f") + " ms",
-                    _fmt(a.accuracy, ".2f") + ("%" if a.accuracy is not None else ""),
+                    _value(a.accuracy, a.accuracy_unit or "%")
+                    + (f" ({a.accuracy_metric})" if a.accuracy_metric and a.role != "source" else ""),
                     _fmt(a.drop_points, "+.2f"),
                     a.host_runtime or "-",
                 ]
@@ -213,38 +226,78 @@ def render_html(report: ConversionReport) -> str:
     if report.outputs:
         sections += [
             "<h2>Outputs</h2>",
+            '<p class="muted">Each output is judged by the measure of its kind: top-1 (labels) or top-1 '
+            "agreement for classification, box F1 for detection, mask IoU for segmentation, decoded-string "
+            "equality for CTC, SQNR against fp32 for any other tensor (its kind named with --output-kind, "
+            "else read from its shape).</p>",
             _table(
-                ["output", "metric", "fp32", "artifact", "drop (points)", "agreement with fp32", "SQNR"],
+                [
+                    "output",
+                    "kind",
+                    "measure",
+                    "fp32",
+                    "artifact",
+                    "drop (points)",
+                    "budget",
+                    "SQNR",
+                    "cosine",
+                    "how",
+                ],
                 [
                     [
                         o.output,
-                        o.metric,
-                        _fmt(o.fp32, ".2f"),
-                        f"{o.artifact:.2f}",
-                        f"{o.drop_points:+.2f}",
-                        f"{o.agreement:.2f}%",
+                        f"{o.kind} ({'named' if o.kind_source == 'request' else 'from shape'})",
+                        MEASURE_LABELS[o.metric],
+                        _value(o.fp32, o.unit),
+                        _value(o.artifact, o.unit),
+                        _fmt(o.drop_points, "+.2f"),
+                        "-"
+                        if o.within_budget is None
+                        else f"{'within' if o.within_budget else 'OVER'}: {o.budget}",
                         f"{o.sqnr_db:.1f} dB",
+                        _fmt(o.cosine, ".4f"),
+                        o.detail or (f"agreement {o.agreement:.2f}%" if o.agreement is not None else "-"),
                     ]
                     for o in report.outputs
                 ],
-                {2, 3, 4, 5, 6},
+                {3, 4, 5, 7, 8},
             ),
         ]
+        if budget is not None and budget.custom_metric is not None:
+            custom = budget.custom_metric
+            verdict = "-" if custom.passed is None else ("passes" if custom.passed else "fails")
+            sections.append(
+                _table(
+                    ["custom metric", "function", "score", "fp32", "drop (points)", "its verdict"],
+                    [
+                        [
+                            custom.name,
+                            custom.function,
+                            f"{custom.score:g}",
+                            _fmt(custom.fp32, "g"),
+                            _fmt(custom.drop_points, "+.2f"),
+                            verdict,
+                        ]
+                    ],
+                    {2, 3, 4},
+                )
+            )
     if budget is not None and len(budget.attempts) > 1:
         sections += [
             "<h2>Mixed precision search</h2>",
             _table(
-                ["attempt", "layers kept in float", "drop (points)", "within budget"],
+                ["attempt", "layers kept in float", "drop (points)", "lowest SQNR", "within budget"],
                 [
                     [
                         str(i),
                         ", ".join(a.float_layers) or "(all int8)",
-                        f"{a.drop_points:+.2f}",
+                        _fmt(a.drop_points, "+.2f"),
+                        _fmt(a.sqnr_db, ".1f") + (" dB" if a.sqnr_db is not None else ""),
                         "yes" if a.met else "no",
                     ]
                     for i, a in enumerate(budget.attempts)
                 ],
-                {0, 2},
+                {0, 2, 3},
             ),
         ]
     if report.layers:

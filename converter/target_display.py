@@ -36,8 +36,13 @@ def target_lines(result: ConversionResult) -> list[str]:
             facts.append(f"runs only with the {alternative.requires_delegate} delegate")
         metrics = alternative.metrics
         if metrics is not None:
-            if metrics.accuracy is not None:
-                facts.append(f"accuracy {metrics.accuracy.artifact:.2f}% ({metrics.accuracy.metric})")
+            accuracy = metrics.accuracy
+            if accuracy is not None:
+                measure = accuracy.measure or accuracy.metric
+                in_db = accuracy.unit == "dB"
+                value = f"{accuracy.artifact:.1f} dB" if in_db else f"{accuracy.artifact:.2f}%"
+                within = {True: ", within budget", False: ", OVER budget", None: ""}[accuracy.within_budget]
+                facts.append(f"accuracy {value} ({measure}{within})")
             facts.append(f"{metrics.size_bytes_artifact / 1024:.1f} KiB")
         lines.append(
             f"also      {alternative.path} ({', '.join(facts)}); the preferred artifact is {preferred}"

@@ -180,7 +180,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-drop",
         type=_non_negative,
         metavar="POINTS",
-        help="allowed top-1 drop vs fp32 in points (default: the profile's max_accuracy_drop_points)",
+        help="allowed drop vs fp32 in points for the percentage measures: top-1, agreement, detection F1, "
+        "mask IoU, CTC string equality (default: the profile's max_accuracy_drop_points)",
+    )
+    accuracy.add_argument(
+        "--min-sqnr",
+        type=float,
+        metavar="DB",
+        help="floor in dB for outputs judged by SQNR against fp32, i.e. outputs of kind tensor (default: "
+        "20 for int8 artifacts, 25 for fp16, 60 for fp32)",
+    )
+    accuracy.add_argument(
+        "--output-kind",
+        dest="output_kinds",
+        action="append",
+        metavar="[OUTPUT=]KIND",
+        help="what an output is, which picks its measure: classification (top-1 / agreement), detection "
+        "(box F1), segmentation (mask IoU), ctc (decoded-string equality) or tensor (SQNR/cosine); "
+        "without OUTPUT: every output not named; repeatable (default: classification for one score "
+        "vector per sample, else tensor)",
+    )
+    accuracy.add_argument(
+        "--metric",
+        metavar="PACKAGE.MODULE:FUNCTION",
+        help="your own measure, which then judges the budget: function(fp32_outputs, artifact_outputs, "
+        "eval_data) -> {'score': float, 'passed': bool} or {'score': float, 'drop': points}",
     )
     accuracy.add_argument(
         "--calib-method",

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.converter.context import CalibrationMethod, ConversionContext
+from edgefleet.converter.steps.calibration import TensorSet
 from edgefleet.converter.steps.onnx_to_keras import KerasTranslation, layer_names_in, node_label
 
 # Measured by bench/bench_quantization.py on the reference models (digits CNN v1/v2, MobileNetV2-style 96x96;
@@ -104,6 +105,8 @@ def method_ranges(
             sampled = {n: v[:: -(-v.size // MAX_HISTOGRAM_VALUES)] for n, v in flat.items()}
             with contextlib.redirect_stdout(io.StringIO()):  # the collector prints progress lines
                 collector.collect(sampled)
+    if method == "minmax":
+        return observed
     if collector is None:
         return {name: tail.range for name, tail in tails.items()}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -144,6 +147,32 @@ def onnx_activation_ranges(ctx: ConversionContext) -> dict[str, Range]:
             ctx.detail(f"{method} ranges from {calib.samples} samples")
         ctx.calibration_ranges[key] = _run_and_collect(model, method, batches, calib.samples)
     return ctx.calibration_ranges[key]
+
+
+def observed_ranges(model: Any, data: TensorSet) -> dict[str, Range]:
+    """The observed (min, max) of every float tensor of `model` (graph inputs and every node output) over
+    `data`: one batched fp32 run. FP16 conversion reads it to find values beyond float16's range."""
+    batches = data.sample_batches(1 if _fixed_batch(model) else RANGE_BATCH)
+    return _run_and_collect(model, "minmax", batches, data.samples)
+
+
+def tensor_peaks(model: Any, data: TensorSet, names: list[str]) -> dict[str, float]:
+    """max |x| of each named tensor of `model` over `data` (one batched fp32 run with just those outputs)."""
+    import onnx
+    import onnxruntime as ort
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    peaks = dict.fromkeys(names, 0.0)
+    for feeds in data.sample_batches(1 if _fixed_batch(model) else RANGE_BATCH):
+        for name, value in zip(names, session.run(names, feeds), strict=True):
+            peaks[name] = max(peaks[name], float(np.abs(value).max(initial=0.0)))
+    return peaks
 
 
 def _run_and_collect(

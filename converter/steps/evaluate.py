@@ -1,45 +1,35 @@
-"""Measure the artifact against the fp32 source model: accuracy and SQNR of every output on the evaluation
-set, file sizes and single-sample host latency (one thread each), feeding the artifact through the
-manifest's TensorSpecs exactly as the agent will.
+"""Measure the artifact against the fp32 source model: the fidelity of every output on the evaluation set
+(each by the measure of its kind, converter/fidelity/), file sizes and single-sample host latency (one
+thread each), feeding the artifact through the manifest's TensorSpecs exactly as the agent will.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from edgefleet.contract.manifest import AccuracyMetrics, ConversionMetrics, TensorSpec
 from edgefleet.contract.profiles import Precision
 from edgefleet.contract.tensors import from_artifact, to_artifact
 from edgefleet.converter.context import ConversionContext
+from edgefleet.converter.fidelity.assess import FidelityPlan, assess, plan_fidelity
+from edgefleet.converter.fidelity.assess import fidelity_notes as _notes
+from edgefleet.converter.fidelity.custom import EvalData, MetricHook, check_hook_spec, load_metric_hook
+from edgefleet.converter.fidelity.judge import FidelityBudget, Judgement, fidelity_budget
+from edgefleet.converter.fidelity.kinds import check_output_names
+from edgefleet.converter.fidelity.outputs import OutputMetrics
 from edgefleet.converter.steps.calibration import TensorSet
-from edgefleet.converter.steps.layer_error import sqnr_db
 from edgefleet.converter.steps.runners import HostRunner, OnnxRunner, runner_for
+
+__all__ = ["OutputMetrics", "accuracy_scorer", "fidelity_notes", "fidelity_plan", "fp32_outputs", "score"]
 
 MAX_BATCH = 256
 WARMUP_RUNS = 10
 TIMED_RUNS = 200
 MAX_TIMING_SECONDS = 3.0
 FUSED_KERNEL_TOLERANCE_POINTS = 0.5
-
-
-class OutputMetrics(BaseModel):
-    """One model output, artifact vs fp32 on the evaluation set. Labels `y` score the first output (top-1);
-    every output gets its top-1 agreement with fp32 and its SQNR."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    output: str
-    metric: Literal["top1", "top1_agreement"]
-    fp32: float | None  # top-1 % of the fp32 model (with labels), else null
-    artifact: float  # top-1 % (with labels) or top-1 agreement with fp32 %
-    drop_points: float
-    agreement: float  # top-1 agreement with fp32, %
-    sqnr_db: float  # fp32 output power over (fp32 - artifact) power, dB
 
 
 def predict_float_outputs(runner: HostRunner, data: TensorSet, names: list[str]) -> list[np.ndarray]:
@@ -78,48 +68,6 @@ def median_latency_ms(runner: HostRunner, feeds: list[np.ndarray]) -> float:
     return round(float(np.median(timings)) * 1000, 4)
 
 
-def _top1(logits: np.ndarray) -> np.ndarray:
-    return logits.reshape(len(logits), -1).argmax(axis=1)
-
-
-def accuracy_metrics(fp32: np.ndarray, artifact: np.ndarray, labels: np.ndarray | None) -> AccuracyMetrics:
-    pred_fp32, pred_artifact = _top1(fp32), _top1(artifact)
-    if labels is not None:
-        acc_fp32 = round(float((pred_fp32 == labels).mean() * 100), 2)
-        acc_artifact = round(float((pred_artifact == labels).mean() * 100), 2)
-        return AccuracyMetrics(
-            metric="top1",
-            samples=len(labels),
-            fp32=acc_fp32,
-            artifact=acc_artifact,
-            drop_points=round(acc_fp32 - acc_artifact, 2),
-        )
-    agreement = round(float((pred_fp32 == pred_artifact).mean() * 100), 2)
-    return AccuracyMetrics(
-        metric="top1_agreement",
-        samples=len(pred_fp32),
-        fp32=None,
-        artifact=agreement,
-        drop_points=round(100 - agreement, 2),
-    )
-
-
-def output_metrics(
-    name: str, fp32: np.ndarray, artifact: np.ndarray, labels: np.ndarray | None
-) -> OutputMetrics:
-    accuracy = accuracy_metrics(fp32, artifact, labels)
-    agreement = float((_top1(fp32) == _top1(artifact)).mean() * 100)
-    return OutputMetrics(
-        output=name,
-        metric=accuracy.metric,
-        fp32=accuracy.fp32,
-        artifact=accuracy.artifact,
-        drop_points=accuracy.drop_points,
-        agreement=round(agreement, 2),
-        sqnr_db=round(sqnr_db(fp32, artifact), 2),
-    )
-
-
 def is_qdq(ctx: ConversionContext, path: Path) -> bool:
     return path.suffix == ".onnx" and ctx.profile.artifact.precision is Precision.INT8
 
@@ -136,31 +84,93 @@ def fp32_outputs(ctx: ConversionContext, data: TensorSet) -> dict[str, np.ndarra
     return {t.name: p for t, p in zip(info.outputs, predictions, strict=True)}
 
 
-def score_outputs(
-    ctx: ConversionContext, runner: HostRunner, data: TensorSet, reference: dict[str, np.ndarray]
-) -> list[OutputMetrics]:
-    """Per-output metrics of the artifact run by `runner`, in the source model's output order; labels
-    score the first output."""
-    artifact = predict_artifact_outputs(runner, data, ctx.inputs, ctx.outputs)
-    return [
-        output_metrics(name, fp32, artifact[name], data.labels if position == 0 else None)
-        for position, (name, fp32) in enumerate(reference.items())
-    ]
-
-
-def headline_accuracy(first: OutputMetrics, samples: int) -> AccuracyMetrics:
-    """The manifest's accuracy: the first output's."""
-    return AccuracyMetrics(
-        metric=first.metric,
-        samples=samples,
-        fp32=first.fp32,
-        artifact=first.artifact,
-        drop_points=first.drop_points,
+def budget_for(ctx: ConversionContext) -> FidelityBudget:
+    """The request's bounds, else the profile's points budget and the artifact precision's dB floor (the
+    floor follows the precision actually built, which --precision and alternatives change)."""
+    request = ctx.request
+    return fidelity_budget(
+        request.max_drop,
+        ctx.profile.max_accuracy_drop_points,
+        request.min_sqnr,
+        ctx.profile.artifact.precision,
     )
 
 
+def _hook(ctx: ConversionContext) -> tuple[str, MetricHook] | None:
+    spec = ctx.request.metric
+    return None if spec is None else (spec, load_metric_hook(spec))
+
+
+def fidelity_plan(ctx: ConversionContext, reference: dict[str, np.ndarray]) -> FidelityPlan:
+    return plan_fidelity(ctx.request.output_kinds, reference, budget_for(ctx), _hook(ctx))
+
+
+def fidelity_notes(plan: FidelityPlan, judgement: Judgement, data: TensorSet) -> list[str]:
+    return _notes(plan, judgement, data.labels)
+
+
+def eval_data(data: TensorSet) -> EvalData:
+    return EvalData(inputs=data.inputs, labels=data.labels, path=data.path)
+
+
+def score(
+    ctx: ConversionContext,
+    runner: HostRunner,
+    data: TensorSet,
+    reference: dict[str, np.ndarray],
+    plan: FidelityPlan,
+) -> Judgement:
+    """Every output of the artifact run by `runner` measured against `reference` (fp32) and judged."""
+    artifact = predict_artifact_outputs(runner, data, ctx.inputs, ctx.outputs)
+    return assess(plan, reference, artifact, eval_data(data))
+
+
+def headline(judgement: Judgement) -> OutputMetrics:
+    """The output the manifest's accuracy describes: the first classification output (what it always
+    meant), else the one furthest from its bound."""
+    outputs = judgement.outputs
+    first = next((o for o in outputs if o.kind == "classification"), None)
+    if first is not None:
+        return first
+    return next((o for o in outputs if o.output == judgement.worst), outputs[0])
+
+
+def headline_accuracy(judgement: Judgement, samples: int) -> AccuracyMetrics:
+    """The manifest's accuracy. `metric` stays one of the two values older readers accept ('top1' against
+    labels, 'top1_agreement' against fp32's own outputs); `measure` and `unit` say what it really is."""
+    output = headline(judgement)
+    return AccuracyMetrics(
+        metric="top1" if output.metric == "top1" else "top1_agreement",
+        samples=samples,
+        fp32=output.fp32,
+        artifact=output.artifact,
+        drop_points=output.drop_points if output.drop_points is not None else 0.0,
+        measure=output.metric,
+        unit=output.unit,
+        output=output.output,
+        sqnr_db=output.sqnr_db,
+        judged_by=judgement.judged_by,
+        within_budget=judgement.met,
+    )
+
+
+class CheckFidelityOptions:
+    """Before any long step: every output named by --output-kind exists, and the --metric hook imports."""
+
+    name = "check fidelity options"
+
+    def run(self, ctx: ConversionContext) -> None:
+        info = ctx.need(ctx.model_info, "model description")
+        check_output_names(ctx.request.output_kinds, [t.name for t in info.outputs])
+        if ctx.request.metric is not None:
+            check_hook_spec(ctx.request.metric)
+            load_metric_hook(ctx.request.metric)
+            if ctx.eval is None:
+                ctx.notes.append(f"--metric {ctx.request.metric} not used: no evaluation data (pass --eval)")
+
+
 class Evaluate:
-    """Fill ctx.metrics (accuracy of the first output, sizes, latency) and ctx.output_metrics."""
+    """Fill ctx.metrics (the headline accuracy, sizes, latency) and ctx.output_metrics (every output)."""
 
     name = "evaluate"
 
@@ -177,15 +187,19 @@ class Evaluate:
         accuracy = None
         if ctx.eval is not None:
             reference = fp32_outputs(ctx, ctx.eval)
-            ctx.output_metrics = score_outputs(ctx, accuracy_scorer(ctx, path), ctx.eval, reference)
-            accuracy = headline_accuracy(ctx.output_metrics[0], ctx.eval.samples)
+            plan = fidelity_plan(ctx, reference)
+            judgement = score(ctx, accuracy_scorer(ctx, path), ctx.eval, reference, plan)
+            ctx.output_metrics = judgement.outputs
+            accuracy = headline_accuracy(judgement, ctx.eval.samples)
             if qdq:
-                fused = score_outputs(ctx, artifact, ctx.eval, reference)[0]
-                if abs(fused.artifact - accuracy.artifact) > FUSED_KERNEL_TOLERANCE_POINTS:
+                exact = headline(judgement)
+                fused = headline(score(ctx, artifact, ctx.eval, reference, plan))
+                tolerance = FUSED_KERNEL_TOLERANCE_POINTS if exact.unit == "%" else 1.0
+                if abs(fused.artifact - exact.artifact) > tolerance:
                     ctx.notes.append(
-                        f"onnxruntime's fused int8 CPU kernels on this host score {fused.artifact:.2f}% "
-                        f"(exact int8: {accuracy.artifact:.2f}%); x86 CPUs without VNNI saturate u8 x s8 "
-                        "products, TensorRT and ARM CPUs compute the exact result"
+                        f"onnxruntime's fused int8 CPU kernels on this host score {fused.artifact:.2f}"
+                        f"{exact.unit} (exact int8: {exact.artifact:.2f}{exact.unit}); x86 CPUs without VNNI "
+                        "saturate u8 x s8 products, TensorRT and ARM CPUs compute the exact result"
                     )
         sample_set = ctx.eval if ctx.eval is not None else ctx.need(ctx.calib, "calibration data")
         sample = {name: sample_set.inputs[name][:1] for name in names}

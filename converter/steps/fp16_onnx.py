@@ -1,11 +1,20 @@
-"""FP16 ONNX with float32 inputs and outputs, checked to run on onnxruntime's CPUExecutionProvider."""
+"""FP16 ONNX with float32 inputs and outputs, checked to run on onnxruntime's CPUExecutionProvider; what
+float16 cannot hold (weights, calibrated activations beyond its range) stays float32 by node."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
+
+import numpy as np
 
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.errors import ConversionError
+
+FP16_MAX = 65504.0
+# Activations are judged on the calibration data; evaluation and field data reach further, so a tensor
+# already past half of float16's range on calibration data stays float32.
+FP16_SAFE = FP16_MAX / 2
 
 # "Could not find an implementation for Gemm(13) node with name '...'"
 _MISSING_KERNEL = re.compile(r"implementation for (\w+)\(\d+\) node with name '([^']*)'")
@@ -36,6 +45,113 @@ def sort_topologically(graph) -> None:  # type: ignore[no-untyped-def]
     graph.node.extend(copies)
 
 
+def fold_batchnorm(model: Any) -> tuple[Any, list[str]]:
+    """`model` (a copy) with each BatchNormalization that follows a Conv (the Conv's only reader, constant
+    weights and statistics) folded into the Conv's weights and bias; the names of the folded BatchNorms.
+    A running variance of 1e8 cannot be stored in float16; folded, it becomes an ordinary weight scale."""
+    import onnx
+    from onnx import numpy_helper
+
+    folded_model = onnx.ModelProto()
+    folded_model.CopyFrom(model)
+    graph = folded_model.graph
+    inputs = {i.name for i in graph.input}
+    inits = {i.name: i for i in graph.initializer if i.name not in inputs}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    producer = {out: node for node in graph.node for out in node.output}
+    outputs = {o.name for o in graph.output}
+    folded: list[str] = []
+    drop: set[int] = set()
+    for norm in graph.node:
+        conv = producer.get(norm.input[0])
+        if (
+            norm.op_type != "BatchNormalization"
+            or len(norm.output) != 1
+            or conv is None
+            or conv.op_type != "Conv"
+            or readers.get(conv.output[0]) != 1
+            or conv.output[0] in outputs
+            or not all(name in inits for name in [*norm.input[1:5], *conv.input[1:]])
+        ):
+            continue
+        scale, bias, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in norm.input[1:5])
+        eps = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
+        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        conv_bias = (
+            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+            if len(conv.input) > 2 and conv.input[2]
+            else np.zeros(weight.shape[0])
+        )
+        factor = scale / np.sqrt(var + eps)
+        new_weight = (weight * factor.reshape(-1, *[1] * (weight.ndim - 1))).astype(np.float32)
+        new_bias = ((conv_bias - mean) * factor + bias).astype(np.float32)
+        name = conv.name or conv.output[0]
+        weight_name, bias_name = f"{name}.bn_folded.weight", f"{name}.bn_folded.bias"
+        graph.initializer.extend(
+            [numpy_helper.from_array(new_weight, weight_name), numpy_helper.from_array(new_bias, bias_name)]
+        )
+        del conv.input[1:]
+        conv.input.extend([weight_name, bias_name])
+        conv.output[0] = norm.output[0]  # the Conv now computes what the BatchNorm did
+        drop.add(id(norm))
+        folded.append(norm.name or norm.output[0])
+    if drop:
+        kept = [node for node in graph.node if id(node) not in drop]
+        copies = [onnx.NodeProto() for _ in kept]
+        for copy, node in zip(copies, kept, strict=True):
+            copy.CopyFrom(node)
+        del graph.node[:]
+        graph.node.extend(copies)
+        read = {n for node in graph.node for n in node.input}
+        for init in [i for i in graph.initializer if i.name not in read and i.name not in inputs]:
+            graph.initializer.remove(init)
+    return folded_model, folded
+
+
+def out_of_range_nodes(model: Any, ranges: dict[str, tuple[float, float]]) -> dict[str, str]:
+    """Node name -> why it must stay float32: a float weight float16 cannot hold, or an input or output
+    whose calibrated values pass FP16_SAFE (a float32 producer still feeds a consumer through a Cast)."""
+    from onnx import numpy_helper
+
+    inputs = {i.name for i in model.graph.input}
+    big_weights = {
+        i.name: float(np.abs(array).max())
+        for i in model.graph.initializer
+        if i.name not in inputs
+        and (array := numpy_helper.to_array(i)).dtype == np.float32
+        and array.size
+        and float(np.abs(array).max()) > FP16_MAX
+    }
+    peak = {name: max(abs(low), abs(high)) for name, (low, high) in ranges.items()}
+    blocked: dict[str, str] = {}
+    for node in model.graph.node:
+        name = node.name
+        weights = [n for n in node.input if n in big_weights]
+        if weights:
+            blocked[name] = f"weight '{weights[0]}' reaches {big_weights[weights[0]]:.3g}"
+            continue
+        for tensor in [*node.output, *node.input]:
+            if peak.get(tensor, 0.0) > FP16_SAFE or not np.isfinite(peak.get(tensor, 0.0)):
+                blocked[name] = f"'{tensor}' reaches {peak[tensor]:.3g} on the calibration data"
+                break
+    return blocked
+
+
+def _name_nodes(model: Any) -> None:
+    """Give unnamed nodes a name: float16 conversion keeps nodes in float32 by name."""
+    taken = {node.name for node in model.graph.node if node.name}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            candidate = f"{node.op_type}_{index}"
+            while candidate in taken:
+                candidate += "_"
+            node.name = candidate
+            taken.add(candidate)
+
+
 class Fp16Onnx:
     """Convert weights and activations to float16, keeping float32 I/O (Cast at the edges).
 
@@ -44,6 +160,10 @@ class Fp16Onnx:
     for some ops (which ones depends on the onnxruntime version), so the model is loaded on the CPU
     provider and any op type without a float16 CPU kernel is put on the converter's op_block_list and
     kept in float32 (with Casts around it). Those op types are reported in the summary.
+
+    Before casting, BatchNorms are folded into their Convs, the fp32 model is run on the calibration data
+    and every node whose weights or calibrated values exceed float16's range stays float32 by name (the
+    summary names them): float16 would clip them to 65504 and the output would be noise.
     """
 
     name = "convert onnx to fp16"
@@ -54,11 +174,20 @@ class Fp16Onnx:
         import onnxruntime as ort
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        source = ctx.need(ctx.model, "the source model")
+        from edgefleet.converter.steps.calibration_ranges import observed_ranges
+
+        source, folded = fold_batchnorm(ctx.need(ctx.model, "the source model"))
+        _name_nodes(source)
+        if callable(ctx.detail):
+            ctx.detail("fp16: value ranges of every tensor on the calibration data")
+        out_of_range = out_of_range_nodes(source, observed_ranges(source, ctx.need(ctx.calib, "calibration")))
         blocked: list[str] = []
         for _ in range(self.max_attempts):
             converted = convert_float_to_float16(
-                source, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *blocked]
+                source,
+                keep_io_types=True,
+                op_block_list=[*DEFAULT_OP_BLOCK_LIST, *blocked],
+                node_block_list=list(out_of_range),
             )
             sort_topologically(converted.graph)
             onnx.checker.check_model(converted)
@@ -79,6 +208,15 @@ class Fp16Onnx:
         if blocked:
             ctx.notes.append(
                 f"fp16: kept {', '.join(blocked)} in float32 (no float16 CPU kernel in onnxruntime)"
+            )
+        if folded:
+            ctx.notes.append(f"fp16: folded {len(folded)} BatchNormalization node(s) into their Conv")
+        if out_of_range:
+            shown = "; ".join(f"{name} ({why})" for name, why in list(out_of_range.items())[:8])
+            more = f" and {len(out_of_range) - 8} more" if len(out_of_range) > 8 else ""
+            ctx.notes.append(
+                f"fp16: kept {len(out_of_range)} node(s) in float32, their values exceed float16's range "
+                f"(max {FP16_MAX:g}): {shown}{more}"
             )
         out = ctx.work_dir / "model.onnx"
         onnx.save(converted, str(out))

@@ -122,14 +122,24 @@ def onnx_layer_errors(fp32_model: Any, qdq_path: Path, data: TensorSet, count: i
     """Compare every compute node's output of the QDQ model (run with exact int8 semantics) with fp32."""
     import onnx
 
+    from edgefleet.converter.steps.float_rules import Graph
+
     qdq = onnx.load(str(qdq_path))
     produced = {out for node in qdq.graph.node for out in node.output}
+    # Nodes computing only on shapes and constants (a Reshape's target shape, anchor grids) carry no
+    # quantization error of their own: ranking them would send mixed precision after them.
+    live = Graph(fp32_model).value_dependent()
     fp32_producer = {out: node for node in fp32_model.graph.node for out in node.output}
     graph_inputs = [i.name for i in fp32_model.graph.input if i.name in data.inputs]
     layers: list[_Layer] = []
     producer_of: dict[str, str] = {}
     for node in qdq.graph.node:
-        if node.op_type in _SKIPPED_ONNX_OPS or not node.output or node.output[0] not in fp32_producer:
+        if (
+            node.op_type in _SKIPPED_ONNX_OPS
+            or not node.output
+            or node.output[0] not in fp32_producer
+            or node.output[0] not in live
+        ):
             continue
         tensor = node.output[0]
         observed = tensor + _DQ_SUFFIX if tensor + _DQ_SUFFIX in produced else tensor
@@ -285,7 +295,10 @@ def measure_layer_errors(ctx: ConversionContext) -> list[LayerError]:
             calibrated_model_path(ctx).read_bytes(), path, translation, data, LAYER_ERROR_SAMPLES
         )
     else:
+        from edgefleet.converter.steps.quantize_onnx import rule_float_nodes
+
         errors = onnx_layer_errors(ctx.need(ctx.model, "the source model"), path, data, LAYER_ERROR_SAMPLES)
+        return mark_float(errors, [*ctx.float_layers, *rule_float_nodes(ctx)])
     return mark_float(errors, ctx.float_layers)
 
 

@@ -1,10 +1,11 @@
 """The accuracy budget: measure the artifact's accuracy drop against fp32 and, when it is over budget, keep
 the layers that lose the most in float (where the target can run float ops) until the budget holds.
 
-The search is greedy and adaptive: quantize, compare fp32 and quantized activations layer by layer, keep
-the layer with the largest SQNR loss in float, re-quantize, re-measure. A layer already in float that still
-loses SQNR is losing it to its quantized inputs, so its feeding layers go next. When the budget holds, each
-chosen layer is tried back in int8 (most recent first) so the result keeps as few float layers as it can.
+The search ranks once and bisects: fp32 and quantized activations are compared layer by layer on the
+full-INT8 artifact, the layers are ranked by the SQNR they lose (each followed by the layers feeding it),
+and the number of top-ranked layers kept in float is searched by galloping and bisection, one
+re-quantization and score per probe (precision_search). Only a failed gallop probe is measured again (a
+large early error hides the loss of later layers); larger results are trimmed by a few more probes.
 Targets without float fallback (Edge TPU) get the culprit layers named instead.
 """
 
@@ -17,13 +18,18 @@ from pydantic import BaseModel, ConfigDict
 
 from edgefleet.contract.profiles import Precision
 from edgefleet.converter.context import ConversionContext, Step
+from edgefleet.converter.fidelity.custom import CustomMetricOutcome
+from edgefleet.converter.fidelity.judge import Judgement
 from edgefleet.converter.steps.evaluate import (
-    OutputMetrics,
     accuracy_scorer,
+    budget_for,
+    fidelity_notes,
+    fidelity_plan,
     fp32_outputs,
-    score_outputs,
 )
+from edgefleet.converter.steps.evaluate import score as score_artifact
 from edgefleet.converter.steps.layer_error import LayerError, measure_layer_errors
+from edgefleet.converter.steps.precision_search import rank_layers, search_float_layers
 
 MAX_FLOAT_LAYERS = 10  # beyond this the model needs better calibration data or QAT, not more float layers
 MIN_LOSS_DB = 0.5  # a layer losing less SQNR than this is not worth keeping in float
@@ -34,8 +40,21 @@ class MixedPrecisionAttempt(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     float_layers: list[str]  # layers kept in float in this attempt (empty: all int8)
-    drop_points: float
+    drop_points: float | None  # the largest drop among outputs judged in points (null: none is)
     met: bool
+    sqnr_db: float | None = None  # the lowest SQNR among outputs judged in dB (null: none is)
+    badness: float | None = None  # how far the worst output is over its bound (points/dB); <= 0: within
+
+    @classmethod
+    def of(cls, float_layers: list[str], judgement: Judgement) -> MixedPrecisionAttempt:
+        """The record of one scored attempt (what the search keeps; judgement.met says if it holds)."""
+        return cls(
+            float_layers=list(float_layers),
+            drop_points=judgement.drop_points,
+            met=judgement.met,
+            sqnr_db=judgement.sqnr_db,
+            badness=judgement.badness,
+        )
 
 
 class BudgetOutcome(BaseModel):
@@ -47,52 +66,26 @@ class BudgetOutcome(BaseModel):
     source: Literal["request", "profile"]
     checked: bool  # false without an evaluation set
     met: bool  # true when unchecked (nothing to hold the artifact against)
-    drop_points: float | None  # the artifact's first-output drop (top-1 or top-1 agreement), points
-    metric: Literal["top1", "top1_agreement"] | None
+    drop_points: float | None  # the largest drop among outputs judged in points
+    metric: str | None  # the measure that decided (the worst output's: top1, sqnr, detection_f1...; custom)
     float_fallback_allowed: bool
     float_layers: list[str]  # layers the artifact keeps in float
     culprits: list[str]  # the layers losing the most SQNR (named when the budget is not met)
     attempts: list[MixedPrecisionAttempt]
     message: str
+    # Outputs judged in dB (SQNR against fp32), the user's hook, and which measures judged, in words.
+    min_sqnr_db: float | None = None
+    sqnr_source: Literal["request", "default"] | None = None
+    sqnr_db: float | None = None  # the lowest SQNR among outputs judged in dB
+    judged_by: str | None = None
+    custom_metric: CustomMetricOutcome | None = None
+    fidelity_notes: list[str] = []  # said plainly: outputs SQNR judged for want of a kind, unused labels
 
 
 def budget_points(ctx: ConversionContext) -> tuple[float, Literal["request", "profile"]]:
     if ctx.request.max_drop is not None:
         return ctx.request.max_drop, "request"
     return ctx.profile.max_accuracy_drop_points, "profile"
-
-
-def next_float_layers(errors: list[LayerError], chosen: list[str]) -> list[LayerError]:
-    """The next layer(s) to keep in float: the biggest SQNR loss among int8 layers; if the biggest loss is
-    in a layer already in float, the nearest int8 layers feeding it (the loss comes in with their
-    rounding: e.g. one huge channel in a per-tensor scale crushes the others before the float layer)."""
-    by_name = {e.layer: e for e in errors}
-    for error in sorted(errors, key=lambda e: e.loss_db, reverse=True):
-        if error.loss_db < MIN_LOSS_DB:
-            return []
-        if error.layer not in chosen:
-            return [error]
-        feeders = _nearest_int8_feeders(error, by_name, set(chosen))
-        if feeders:
-            return feeders
-    return []
-
-
-def _nearest_int8_feeders(
-    error: LayerError, by_name: dict[str, LayerError], chosen: set[str]
-) -> list[LayerError]:
-    found: dict[str, LayerError] = {}
-    pending, seen = list(error.inputs), set()
-    while pending:
-        name = pending.pop(0)
-        if name in seen or name not in by_name:
-            continue
-        seen.add(name)
-        if name in chosen:
-            pending += by_name[name].inputs
-        else:
-            found[name] = by_name[name]
-    return list(found.values())
 
 
 def _culprits(errors: list[LayerError]) -> list[str]:
@@ -124,7 +117,8 @@ class EnforceBudget:
         self.describe = describe
 
     def run(self, ctx: ConversionContext) -> None:
-        budget, source = budget_points(ctx)
+        limits = budget_for(ctx)
+        budget, source = limits.max_drop_points, limits.drop_source
         allowed = (
             ctx.profile.artifact.allow_float_fallback and ctx.profile.artifact.precision is Precision.INT8
         )
@@ -133,6 +127,8 @@ class EnforceBudget:
             base: dict[str, object] = {
                 "max_drop_points": budget,
                 "source": source,
+                "min_sqnr_db": limits.min_sqnr_db,
+                "sqnr_source": limits.sqnr_source,
                 "float_fallback_allowed": allowed,
                 "float_layers": [],
                 "culprits": [],
@@ -152,59 +148,66 @@ class EnforceBudget:
             return
         data = ctx.eval
         reference = fp32_outputs(ctx, data)
+        plan = fidelity_plan(ctx, reference)
+        judgements: list[Judgement] = []
 
-        def score() -> OutputMetrics:
+        def score() -> Judgement:
+            """Every output of the current artifact held to its bound (the search's one question)."""
             path = ctx.need(ctx.artifact_path, "the artifact")
-            return score_outputs(ctx, accuracy_scorer(ctx, path), data, reference)[0]
+            judgements.append(score_artifact(ctx, accuracy_scorer(ctx, path), data, reference, plan))
+            return judgements[-1]
+
+        def measured(judgement: Judgement) -> dict[str, object]:
+            return {
+                "metric": judgement.metric,
+                "drop_points": judgement.drop_points,
+                "sqnr_db": judgement.sqnr_db,
+                "judged_by": judgement.judged_by,
+                "custom_metric": judgement.custom,
+            }
 
         first = score()
-        attempts = [MixedPrecisionAttempt(float_layers=[], drop_points=first.drop_points, met=False)]
-        common = {"checked": True, "metric": first.metric, "attempts": attempts}
-        if first.drop_points <= budget:
-            attempts[0].met = True
-            ctx.budget = outcome(
-                **common,
-                met=True,
-                drop_points=first.drop_points,
-                message=f"accuracy drop {first.drop_points:.2f} points is within the budget of {budget:.2f}",
-            )
+        attempts = [MixedPrecisionAttempt.of([], first)]
+        common = {"checked": True, "attempts": attempts, "fidelity_notes": fidelity_notes(plan, first, data)}
+        if first.met:
+            message = f"within budget: {first.message}"
+            ctx.budget = outcome(**common, **measured(first), met=True, message=message)
             return
-        over = (
-            f"accuracy drops {first.drop_points:.2f} points, more than the budget of {budget:.2f} ({source})"
-        )
+        over = f"over budget: {first.message}"
         if ctx.profile.artifact.precision is not Precision.INT8:
-            ctx.budget = outcome(**common, met=False, drop_points=first.drop_points, message=over)
+            ctx.budget = outcome(**common, **measured(first), met=False, message=over)
             return
         errors = measure_layer_errors(ctx)
         culprits = _culprits(errors)
         if not allowed:
             ctx.budget = outcome(
                 **common,
+                **measured(first),
                 met=False,
-                drop_points=first.drop_points,
                 culprits=culprits,
                 message=f"{over}; profile '{ctx.profile.name}' cannot run layers in float, and the layers "
                 f"losing the most are {_describe(errors, culprits)}",
             )
             return
         chosen, final, met = self._search(ctx, errors, score, attempts, budget)
-        drop = attempts[-1].drop_points if met else first.drop_points
-        best = min(a.drop_points for a in attempts)
+        # _search leaves the artifact built from its last scored attempt when met, else back in full int8.
+        result = judgements[-1] if met else first
+        best = min(judgements, key=lambda j: j.badness)
         if met:
             message = (
-                f"{over} in full int8; keeping {len(final)} layer(s) in float brings it to {drop:.2f}: "
-                f"{_describe(errors, final)}"
+                f"{over} in full int8; keeping {len(final)} layer(s) in float brings it within budget "
+                f"({result.message}): {_describe(errors, final)}"
             )
             ctx.notes.append(f"mixed precision: {message}")
         else:
             message = (
-                f"{over}; keeping up to {len(chosen)} layer(s) in float got it to {best:.2f} at best; the "
-                f"layers losing the most are {_describe(errors, culprits)}"
+                f"{over}; keeping up to {len(chosen)} layer(s) in float got it to {best.message} at best; "
+                f"the layers losing the most are {_describe(errors, culprits)}"
             )
         ctx.budget = outcome(
             **common,
+            **measured(result),
             met=met,
-            drop_points=drop,
             float_layers=final,
             culprits=[] if met else culprits,
             message=message,
@@ -214,11 +217,12 @@ class EnforceBudget:
         self,
         ctx: ConversionContext,
         errors: list[LayerError],
-        score: Callable[[], OutputMetrics],
+        score: Callable[[], Judgement],
         attempts: list[MixedPrecisionAttempt],
         budget: float,
     ) -> tuple[list[str], list[str], bool]:
-        """(every layer tried, the float layers of the result, budget met)."""
+        """(every layer tried, the float layers of the result, budget met). `score()` judges the current
+        artifact: `.met` (every output within its bound) and `.badness` (how far over; lower is better)."""
         nodes = {e.layer: e.nodes for e in errors}
 
         def attempt(layers: list[str]) -> bool:
@@ -227,34 +231,24 @@ class EnforceBudget:
                 ctx.detail(f"mixed precision: trying {len(layers)} layer(s) in float")
             self.requantize.run(ctx)
             self.describe.run(ctx)
-            drop = score().drop_points
-            attempts.append(
-                MixedPrecisionAttempt(float_layers=list(layers), drop_points=drop, met=drop <= budget)
-            )
-            return drop <= budget
+            judgement = score()
+            attempts.append(MixedPrecisionAttempt.of(layers, judgement))
+            return judgement.met
 
-        chosen: list[str] = []
-        met = False
-        while len(chosen) < MAX_FLOAT_LAYERS:
-            picks = next_float_layers(errors, chosen)
-            if not picks:
-                break
-            chosen += [p.layer for p in picks]
-            met = attempt(chosen)
-            if met:
-                break
-            errors = measure_layer_errors(ctx)
-            nodes |= {e.layer: e.nodes for e in errors}
-        if not met:  # leave the full-int8 artifact, the one the culprits were named for
+        # A sensitivity ranking from the full-int8 measurement, searched by galloping and bisection: a probe
+        # is one re-quantization and one score (precision_search). Only after a failed gallop probe is the
+        # artifact measured again (a large early error hides the loss of later layers).
+        cap = max(MAX_FLOAT_LAYERS, len(errors) // 5)
+
+        def rerank(kept: list[str]) -> list[str]:
+            again = measure_layer_errors(ctx)
+            nodes.update({e.layer: e.nodes for e in again})
+            return [*kept, *(n for n in rank_layers(again, MIN_LOSS_DB, cap) if n not in kept)]
+
+        found = search_float_layers(rank_layers(errors, MIN_LOSS_DB, cap), attempt, rerank=rerank)
+        if not found.met:  # leave the full-int8 artifact, the one the culprits were named for
             ctx.float_layers = []
             self.requantize.run(ctx)
             self.describe.run(ctx)
-            return chosen, [], False
-        final = list(chosen)
-        for layer in reversed(chosen[:-1]):  # the last pick made the difference; try dropping earlier ones
-            trial = [name for name in final if name != layer]
-            if attempt(trial):
-                final = trial
-        if not attempts[-1].met or attempts[-1].float_layers != final:
-            attempt(final)  # leave the artifact built with the final choice
-        return chosen, final, True
+            return found.tried, [], False
+        return found.tried, found.float_layers, True

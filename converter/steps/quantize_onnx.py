@@ -11,7 +11,9 @@ from edgefleet.converter.steps.calibration_ranges import (
     calibration_method,
     onnx_range_overrides,
     onnxruntime_calibration,
+    tensor_peaks,
 )
+from edgefleet.converter.steps.float_rules import describe_rules, float_by_rule
 
 MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) need opset 13
 CALIBRATION_BATCH = 32
@@ -30,9 +32,29 @@ def ensure_opset(model, minimum: int):  # type: ignore[no-untyped-def]
     return converted
 
 
+def rule_float_nodes(ctx: ConversionContext) -> dict[str, str]:
+    """Nodes kept in float by rule (float_rules: heads, normalisations, shape math) where the target runs
+    float ops; {} for targets that need every op in int8."""
+    if not ctx.profile.artifact.allow_float_fallback:
+        return {}
+    model = ctx.need(ctx.model, "the source model")
+    calib = ctx.calib
+
+    def peaks(names: list[str]) -> dict[str, float]:
+        return tensor_peaks(model, calib, names) if calib is not None else {}
+
+    # Mixed precision re-quantizes many times and alternatives share the model: decide once (the cache is
+    # shared with the copies of the context that build alternative artifacts).
+    key = f"float-rules:{ctx.request.model}:{ctx.request.calib}"
+    if key not in ctx.calibration_ranges:
+        ctx.calibration_ranges[key] = float_by_rule(model, peaks)
+    return dict(ctx.calibration_ranges[key])
+
+
 class QuantizeOnnx:
     """QDQ INT8, per-channel weights, calibrated on the calibration set with the request's method; the
-    nodes in ctx.float_layers (mixed precision) are left unquantized.
+    nodes in ctx.float_layers (mixed precision) and, where the target runs float ops, the numerically
+    sensitive nodes float_rules names are left unquantized.
 
     Flavor 'ort': asymmetric uint8 activations (fastest in onnxruntime on CPUs).
     Flavor 'tensorrt': symmetric int8 activations and weights (zero point 0), float bias: the form
@@ -64,6 +86,7 @@ class QuantizeOnnx:
             activation_type = QuantType.QUInt8
             extra = {}
         calib = ctx.need(ctx.calib, "calibration data")
+        by_rule = rule_float_nodes(ctx)
         overrides = onnx_range_overrides(ctx)
         if overrides:
             extra = {**extra, "TensorQuantOverrides": overrides}
@@ -81,10 +104,13 @@ class QuantizeOnnx:
                 weight_type=QuantType.QInt8,
                 calibrate_method=onnxruntime_calibration(calibration_method(ctx)),
                 extra_options=extra,
-                nodes_to_exclude=list(ctx.float_layers),
+                nodes_to_exclude=list(dict.fromkeys([*by_rule, *ctx.float_layers])),
             )
         finally:
             logging.disable(logging.NOTSET)
+        note = f"int8: kept {len(by_rule)} node(s) in float by rule: {describe_rules(by_rule)}"
+        if by_rule and note not in ctx.notes:  # mixed precision re-runs this step
+            ctx.notes.append(note)
         drop_unused_initializers(out)
         onnx.checker.check_model(str(out))
         ctx.artifact_path = out

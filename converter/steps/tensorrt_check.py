@@ -84,10 +84,32 @@ class _QdqRules:
                 "per tensor",
             )
 
+    def _quantized_at_run_time(self, weight_dq: Any) -> bool:
+        """A weight DequantizeLinear fed by a QuantizeLinear of a constant tensor: the quantizer took the
+        weight (a Constant node's output) for an activation, so the artifact quantizes it on every run."""
+        if (
+            weight_dq is None
+            or weight_dq.op_type != "DequantizeLinear"
+            or weight_dq.input[0] in self.constants
+        ):
+            return False
+        quantize = self.producers.get(weight_dq.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear":
+            return False
+        source = self.producers.get(quantize.input[0])
+        return quantize.input[0] in self.constants or (source is not None and source.op_type == "Constant")
+
     def check_layer(self, node: Any) -> None:
         """A Conv/ConvTranspose/Gemm/MatMul: weights per output channel, bias left in float."""
         weight_dq = self.producers.get(node.input[1]) if len(node.input) > 1 else None
-        if (
+        if self._quantized_at_run_time(weight_dq):
+            self.flag(
+                "per-channel-weights",
+                weight_dq,
+                f"weights of '{_label(node)}' are quantized at run time with one scale (they are not an "
+                "initializer: e.g. a Constant node); TensorRT wants int8 weights stored per output channel",
+            )
+        elif (
             weight_dq is not None
             and weight_dq.op_type == "DequantizeLinear"
             and weight_dq.input[0] in self.constants

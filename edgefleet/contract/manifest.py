@@ -52,11 +52,31 @@ class FileEntry(_Model):
 
 
 class AccuracyMetrics(_Model):
+    """How close the artifact is to the fp32 model on the evaluation set, for one headline output.
+
+    `metric` keeps the two values every reader accepts: 'top1' (against labels) or 'top1_agreement'
+    (against the fp32 model's own outputs). Converters that measure outputs by their kind add `measure`
+    (detection F1, mask IoU, CTC string equality, SQNR, ...) and `unit`; readers that know them use them.
+    """
+
     metric: Literal["top1", "top1_agreement"]
     samples: int
     fp32: float | None = Field(description="percent; null for top1_agreement (fp32 agrees with itself)")
-    artifact: float
-    drop_points: float
+    artifact: float = Field(description="the measure's value, in `unit`")
+    drop_points: float = Field(description="points lost vs fp32 for percentage measures; 0 for dB measures")
+    # Added with per-output measures; optional, so manifests of older converters still read.
+    measure: str | None = Field(
+        default=None,
+        description="what `artifact` measures: top1, top1_agreement, detection_f1, mask_iou, "
+        "ctc_string_equality or sqnr; null: as `metric` says",
+    )
+    unit: Literal["%", "dB"] = "%"
+    output: str | None = Field(default=None, description="the model output measured")
+    sqnr_db: float | None = Field(default=None, description="that output's SQNR against fp32, dB")
+    judged_by: str | None = Field(
+        default=None, description="the measure(s) that judged the accuracy budget, over every output"
+    )
+    within_budget: bool | None = Field(default=None, description="every output within its budget")
 
 
 class ConversionMetrics(_Model):

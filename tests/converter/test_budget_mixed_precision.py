@@ -26,8 +26,6 @@ from edgefleet.contract.bundle import extract_bundle
 from edgefleet.contract.signing import load_public_key
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.pipeline import ConversionResult, convert
-from edgefleet.converter.steps.layer_error import GRAPH_INPUT, LayerError
-from edgefleet.converter.steps.mixed_precision import next_float_layers
 
 OUTLIER_SCALE = 1000.0
 PLANTED = {"/features/features.2/Conv", "/features/features.5/Conv"}  # the scaled conv and its consumer
@@ -182,26 +180,3 @@ def test_a_larger_max_drop_accepts_the_coral_artifact(
     budget = result.report.budget
     assert budget.met and budget.source == "request" and budget.max_drop_points == 100
     assert budget.float_layers == [] and result.bundle_path.is_file()
-
-
-def _layer(name: str, loss: float, inputs: list[str], kept: bool = False) -> LayerError:
-    return LayerError(
-        layer=name, nodes=[name], op="Conv", sqnr_db=30.0, loss_db=loss, inputs=inputs, kept_float=kept
-    )
-
-
-def test_next_float_layer_is_the_biggest_loss_among_int8_layers() -> None:
-    errors = [_layer("a", 3.0, [GRAPH_INPUT]), _layer("b", 9.0, ["a"]), _layer("c", 0.1, ["b"])]
-    assert [e.layer for e in next_float_layers(errors, [])] == ["b"]
-    assert [e.layer for e in next_float_layers(errors, ["b"])] == ["a"]  # b still loses: its int8 input
-    assert next_float_layers([_layer("a", 0.2, [GRAPH_INPUT])], []) == []  # nothing worth keeping float
-
-
-def test_a_float_layer_still_losing_walks_up_to_the_nearest_int8_feeders() -> None:
-    errors = [
-        _layer("conv2", 0.5, ["conv1"]),
-        _layer("pool", -1.0, ["conv2"]),
-        _layer("conv3", 40.0, ["pool"]),
-        _layer("conv1", 0.1, [GRAPH_INPUT]),
-    ]
-    assert [e.layer for e in next_float_layers(errors, ["conv3", "pool"])] == ["conv2"]

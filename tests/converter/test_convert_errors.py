@@ -14,7 +14,13 @@ from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.errors import InputDataError, ModelError, UnsupportedTargetError
 from edgefleet.converter.pipeline import convert
 
-CHEAP_STEPS = {"load model", "load calibration data", "load evaluation data", "load signing key"}
+CHEAP_STEPS = {
+    "load model",
+    "load calibration data",
+    "load evaluation data",
+    "check fidelity options",
+    "load signing key",
+}
 
 
 def _convert_expecting(error: type[EdgefleetError], request: ConversionRequest, match: str) -> None:

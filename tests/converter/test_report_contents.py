@@ -70,6 +70,8 @@ def test_report_covers_every_artifact_output_and_layer(
     for conv in [n for n in onnx_nodes if n.endswith("/Conv")]:
         assert conv in layer_names  # each conv is a layer, fused Relu listed with it
     assert report.budget is not None and report.budget.checked and report.budget.met
+    assert (logits.kind, logits.kind_source, logits.within_budget) == ("classification", "shape", True)
+    assert report.budget.judged_by == "top-1 vs labels on 'logits'" and report.budget.metric == "top1"
     assert report.calibration.samples == 200 and report.evaluation_samples == 360
     assert "quantize tflite (full int8)" in report.step_seconds
 

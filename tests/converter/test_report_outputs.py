@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edgefleet.converter.steps.evaluate import output_metrics
+from edgefleet.converter.fidelity.outputs import measure_output
 from edgefleet.converter.steps.layer_error import MAX_SQNR_DB, sqnr_db
 
 
@@ -16,7 +16,7 @@ def test_top1_with_labels_and_agreement_and_sqnr() -> None:
     artifact = fp32.copy()
     artifact[3] = [0.4, 0.6]  # one prediction flips
     labels = np.array([1, 0, 1, 0])
-    metrics = output_metrics("logits", fp32, artifact, labels)
+    metrics = measure_output("logits", "classification", fp32, artifact, labels)
     assert (metrics.metric, metrics.fp32, metrics.artifact) == ("top1", 100.0, 75.0)
     assert metrics.drop_points == 25.0 and metrics.agreement == 75.0
     noise = float(np.sum((fp32 - artifact) ** 2))
@@ -26,7 +26,7 @@ def test_top1_with_labels_and_agreement_and_sqnr() -> None:
 def test_without_labels_the_drop_is_the_disagreement() -> None:
     fp32 = np.eye(4, dtype=np.float32)
     artifact = fp32[[0, 1, 2, 0]]
-    metrics = output_metrics("scores", fp32, artifact, None)
+    metrics = measure_output("scores", "classification", fp32, artifact, None)
     assert (metrics.metric, metrics.fp32, metrics.artifact, metrics.drop_points) == (
         "top1_agreement",
         None,

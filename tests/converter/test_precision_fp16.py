@@ -1,0 +1,71 @@
+"""FP16 that holds: BatchNorms folded into their Convs before casting, and nodes whose weights or calibrated
+values exceed float16's range kept in float32 by name (the summary names them).
+
+Measured here (jetson-nano): Conv + BatchNorm with running variance 1e8: output SQNR -29.5 dB with a plain
+float16 cast -> ~70 dB; a ReLU activation reaching ~1e6 (weights 1e6, clipped too): 31 dB -> 100 dB (capped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import real_graphs
+import torch
+from onnxruntime.transformers.float16 import convert_float_to_float16
+from test_precision_int8 import build_artifact
+
+from edgefleet.converter.context import ConversionRequest
+from edgefleet.converter.steps.fp16_onnx import fold_batchnorm
+from edgefleet.converter.steps.layer_error import sqnr_db
+from edgefleet.converter.steps.runners import OnnxRunner
+
+
+def _plain_fp16_sqnr(model: onnx.ModelProto, data: np.ndarray) -> float:
+    cast = convert_float_to_float16(model, keep_io_types=True)
+    reference = OnnxRunner(model.SerializeToString()).run([data])[0]
+    return sqnr_db(reference, OnnxRunner(cast.SerializeToString()).run([data])[0])
+
+
+def _convert(
+    make_request: Callable[..., ConversionRequest], model: Path, data: np.ndarray, tmp_path: Path
+) -> tuple[float, list[str]]:
+    calib, evaluation = real_graphs.save_sets(tmp_path / "data", data[:32], data[32:])
+    request = make_request("jetson-nano", model=model, calib=calib, eval=evaluation, out=tmp_path / "out")
+    ctx = build_artifact(request, tmp_path / "work")
+    artifact = OnnxRunner(ctx.need(ctx.artifact_path, "artifact")).run([data[32:]])[0]
+    return sqnr_db(OnnxRunner(model).run([data[32:]])[0], artifact), ctx.notes
+
+
+def test_batchnorm_variance_beyond_fp16_is_folded_into_the_conv(
+    make_request: Callable[..., ConversionRequest], tmp_path: Path
+) -> None:
+    data = real_graphs.image_data(64, 16)
+    model = real_graphs.bn_overflow(variance=1e8)
+    path = tmp_path / "bn.onnx"
+    onnx.save(model, str(path))
+    assert _plain_fp16_sqnr(model, data[32:]) < 0  # the variance clips to 65504: garbage
+    folded, names = fold_batchnorm(model)
+    assert names == ["/bn/BatchNormalization"]
+    assert [n.op_type for n in folded.graph.node][:2] == ["Conv", "Relu"]
+    sqnr, notes = _convert(make_request, path, data, tmp_path)
+    print(f"BatchNorm variance 1e8: fp16 output SQNR -> {sqnr:.1f} dB")
+    assert sqnr > 40
+    assert any("folded 1 BatchNormalization" in note for note in notes)
+
+
+def test_activations_beyond_fp16_stay_float32_and_are_named(
+    make_request: Callable[..., ConversionRequest], tmp_path: Path
+) -> None:
+    data = real_graphs.image_data(64, 16)
+    path = real_graphs.export(
+        real_graphs.activation_overflow(gain=1e6), torch.from_numpy(data[:1]), tmp_path / "act.onnx"
+    )
+    plain = _plain_fp16_sqnr(onnx.load(str(path)), data[32:])
+    sqnr, notes = _convert(make_request, path, data, tmp_path)
+    print(f"activations past 65504: fp16 output SQNR {plain:.1f} -> {sqnr:.1f} dB")
+    assert sqnr > max(40, plain + 20)
+    kept = next(note for note in notes if "exceed float16's range" in note)
+    assert "/0/Conv" in kept and "/2/Conv" in kept  # the producer and the consumer of the large tensor
