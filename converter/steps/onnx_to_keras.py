@@ -23,8 +23,9 @@ NCHW_TO_NHWC = [0, 2, 3, 1]
 SUPPORTED_OPS = (
     "1D/2D Conv (grouped, depthwise), ConvTranspose, pooling, BatchNormalization, LayerNormalization, "
     "Gemm, MatMul (also of two tensors), elementwise arithmetic and activations (incl. HardSwish, "
-    "HardSigmoid, PRelu, Erf, Gelu), Softmax, Reduce*, Reshape, Transpose, Squeeze, Unsqueeze, Flatten, "
-    "Concat, Split, Slice, Gather, Pad, Resize, Expand, If on a constant, and shape arithmetic on constants"
+    "HardSigmoid, PRelu, Gelu and its Erf form), Softmax, Reduce*, Reshape, Transpose, Squeeze, Unsqueeze, "
+    "Flatten, Concat, Split, Slice, Gather, Pad, Resize, Expand, If on a constant, and shape arithmetic on "
+    "constants"
 )
 # Max |keras - onnx| relative to the output range above which the translation is considered wrong.
 MAX_RELATIVE_DEVIATION = 1e-3
@@ -136,7 +137,6 @@ def _unary_ops() -> dict[str, Callable[[Any, dict[str, Any]], Callable[[Any], An
         "Neg": simple("math.negative"),
         "Sqrt": simple("math.sqrt"),
         "Reciprocal": simple("math.reciprocal"),
-        "Erf": simple("math.erf"),
         "Floor": simple("math.floor"),
         "Ceil": simple("math.ceil"),
         "Round": simple("math.round"),
@@ -183,6 +183,9 @@ class _Translator:
         self.consts: dict[str, np.ndarray] = {
             init.name: onnx.numpy_helper.to_array(init) for init in self.model.graph.initializer
         }
+        for node in self.model.graph.node:  # known up front: patterns (GELU) look at constants further on
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                self.consts[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
         self.values: dict[str, _Value] = {}
         self.consumers: dict[str, list[Any]] = {}
         for node in self.model.graph.node:
@@ -200,6 +203,7 @@ class _Translator:
         self.handlers: dict[str, Callable[[Any], None]] = {
             **dict.fromkeys(UNARY_OPS, self._unary),
             "HardSwish": self._hard_swish,
+            "Erf": self._erf,
             **binary,
             "Conv": self._conv,
             "ConvTranspose": self._conv_transpose,
@@ -833,6 +837,8 @@ class _Translator:
     # --- elementwise arithmetic --------------------------------------------------------------------
     def _binary(self, node: Any) -> None:
         tf = self.tf
+        if self._gelu(node):
+            return
         if len(node.input) != 2:
             raise self._unsupported(node, "only two operands are supported")
         fns: dict[str, Callable[[Any, Any], Any]] = {
@@ -868,6 +874,44 @@ class _Translator:
         if node.op_type == "Mul" and not self.fuse_hard_swish and node.input[1] in self.relu6_outputs:
             ta, tb = tb, ta  # x * relu6(x + 3) written relu6-first: see fuse_hard_swish
         self._set(node, _Value(self._apply(node, op, ta, tb), layout, chw))
+
+    def _gelu(self, node: Any) -> bool:
+        """GELU written with Erf, as torch exports nn.GELU: x * (erf(x / sqrt 2) + 1) * 0.5 becomes one
+        GELU op (TFLite has no ERF builtin; GELU has an int8 kernel)."""
+        if node.op_type not in ("Div", "Mul") or node.input[1] not in self.consts:
+            return False
+        scale = self.consts[node.input[1]].astype(np.float64).reshape(-1)
+        want = np.sqrt(2.0) if node.op_type == "Div" else 1 / np.sqrt(2.0)
+        if scale.size != 1 or not np.isclose(scale[0], want, rtol=1e-3):
+            return False
+        x_name = node.input[0]
+        erf = self._sole_consumer(node.output[0], "Erf")
+        add = erf and self._sole_consumer(erf.output[0], "Add")
+        mul = add and self._sole_consumer(add.output[0], "Mul")
+        half = mul and self._sole_consumer(mul.output[0], "Mul")
+        if not (erf and add and mul and half) or x_name not in mul.input:
+            return False
+        one = next((self.consts.get(n) for n in add.input if n in self.consts), None)
+        half_c = next((self.consts.get(n) for n in half.input if n in self.consts), None)
+        if one is None or half_c is None or one.size != 1 or half_c.size != 1:
+            return False
+        if not (np.isclose(float(one.reshape(-1)[0]), 1.0) and np.isclose(float(half_c.reshape(-1)[0]), 0.5)):
+            return False
+        x = self._value(node, x_name)
+        tf = self.tf
+        fused = (erf, add, mul, half)
+        self.fused.update(id(n) for n in fused)
+        result = self._apply(
+            node, lambda t: tf.nn.gelu(t, approximate=False), x.tensor, name=self._name(node, *fused)
+        )
+        self._set(node, _Value(result, x.layout, x.chw), half.output[0])
+        return True
+
+    def _erf(self, node: Any) -> None:
+        raise self._unsupported(
+            node,
+            "TFLite has no ERF op; only GELU written with Erf (x * (erf(x / sqrt(2)) + 1) * 0.5) translates",
+        )
 
     def _power(self, exponent: float, const: np.ndarray) -> Callable[[Any], Any]:
         tf = self.tf
