@@ -4,6 +4,7 @@ float16 cannot hold (weights, calibrated activations beyond its range) stays flo
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -152,6 +153,58 @@ def _name_nodes(model: Any) -> None:
             taken.add(candidate)
 
 
+RECURRENT_OPS = {"GRU", "LSTM", "RNN"}
+# Loads the model in a child process: "ok" on stdout, or the child dies (a crash inside onnxruntime).
+_LOAD_PROBE = (
+    "import sys, onnxruntime as ort; "
+    "ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']); print('ok')"
+)
+
+
+def loads_without_crashing(path: Path) -> bool:
+    """Whether onnxruntime can open `path` without dying. onnxruntime 1.31's full graph optimisation
+    segfaults on some float16 graphs around recurrent ops (a GRU with float16 neighbours); a crash must
+    not take the converter down, and such an artifact would take the device's agent down."""
+    import subprocess
+    import sys
+
+    probe = subprocess.run(
+        [sys.executable, "-c", _LOAD_PROBE, str(path)], capture_output=True, text=True, check=False
+    )
+    return probe.returncode >= 0
+
+
+def drop_duplicate_casts(graph: Any) -> None:
+    """convert_float_to_float16 inserts one Cast per blocked consumer of a float16 tensor, all with the same
+    output name when several consumers are blocked; they compute the same value, so one stays."""
+    seen: set[tuple[str, str]] = set()
+    keep = []
+    for node in graph.node:
+        key = (node.input[0], node.output[0]) if node.op_type == "Cast" else None
+        if key is not None and key in seen:
+            continue
+        if key is not None:
+            seen.add(key)
+        keep.append(node)
+    if len(keep) != len(graph.node):
+        copies = [type(n)() for n in keep]
+        for copy, node in zip(copies, keep, strict=True):
+            copy.CopyFrom(node)
+        del graph.node[:]
+        graph.node.extend(copies)
+
+
+def recurrent_neighbourhood(model: Any, hops: int) -> list[str]:
+    """Names of the recurrent nodes and of the nodes up to `hops` edges away from them."""
+    chosen = {id(n): n for n in model.graph.node if n.op_type in RECURRENT_OPS}
+    for _ in range(hops):
+        touching = {name for n in chosen.values() for name in [*n.input, *n.output] if name}
+        for node in model.graph.node:
+            if touching.intersection([*node.input, *node.output]):
+                chosen[id(node)] = node
+    return [n.name for n in model.graph.node if id(n) in chosen]
+
+
 class Fp16Onnx:
     """Convert weights and activations to float16, keeping float32 I/O (Cast at the edges).
 
@@ -168,6 +221,7 @@ class Fp16Onnx:
 
     name = "convert onnx to fp16"
     max_attempts = 20
+    max_recurrent_hops = 3
 
     def run(self, ctx: ConversionContext) -> None:
         import onnx
@@ -182,15 +236,30 @@ class Fp16Onnx:
             ctx.detail("fp16: value ranges of every tensor on the calibration data")
         out_of_range = out_of_range_nodes(source, observed_ranges(source, ctx.need(ctx.calib, "calibration")))
         blocked: list[str] = []
+        kept_recurrent: list[str] = []
+        hops = 0
+        out = ctx.work_dir / "model.onnx"
         for _ in range(self.max_attempts):
             converted = convert_float_to_float16(
                 source,
                 keep_io_types=True,
                 op_block_list=[*DEFAULT_OP_BLOCK_LIST, *blocked],
-                node_block_list=list(out_of_range),
+                node_block_list=[*out_of_range, *kept_recurrent],
             )
+            drop_duplicate_casts(converted.graph)
             sort_topologically(converted.graph)
             onnx.checker.check_model(converted)
+            if any(n.op_type in RECURRENT_OPS for n in converted.graph.node):
+                onnx.save(converted, str(out))
+                if not loads_without_crashing(out):
+                    hops += 1
+                    if hops > self.max_recurrent_hops:
+                        raise ConversionError(
+                            "onnxruntime crashes loading the fp16 model even with its recurrent layers and "
+                            "their neighbours in float32; convert with --precision fp32 for this model"
+                        )
+                    kept_recurrent = recurrent_neighbourhood(source, hops)
+                    continue
             try:
                 ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
             except Exception as exc:
@@ -209,6 +278,11 @@ class Fp16Onnx:
             ctx.notes.append(
                 f"fp16: kept {', '.join(blocked)} in float32 (no float16 CPU kernel in onnxruntime)"
             )
+        if kept_recurrent:
+            ctx.notes.append(
+                f"fp16: kept {len(kept_recurrent)} node(s) around the recurrent layers in float32 "
+                "(onnxruntime crashes loading them in float16): " + ", ".join(kept_recurrent[:8])
+            )
         if folded:
             ctx.notes.append(f"fp16: folded {len(folded)} BatchNormalization node(s) into their Conv")
         if out_of_range:
@@ -218,7 +292,6 @@ class Fp16Onnx:
                 f"fp16: kept {len(out_of_range)} node(s) in float32, their values exceed float16's range "
                 f"(max {FP16_MAX:g}): {shown}{more}"
             )
-        out = ctx.work_dir / "model.onnx"
         onnx.save(converted, str(out))
         ctx.artifact_path = out
 
