@@ -69,3 +69,28 @@ def test_activations_beyond_fp16_stay_float32_and_are_named(
     assert sqnr > max(40, plain + 20)
     kept = next(note for note in notes if "exceed float16's range" in note)
     assert "/0/Conv" in kept and "/2/Conv" in kept  # the producer and the consumer of the large tensor
+
+
+def test_a_gru_whose_fp16_form_crashes_onnxruntime_keeps_its_neighbourhood_float32(
+    make_request: Callable[..., ConversionRequest], tmp_path: Path
+) -> None:
+    """onnxruntime 1.31 segfaults opening the plain float16 form of the corpus' audio GRU (a crash that would
+    take the converter, and on a device the agent, down): the converter probes the load in a child process
+    and keeps the GRU and the nodes around it in float32 until it loads."""
+    from edgefleet.converter.steps.fp16_onnx import loads_without_crashing
+
+    model = Path(__file__).parents[2] / "models" / "corpus" / "audio_gru.onnx"
+    plain = tmp_path / "plain_fp16.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(str(model)), keep_io_types=True), str(plain))
+    assert not loads_without_crashing(plain)  # the crash this guards against is real
+    data = np.random.default_rng(0).normal(0, 1, (48, 40, 100)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", log_mel=data[:32])
+    request = make_request(
+        "jetson-nano", model=model, calib=tmp_path / "calib.npz", eval=None, out=tmp_path / "out"
+    )
+    ctx = build_artifact(request, tmp_path / "work")
+    artifact = ctx.need(ctx.artifact_path, "artifact")
+    assert loads_without_crashing(artifact)
+    got = OnnxRunner(artifact).run([data[32:]])[0]
+    assert sqnr_db(OnnxRunner(model).run([data[32:]])[0], got) > 40
+    assert any("recurrent layers in float32" in note for note in ctx.notes)
