@@ -1,0 +1,48 @@
+"""Architectures people deploy, converted end to end: the repo's MobileNetV3-small (HardSwish, squeeze-excite,
+dynamic batch) for every built-in profile within the profile's default budget, on real photo crops."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgefleet.contract.profiles import list_profiles
+from edgefleet.converter.context import ConversionRequest
+from edgefleet.converter.pipeline import convert
+from edgefleet.reference_models.corpus_data import corpus_split
+
+MODEL = Path(__file__).parents[2] / "models" / "corpus" / "mobilenetv3_small.onnx"
+# One flipped prediction is worth 100/EVAL_SAMPLES points: 128 keeps it below the 1-point budgets.
+CALIB_SAMPLES, EVAL_SAMPLES = 64, 128
+
+
+@pytest.fixture(scope="module")
+def photo_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("mobilenetv3-data")
+    np.savez(folder / "calib.npz", **corpus_split("mobilenetv3_small", "calib", CALIB_SAMPLES))
+    np.savez(folder / "eval.npz", **corpus_split("mobilenetv3_small", "eval", EVAL_SAMPLES))
+    return folder / "calib.npz", folder / "eval.npz"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", [p.name for p in list_profiles()])
+def test_mobilenetv3_small_converts_for_every_profile_within_budget(
+    profile: str,
+    photo_sets: tuple[Path, Path],
+    make_request: Callable[..., ConversionRequest],
+    tmp_path: Path,
+) -> None:
+    calib, evaluation = photo_sets
+    result = convert(
+        make_request(profile, model=MODEL, calib=calib, eval=evaluation, out=tmp_path, name="mbv3")
+    )
+    assert result.bundle_path.is_file()
+    assert result.report is not None and result.report.budget is not None
+    assert result.report.budget.checked and result.report.budget.met
+    accuracy = result.metrics.accuracy
+    assert accuracy is not None and accuracy.metric == "top1"  # labels: which photo a crop comes from
+    assert accuracy.fp32 is not None and accuracy.fp32 > 80
+    assert result.inputs[0].float_shape[0] is None  # the source's batch axis is dynamic
