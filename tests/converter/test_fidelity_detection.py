@@ -53,7 +53,7 @@ def test_f1_is_full_for_the_same_boxes_and_for_small_jitter() -> None:
     jitter = yolo_head([(cx + 1, cy - 1, w, h, c, s - 0.05) for cx, cy, w, h, c, s in SCENE])[None]
     assert detection_f1(fp32, fp32)[0] == 100.0
     f1, detail = detection_f1(fp32, jitter)
-    assert f1 == 100.0 and "3 fp32 boxes, 3 artifact boxes, 3 matched" in detail
+    assert f1 == 100.0 and "3 fp32 boxes (3 found by the artifact), 3 artifact boxes (3 in fp32)" in detail
 
 
 def test_f1_drops_when_a_box_moves_or_changes_class_or_vanishes() -> None:
@@ -66,6 +66,14 @@ def test_f1_drops_when_a_box_moves_or_changes_class_or_vanishes() -> None:
     crushed = fp32.copy()
     crushed[:, 4:] = 0.0
     assert detection_f1(fp32, crushed)[0] == 0.0
+
+
+def test_a_score_crossing_the_threshold_by_a_rounding_step_is_not_a_lost_box() -> None:
+    fp32 = yolo_head([(20, 20, 10, 10, 0, 0.26)])[None]
+    just_under = yolo_head([(20, 20, 10, 10, 0, 0.24)])[None]
+    assert detection_f1(fp32, just_under)[0] == 100.0
+    far_under = yolo_head([(20, 20, 10, 10, 0, 0.15)])[None]  # a real loss: well below the margin
+    assert detection_f1(fp32, far_under)[0] == 0.0
 
 
 def test_f1_sums_over_samples_and_no_boxes_on_either_side_agrees() -> None:
