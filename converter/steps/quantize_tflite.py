@@ -22,7 +22,14 @@ import numpy as np
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.errors import ConversionError
 from edgefleet.converter.steps.calibration_ranges import calibration_method, rewrite_tflite_ranges
-from edgefleet.converter.steps.onnx_to_keras import KerasTranslation, import_keras, layer_names_in
+from edgefleet.converter.steps.float_rules import describe_rules
+from edgefleet.converter.steps.onnx_to_keras import (
+    KerasTranslation,
+    import_keras,
+    layer_names_in,
+    node_label,
+)
+from edgefleet.converter.steps.quantize_onnx import rule_float_nodes
 
 # int32 is allowed only where full-INT8 kernels take it: the bias of conv/FC ops, and the shape, axis, index
 # and size operands of the layout ops (constants computed at conversion time).
@@ -103,11 +110,7 @@ def name_io_tensors(flatbuffer: bytes, input_names: list[str], output_names: lis
     subgraph = model.subgraphs[0]
     signature = model.signatureDefs[0] if model.signatureDefs else None
     inputs = [m.tensorIndex for m in signature.inputs] if signature else list(subgraph.inputs)
-    outputs = (
-        [m.tensorIndex for m in sorted(signature.outputs, key=lambda m: int(m.name.rsplit(b"_", 1)[1]))]
-        if signature
-        else list(subgraph.outputs)
-    )
+    outputs = _ordered_outputs(model)
     if len(inputs) != len(input_names) or len(outputs) != len(output_names):
         raise ConversionError(
             f"the TFLite model has {len(inputs)} inputs/{len(outputs)} outputs, the source model "
@@ -122,10 +125,40 @@ def name_io_tensors(flatbuffer: bytes, input_names: list[str], output_names: lis
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def _ordered_outputs(model: object) -> list[int]:
+    """Output tensor indices in the source model's output order (Keras names them output_0, output_1...)."""
+    signature = model.signatureDefs[0] if model.signatureDefs else None  # type: ignore[attr-defined]
+    if signature is None:
+        return list(model.subgraphs[0].outputs)  # type: ignore[attr-defined]
+    return [m.tensorIndex for m in sorted(signature.outputs, key=lambda m: int(m.name.rsplit(b"_", 1)[1]))]
+
+
+def float_output_tensors(calibrated: bytes, source: object, layers: Iterable[str]) -> dict[str, str]:
+    """TFLite output tensor name -> ONNX output name, for the outputs whose ONNX producer is among `layers`:
+    the last op writes the graph output under the converter's own name, which carries no layer name."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    kept = set(layers)
+    graph = source.graph  # type: ignore[attr-defined]
+    producers = {output: node_label(node) for node in graph.node for output in node.output}
+    wanted = [i for i, value in enumerate(graph.output) if producers.get(value.name) in kept]
+    if not wanted:
+        return {}
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    tensors, order = model.subgraphs[0].tensors, _ordered_outputs(model)
+    return {tensors[order[i]].name.decode(): graph.output[i].name for i in wanted}
+
+
 def calibrated_model_path(ctx: ConversionContext) -> Path:
     """The calibrated float TFLite model (ranges recorded, calibration method applied): the float
     reference of the per-layer comparison and the input of every re-quantization."""
     return ctx.work_dir / f"calibrated-{calibration_method(ctx)}.tflite"
+
+
+def _output_tensor_names(model: bytes) -> list[str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return [detail["name"] for detail in Interpreter(model_content=model).get_output_details()]
 
 
 def tflite_op_outputs(model: bytes) -> list[str]:
@@ -228,20 +261,32 @@ class QuantizeTflite:
         calibrated = self._calibrate(ctx)
         translation: KerasTranslation = ctx.need(ctx.keras_model, "the Keras model")
         float_ops: list[str] = []
-        if ctx.float_layers:
-            if not ctx.profile.artifact.allow_float_fallback:
-                raise ConversionError(
-                    f"profile '{ctx.profile.name}' does not allow float fallback; layers "
-                    f"{ctx.float_layers} cannot be kept in float"
-                )
-            float_ops = ops_for_layers(tflite_op_outputs(calibrated), translation, ctx.float_layers)
+        float_outputs: dict[str, str] = {}
+        if ctx.float_layers and not ctx.profile.artifact.allow_float_fallback:
+            raise ConversionError(
+                f"profile '{ctx.profile.name}' does not allow float fallback; layers "
+                f"{ctx.float_layers} cannot be kept in float"
+            )
+        by_rule = rule_float_nodes(ctx)  # {} where the target needs every op in int8
+        if ctx.float_layers or by_rule:
+            layers = list(dict.fromkeys([*by_rule, *ctx.float_layers]))
+            float_ops = ops_for_layers(tflite_op_outputs(calibrated), translation, layers)
+            float_outputs = float_output_tensors(calibrated, ctx.need(ctx.model, "the source model"), layers)
+            float_ops += list(float_outputs)
+            note = f"int8: kept {len(by_rule)} node(s) in float by rule: {describe_rules(by_rule)}"
+            if by_rule and note not in ctx.notes:  # mixed precision re-runs this step
+                ctx.notes.append(note)
         io_type = tf.int8 if self.io_dtype == "int8" else tf.uint8
+        # An output computed in float (a YOLO head joining boxes in pixels with scores in [0, 1]) would be
+        # re-quantized to one int8 scale at the very end, crushing the scores again: such models keep
+        # float32 outputs (only where the profile allows float ops; the artifact's specs say so).
+        output_type = tf.float32 if set(float_ops) & set(_output_tensor_names(calibrated)) else io_type
         with _quiet():
             try:
                 flatbuffer = mlir_quantize(
                     calibrated,
                     input_data_type=io_type,
-                    output_data_type=io_type,
+                    output_data_type=output_type,
                     denylisted_nodes=float_ops or None,
                 )
             except Exception as exc:
@@ -254,7 +299,7 @@ class QuantizeTflite:
         names = [t.name for t in info.inputs]
         out = ctx.work_dir / "model.tflite"
         out.write_bytes(name_io_tensors(flatbuffer, names, [t.name for t in info.outputs]))
-        problems = full_int8_violations(out, float_ops)
+        problems = full_int8_violations(out, [*float_ops, *float_outputs.values()])  # outputs renamed
         if problems:
             raise ConversionError(
                 f"the TFLite model is not full-INT8 with static shapes: {'; '.join(problems[:5])}"

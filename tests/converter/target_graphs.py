@@ -59,11 +59,14 @@ class Graph:
 
 
 def classifier(
-    activation: str = "Relu", input_shape: list[int | str] | None = None, head: str | None = None
+    activation: str = "Relu",
+    input_shape: list[int | str] | None = None,
+    head: str | None = None,
+    opset: int = 13,
 ) -> onnx.ModelProto:
     """Conv -> activation -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm (-> head, e.g. Softmax);
     1 input channel."""
-    g = Graph(input_shape or ["batch", 1, 8, 8])
+    g = Graph(input_shape or ["batch", 1, 8, 8], opset)
     g.conv(1, 8, "/conv1/Conv")
     g.add(activation, name=f"/act/{activation}", **({"alpha": 0.1} if activation == "LeakyRelu" else {}))
     g.conv(8, 8, "/conv2/Conv")

@@ -46,3 +46,29 @@ def test_mobilenetv3_small_converts_for_every_profile_within_budget(
     assert accuracy is not None and accuracy.metric == "top1"  # labels: which photo a crop comes from
     assert accuracy.fp32 is not None and accuracy.fp32 > 80
     assert result.inputs[0].float_shape[0] is None  # the source's batch axis is dynamic
+
+
+def test_yolo_head_keeps_its_box_and_score_output_float_on_the_pi(
+    make_request: Callable[..., ConversionRequest], tmp_path: Path
+) -> None:
+    """The YOLOv8-style output joins boxes in pixels with scores in [0, 1]: one int8 scale over both turns
+    every score into 0 (measured: F1 0%, no box left). The head stays float by rule, and so does the output
+    tensor the last op writes, where the profile runs float ops."""
+    np.savez(tmp_path / "calib.npz", **corpus_split("yolo_style_det", "calib", 64))
+    np.savez(tmp_path / "eval.npz", **corpus_split("yolo_style_det", "eval", 64))
+    result = convert(
+        make_request(
+            "rpi4",
+            model=MODEL.with_name("yolo_style_det.onnx"),
+            calib=tmp_path / "calib.npz",
+            eval=tmp_path / "eval.npz",
+            out=tmp_path / "out",
+            name="yolo",
+            max_drop=10.0,
+            output_kinds={"output0": "detection"},
+        )
+    )
+    assert [spec.dtype for spec in result.outputs] == ["float32"]
+    accuracy = result.metrics.accuracy
+    assert accuracy is not None and accuracy.measure == "detection_f1" and accuracy.artifact > 90
+    assert any("in float by rule" in note for note in result.notes)

@@ -73,16 +73,16 @@ def test_xnnpack_takes_every_op_of_the_digits_cnn(converted: Callable[[str], Con
 def test_an_op_xnnpack_does_not_take_runs_on_the_cpu_and_is_named(
     make_request: Callable[..., ConversionRequest], tmp_path: Path
 ) -> None:
-    model, data = save_with_data(classifier(head="Softmax"), tmp_path / "softmax", (24, 1, 8, 8))
+    model, data = save_with_data(classifier("HardSwish", opset=14), tmp_path / "hswish", (24, 1, 8, 8))
     result = convert(
-        make_request("rpi5", model=model, calib=data, eval=None, out=tmp_path / "out", name="sm")
+        make_request("rpi5", model=model, calib=data, eval=None, out=tmp_path / "out", name="hs")
     )
     checks = result.target_checks
     assert checks is not None and checks.target == "xnnpack" and not checks.passed
-    (softmax,) = checks.unsupported_ops  # int8 SOFTMAX has no XNNPACK kernel in this LiteRT
-    assert (softmax.op, softmax.consequence) == ("SOFTMAX", "runs on the CPU")
+    (hard_swish,) = checks.unsupported_ops  # int8 HARD_SWISH has no XNNPACK kernel in this LiteRT
+    assert (hard_swish.op, hard_swish.consequence) == ("HARD_SWISH", "runs on the CPU")
     assert checks.xnnpack is not None and checks.xnnpack.delegated_ops == checks.xnnpack.ops - 1
-    assert any(note.startswith("xnnpack: 1 of") and "SOFTMAX" in note for note in result.notes)
+    assert any(note.startswith("xnnpack: 1 of") and "HARD_SWISH" in note for note in result.notes)
     assert result.bundle_path.is_file()  # a CPU fallback on the Pi is a slowdown, not a refusal
 
 
