@@ -122,8 +122,8 @@ def matched(reference: Detections, candidate: Detections, iou: float = MATCH_IOU
 def detection_f1(fp32: np.ndarray, artifact: np.ndarray, output: str = "output") -> tuple[float, str]:
     """(F1 % of the artifact's boxes against fp32's over the whole set, a one-line account): fp32 boxes the
     artifact found (recall) and artifact boxes fp32 has (precision), each side's boxes at the threshold
-    looked up among the other side's at the threshold minus SCORE_MARGIN. With no box on either side the
-    two agree fully (100)."""
+    looked up among the other side's at the threshold minus SCORE_MARGIN. Without any fp32 box there is
+    nothing to find (an artifact whose scores were crushed would look perfect): refused."""
     loose = SCORE_THRESHOLD - SCORE_MARGIN
     reference, candidate = read_detections(fp32, output), read_detections(artifact, output)
     reference_loose = read_detections(fp32, output, loose)
@@ -132,7 +132,13 @@ def detection_f1(fp32: np.ndarray, artifact: np.ndarray, output: str = "output")
     n_art = sum(len(d.boxes) for d in candidate)
     found = sum(matched(r, c) for r, c in zip(reference, candidate_loose, strict=True))
     confirmed = sum(matched(r, c) for r, c in zip(reference_loose, candidate, strict=True))
-    f1 = 100.0 if n_ref + n_art == 0 else 100.0 * (found + confirmed) / (n_ref + n_art)
+    if n_ref == 0:
+        raise ConversionError(
+            f"output '{output}': the fp32 model finds no box scoring {SCORE_THRESHOLD} or more on the "
+            "evaluation set, so detection F1 cannot judge the artifact; evaluate on images that show "
+            f"objects, or judge the output with --output-kind {output}=tensor"
+        )
+    f1 = 100.0 * (found + confirmed) / (n_ref + n_art)
     account = (
         f"{n_ref} fp32 boxes ({found} found by the artifact), {n_art} artifact boxes ({confirmed} in fp32), "
         f"IoU >= {MATCH_IOU}, scores within {SCORE_MARGIN} of the {SCORE_THRESHOLD} threshold count"

@@ -106,7 +106,9 @@ def _is_tail(graph: Graph, nodes: list[Any]) -> bool:
     return all(n.op_type in TAIL_OPS or (n.op_type in WEIGHTED_OPS and graph.small_weights(n)) for n in nodes)
 
 
-def _mixed_outputs(graph: Graph, peaks: PeakReader | None, kept: dict[str, str]) -> dict[str, str]:
+def _mixed_outputs(
+    graph: Graph, peaks: PeakReader | None, kept: dict[str, str], live: set[str], floats: set[str]
+) -> dict[str, str]:
     """Concats on the way to a graph output (nothing heavy after them) joining tensors whose calibrated
     peaks differ by more than MIXED_RANGE_RATIO: the Concat and what follows it stay float, so each input
     keeps its own scale."""
@@ -115,6 +117,8 @@ def _mixed_outputs(graph: Graph, peaks: PeakReader | None, kept: dict[str, str])
         for node in graph.nodes
         if node.op_type == "Concat"
         and label(node) not in kept
+        and live.intersection(node.output)  # computed from the inputs' values, not shape arithmetic
+        and (not floats or floats.intersection(node.output))
         and graph.reaches_output(cone := graph.forward_cone(node))
         and _is_tail(graph, cone)
     ]
@@ -198,7 +202,7 @@ def float_by_rule(model: Any, peaks: PeakReader | None = None) -> dict[str, str]
     live = graph.value_dependent()
     floats = _float_tensors(model)
     found = {**_shape_math(graph, live, floats), **_normalisations(graph, live), **_heads(graph)}
-    found |= _mixed_outputs(graph, peaks, found)
+    found |= _mixed_outputs(graph, peaks, found, live, floats)
     # Integer nodes in a tail (Shape, Gather of a dimension) are never quantized: not worth naming.
     return {
         label(n): found[label(n)]

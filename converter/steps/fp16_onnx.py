@@ -154,6 +154,7 @@ def _name_nodes(model: Any) -> None:
 
 
 RECURRENT_OPS = {"GRU", "LSTM", "RNN"}
+LOAD_PROBE_TIMEOUT_S = 300
 # Loads the model in a child process: "ok" on stdout, or the child dies (a crash inside onnxruntime).
 _LOAD_PROBE = (
     "import sys, onnxruntime as ort; "
@@ -168,9 +169,16 @@ def loads_without_crashing(path: Path) -> bool:
     import subprocess
     import sys
 
-    probe = subprocess.run(
-        [sys.executable, "-c", _LOAD_PROBE, str(path)], capture_output=True, text=True, check=False
-    )
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _LOAD_PROBE, str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=LOAD_PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:  # a hang is as fatal on the device as a crash
+        return False
     return probe.returncode >= 0
 
 
@@ -192,6 +200,49 @@ def drop_duplicate_casts(graph: Any) -> None:
             copy.CopyFrom(node)
         del graph.node[:]
         graph.node.extend(copies)
+
+
+def drop_round_trips(graph: Any) -> None:
+    """convert_float_to_float16 passes a tensor between two nodes kept in float32 through float16 anyway
+    (Cast to fp16, Cast back): a value past 65504 becomes inf there. Such pairs are removed, so the
+    float32 nodes read each other's float32 values."""
+    import onnx
+
+    fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+
+    def cast_to(node: Any) -> int | None:
+        if node.op_type != "Cast":
+            return None
+        return next((int(a.i) for a in node.attribute if a.name == "to"), None)
+
+    producer = {out: node for node in graph.node for out in node.output}
+    rename: dict[str, str] = {}
+    dropped: set[int] = set()
+    for node in graph.node:
+        source = producer.get(node.input[0]) if node.input else None
+        if cast_to(node) == fp32 and source is not None and cast_to(source) == fp16:
+            rename[node.output[0]] = source.input[0]
+            dropped.add(id(node))
+    if not rename:
+        return
+    outputs = {v.name for v in graph.output}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    for value in graph.output:  # a graph output keeps its name: its Cast stays
+        if value.name in rename:
+            dropped.discard(next(id(n) for n in graph.node if value.name in n.output))
+    used = {name for node in graph.node if id(node) not in dropped for name in node.input} | outputs
+    for node in graph.node:  # a Cast to fp16 nobody reads any more
+        if cast_to(node) == fp16 and not used.intersection(node.output):
+            dropped.add(id(node))
+    keep = [n for n in graph.node if id(n) not in dropped]
+    copies = [type(n)() for n in keep]
+    for copy, node in zip(copies, keep, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def recurrent_neighbourhood(model: Any, hops: int) -> list[str]:
@@ -247,6 +298,7 @@ class Fp16Onnx:
                 node_block_list=[*out_of_range, *kept_recurrent],
             )
             drop_duplicate_casts(converted.graph)
+            drop_round_trips(converted.graph)
             sort_topologically(converted.graph)
             onnx.checker.check_model(converted)
             if any(n.op_type in RECURRENT_OPS for n in converted.graph.node):

@@ -59,10 +59,15 @@ class _Noise:
     def add(self, reference: np.ndarray, observed: np.ndarray) -> None:
         reference = reference.astype(np.float64)
         self.signal += float(np.sum(reference**2))
+        if not np.isfinite(observed).all():  # NaN/inf (an fp16 overflow): no signal left at all
+            self.noise = math.inf
+            return
         self.noise += float(np.sum((reference - observed.astype(np.float64)) ** 2))
 
     @property
     def sqnr_db(self) -> float:
+        if not math.isfinite(self.noise):
+            return -MAX_SQNR_DB
         if self.noise <= 0:
             return MAX_SQNR_DB
         if self.signal <= 0:
@@ -295,11 +300,10 @@ def measure_layer_errors(ctx: ConversionContext) -> list[LayerError]:
             calibrated_model_path(ctx).read_bytes(), path, translation, data, LAYER_ERROR_SAMPLES
         )
     else:
-        from edgefleet.converter.steps.quantize_onnx import rule_float_nodes
-
         errors = onnx_layer_errors(ctx.need(ctx.model, "the source model"), path, data, LAYER_ERROR_SAMPLES)
-        return mark_float(errors, [*ctx.float_layers, *rule_float_nodes(ctx)])
-    return mark_float(errors, ctx.float_layers)
+    from edgefleet.converter.steps.quantize_onnx import rule_float_nodes
+
+    return mark_float(errors, [*ctx.float_layers, *rule_float_nodes(ctx)])  # both paths keep the rules
 
 
 class MeasureLayerErrors:

@@ -82,12 +82,6 @@ class BudgetOutcome(BaseModel):
     fidelity_notes: list[str] = []  # said plainly: outputs SQNR judged for want of a kind, unused labels
 
 
-def budget_points(ctx: ConversionContext) -> tuple[float, Literal["request", "profile"]]:
-    if ctx.request.max_drop is not None:
-        return ctx.request.max_drop, "request"
-    return ctx.profile.max_accuracy_drop_points, "profile"
-
-
 def _culprits(errors: list[LayerError]) -> list[str]:
     ranked = sorted(errors, key=lambda e: e.loss_db, reverse=True)
     return [e.layer for e in ranked[:CULPRITS_NAMED] if e.loss_db >= MIN_LOSS_DB] or [
@@ -189,7 +183,7 @@ class EnforceBudget:
                 f"losing the most are {_describe(errors, culprits)}",
             )
             return
-        chosen, final, met = self._search(ctx, errors, score, attempts, budget)
+        chosen, final, met = self._search(ctx, errors, score, attempts)
         # _search leaves the artifact built from its last scored attempt when met, else back in full int8.
         result = judgements[-1] if met else first
         best = min(judgements, key=lambda j: j.badness)
@@ -219,7 +213,6 @@ class EnforceBudget:
         errors: list[LayerError],
         score: Callable[[], Judgement],
         attempts: list[MixedPrecisionAttempt],
-        budget: float,
     ) -> tuple[list[str], list[str], bool]:
         """(every layer tried, the float layers of the result, budget met). `score()` judges the current
         artifact: `.met` (every output within its bound) and `.badness` (how far over; lower is better)."""

@@ -76,12 +76,13 @@ def test_a_score_crossing_the_threshold_by_a_rounding_step_is_not_a_lost_box() -
     assert detection_f1(fp32, far_under)[0] == 0.0
 
 
-def test_f1_sums_over_samples_and_no_boxes_on_either_side_agrees() -> None:
+def test_f1_sums_over_samples_and_an_eval_set_without_fp32_boxes_is_refused() -> None:
     fp32 = np.stack([yolo_head(SCENE), yolo_head([])])
     artifact = np.stack([yolo_head(SCENE[:2]), yolo_head([])])
     assert detection_f1(fp32, artifact)[0] == pytest.approx(200 * 2 / 5, abs=0.01)
     empty = yolo_head([])[None]
-    assert detection_f1(empty, empty)[0] == 100.0
+    with pytest.raises(ConversionError, match=r"finds no box .* --output-kind output=tensor"):
+        detection_f1(empty, empty)  # nothing to find: a crushed artifact would look perfect
 
 
 def test_decoded_boxes_drop_padding_and_low_scores() -> None:

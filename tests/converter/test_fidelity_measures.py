@@ -108,3 +108,13 @@ def test_output_kinds_from_flags_and_from_shapes() -> None:
     assert resolve_kinds({}, shapes)["boxes"] == ("tensor", "shape")
     with pytest.raises(ConversionError, match=r"no output 'box'.*logits, boxes, maps"):
         resolve_kinds({"box": "detection"}, shapes)
+
+
+def test_a_non_finite_artifact_output_has_the_lowest_sqnr_not_the_highest() -> None:
+    from edgefleet.converter.steps.layer_error import MAX_SQNR_DB, sqnr_db
+
+    reference = np.ones((4, 8), np.float32)
+    for bad in (np.nan, np.inf):
+        observed = reference.copy()
+        observed[0, 0] = bad  # an fp16 overflow
+        assert sqnr_db(reference, observed) == -MAX_SQNR_DB

@@ -251,3 +251,59 @@ def test_resize_whose_scales_come_from_a_constant_node() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     _check(model, (1, 2, 4, 4))
+
+
+def _graph(nodes: list[Any], shape: list[Any], inits: list[Any] = (), opset: int = 13) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        list(inits),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_nearest_resize_tflite_cannot_reproduce_is_refused_up_front() -> None:
+    from onnx import helper, numpy_helper
+
+    scales = numpy_helper.from_array(np.array([1, 1, 3, 3], np.float32), "scales")
+    resize = helper.make_node(  # x3 with round_prefer_floor: ONNX rounds 2/3 up, TFLite floors it
+        "Resize", ["x", "", "scales"], ["y"], mode="nearest", coordinate_transformation_mode="asymmetric"
+    )
+    with pytest.raises(UnsupportedModelError, match="no exact TFLite form"):
+        translate_onnx_to_keras(_graph([resize], [1, 2, 4, 4], [scales]))
+    floor = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest", nearest_mode="floor")
+    floor.attribute.append(helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
+    _check(_graph([floor], [1, 2, 4, 4], [scales]), (1, 2, 4, 4))
+
+
+def test_an_add_broadcast_over_rows_is_not_fused_as_a_matmul_bias() -> None:
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32), "w")
+    rows = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(4, 1), "rows")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "rows"], ["y"])]
+    _check(_graph(nodes, [1, 4, 5], [weight, rows]), (1, 4, 5))
+
+
+def test_an_if_on_a_constant_inlines_a_branch_with_padded_pooling() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    pool = helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], pads=[0, 0, 2, 2])
+    then = helper.make_graph(
+        [pool], "then", [], [helper.make_tensor_value_info("p", TensorProto.FLOAT, None)]
+    )
+    other = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)],
+    )
+    condition = numpy_helper.from_array(np.array(True), "cond")
+    branch = helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)
+    _check(_graph([branch], [1, 2, 6, 6], [condition]), (1, 2, 6, 6))

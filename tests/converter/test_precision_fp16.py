@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import real_graphs
 import torch
 from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -82,7 +83,8 @@ def test_a_gru_whose_fp16_form_crashes_onnxruntime_keeps_its_neighbourhood_float
     model = Path(__file__).parents[2] / "models" / "corpus" / "audio_gru.onnx"
     plain = tmp_path / "plain_fp16.onnx"
     onnx.save(convert_float_to_float16(onnx.load(str(model)), keep_io_types=True), str(plain))
-    assert not loads_without_crashing(plain)  # the crash this guards against is real
+    if loads_without_crashing(plain):
+        pytest.skip("this onnxruntime opens the plain float16 GRU: the crash this guards against is fixed")
     data = np.random.default_rng(0).normal(0, 1, (48, 40, 100)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", log_mel=data[:32])
     request = make_request(
