@@ -13,6 +13,7 @@ from edgefleet.contract.profiles import DeviceProfile, Precision
 from edgefleet.contract.target_checks import TargetChecks
 from edgefleet.converter.fidelity.kinds import OutputKind
 from edgefleet.converter.inputs.images import ImagePreprocessing
+from edgefleet.converter.user_code import SPEC as USER_CODE_SPEC
 
 if TYPE_CHECKING:
     import onnx
@@ -55,7 +56,7 @@ class ConversionRequest(BaseModel):
     )
     metric: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$",
+        pattern=USER_CODE_SPEC.pattern,
         description="`package.module:function`: the user's own measure, which then judges the budget",
     )
     calib_method: CalibrationMethod | None = Field(

@@ -11,11 +11,7 @@ the score, and either its own verdict (`passed`) or the points lost vs fp32 (`dr
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
-import re
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +21,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgefleet.converter.errors import ConversionError
+from edgefleet.converter.user_code import UserCodeError, import_callable, split_spec
 
-HOOK_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*):(?P<attr>[A-Za-z_][\w]*)$")
 MetricHook = Callable[[dict[str, np.ndarray], dict[str, np.ndarray], "EvalData"], Any]
 
 
@@ -78,35 +74,21 @@ class CustomMetricOutcome(BaseModel):
 
 
 def check_hook_spec(spec: str) -> None:
-    if HOOK_SPEC.match(spec) is None:
+    if split_spec(spec) is None:
         raise ConversionError(
             f"--metric {spec!r}: expected package.module:function (e.g. mymetrics.ocr:cer_drop)"
         )
 
 
 def load_metric_hook(spec: str) -> MetricHook:
-    """Import `package.module` (the working directory is importable, as for PyTorch factories) and return
-    its callable; ConversionError says what to fix."""
+    """The callable `spec` names (see user_code); ConversionError says what to fix."""
     check_hook_spec(spec)
-    match = HOOK_SPEC.match(spec)
-    assert match is not None
-    module_name, attr = match.group("module"), match.group("attr")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
+        return import_callable(spec)
+    except UserCodeError as exc:
         raise ConversionError(
-            f"--metric {spec}: cannot import module '{module_name}' ({type(exc).__name__}: {exc}); run from "
-            "the directory that holds it or install it"
+            f"--metric {spec}: {exc}; name a function taking (fp32_outputs, artifact_outputs, eval_data)"
         ) from exc
-    hook = getattr(module, attr, None)
-    if hook is None or not callable(hook):
-        raise ConversionError(
-            f"--metric {spec}: module '{module_name}' has no callable '{attr}'; name a function taking "
-            "(fp32_outputs, artifact_outputs, eval_data)"
-        )
-    return hook  # type: ignore[no-any-return]
 
 
 def _as_result(spec: str, returned: object) -> CustomMetricResult:

@@ -11,18 +11,13 @@ import contextlib
 import importlib
 import importlib.util
 import io
-import os
-import re
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from edgefleet.converter.errors import ModelError
+from edgefleet.converter.user_code import UserCodeError, import_callable, split_spec
 
-FACTORY_SPEC = re.compile(
-    r"^(?P<module>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):(?P<attr>[A-Za-z_][A-Za-z0-9_]*)$"
-)
 DEFAULT_OPSET = 17
 OUTPUT_NAME = "output"
 
@@ -40,13 +35,13 @@ def require_compress_extra(modules: tuple[str, ...], what: str) -> None:
 def is_factory_spec(model: Path | str) -> bool:
     """`package.module:factory` (and not an existing file that happens to look like one)."""
     text = str(model)
-    return FACTORY_SPEC.match(text) is not None and not Path(text).exists()
+    return split_spec(text) is not None and not Path(text).exists()
 
 
 def factory_name(spec: str) -> str:
     """A bundle name for a factory spec: the factory's name."""
-    match = FACTORY_SPEC.match(spec)
-    return match.group("attr") if match else spec
+    parts = split_spec(spec)
+    return parts[1] if parts else spec
 
 
 def load_factory(spec: str) -> Any:
@@ -56,25 +51,17 @@ def load_factory(spec: str) -> Any:
     works without installing it."""
     from torch import nn
 
-    match = FACTORY_SPEC.match(spec)
-    if match is None:
+    parts = split_spec(spec)
+    if parts is None:
         raise ModelError(f"model '{spec}': not a 'package.module:factory' reference")
-    module_name, attr = match.group("module"), match.group("attr")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    attr = parts[1]
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
+        factory = import_callable(spec)
+    except UserCodeError as exc:
         raise ModelError(
-            f"model '{spec}': cannot import module '{module_name}' ({type(exc).__name__}: {exc}); run from "
-            "the directory that holds it or install it"
+            f"model '{spec}': {exc}; name a function (or class) that takes no arguments and returns the "
+            "trained torch.nn.Module"
         ) from exc
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise ModelError(
-            f"model '{spec}': module '{module_name}' has no callable '{attr}'; name a function (or class) "
-            "that takes no arguments and returns the trained torch.nn.Module"
-        )
     try:
         built = factory()
     except Exception as exc:
