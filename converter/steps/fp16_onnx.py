@@ -202,13 +202,19 @@ def drop_duplicate_casts(graph: Any) -> None:
         graph.node.extend(copies)
 
 
-def drop_round_trips(graph: Any) -> None:
+def drop_round_trips(model: Any) -> None:
     """convert_float_to_float16 passes a tensor between two nodes kept in float32 through float16 anyway
-    (Cast to fp16, Cast back): a value past 65504 becomes inf there. Such pairs are removed, so the
-    float32 nodes read each other's float32 values."""
+    (Cast to fp16, Cast back): a value past 65504 becomes inf there. Such pairs (from a float32 tensor)
+    are removed, so the float32 nodes read each other's float32 values."""
     import onnx
 
     fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    elem_types = {
+        value.name: value.type.tensor_type.elem_type
+        for value in [*inferred.value_info, *inferred.input, *inferred.output]
+    } | {init.name: init.data_type for init in graph.initializer}
 
     def cast_to(node: Any) -> int | None:
         if node.op_type != "Cast":
@@ -220,7 +226,12 @@ def drop_round_trips(graph: Any) -> None:
     dropped: set[int] = set()
     for node in graph.node:
         source = producer.get(node.input[0]) if node.input else None
-        if cast_to(node) == fp32 and source is not None and cast_to(source) == fp16:
+        if (
+            cast_to(node) == fp32
+            and source is not None
+            and cast_to(source) == fp16
+            and elem_types.get(source.input[0]) == fp32  # not an integer or double tensor cast twice
+        ):
             rename[node.output[0]] = source.input[0]
             dropped.add(id(node))
     if not rename:
@@ -298,7 +309,7 @@ class Fp16Onnx:
                 node_block_list=[*out_of_range, *kept_recurrent],
             )
             drop_duplicate_casts(converted.graph)
-            drop_round_trips(converted.graph)
+            drop_round_trips(converted)
             sort_topologically(converted.graph)
             onnx.checker.check_model(converted)
             if any(n.op_type in RECURRENT_OPS for n in converted.graph.node):
