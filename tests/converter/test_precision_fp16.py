@@ -96,3 +96,30 @@ def test_a_gru_whose_fp16_form_crashes_onnxruntime_keeps_its_neighbourhood_float
     got = OnnxRunner(artifact).run([data[32:]])[0]
     assert sqnr_db(OnnxRunner(model).run([data[32:]])[0], got) > 40
     assert any("recurrent layers in float32" in note for note in ctx.notes)
+
+
+def test_only_float32_round_trips_through_float16_are_removed() -> None:
+    from onnx import TensorProto, helper
+
+    from edgefleet.converter.steps.fp16_onnx import drop_round_trips
+
+    def chain(source_type: int) -> onnx.ModelProto:
+        nodes = [
+            helper.make_node("Cast", ["x"], ["half"], to=TensorProto.FLOAT16),
+            helper.make_node("Cast", ["half"], ["back"], to=TensorProto.FLOAT),
+            helper.make_node("Relu", ["back"], ["y"]),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", source_type, [2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    floats = chain(TensorProto.FLOAT)
+    drop_round_trips(floats)
+    assert [n.op_type for n in floats.graph.node] == ["Relu"] and floats.graph.node[0].input[0] == "x"
+    integers = chain(TensorProto.INT64)  # a Range's integers: the Casts are conversions, not a round trip
+    drop_round_trips(integers)
+    assert [n.op_type for n in integers.graph.node] == ["Cast", "Cast", "Relu"]
