@@ -3,6 +3,7 @@ side by side with onnxruntime's quantize_static defaults and, when available, on
 
     .venv/bin/python bench/bench_real_models.py [--models a,b] [--profiles rpi4,jetson-nano]
         [--timeout 600] [--json out.json] [--keep DIR] [--no-ort] [--no-onnx2tf] [--data-dir DIR]
+    .venv/bin/python bench/bench_real_models.py --table-from DIR [DIR ...]   # stored rows, nothing measured
 
 Per model x profile: converted, budget missed or failed (the first line of why), the converter's own
 fidelity (its budget measure and value, read generically from report.json, so new measures show up as
@@ -609,10 +610,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-ort", action="store_true", help="skip onnxruntime quantize_static")
     parser.add_argument("--no-onnx2tf", action="store_true", help="skip onnx2tf even when configured")
+    parser.add_argument(
+        "--table-from",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="measure nothing: print the table of the rows earlier runs stored with --keep DIR (merged)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "TASK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker_main(args.worker[0], Path(args.worker[1]))
+        return 0
+    if args.table_from:
+        paths = [path for keep in args.table_from for path in sorted(keep.glob("*/*/*.result.json"))]
+        stored = [load_row(path) for path in paths]
+        print(table(sorted(stored, key=lambda row: (row.model, row.target))))
         return 0
 
     from edgefleet.contract.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, create_key_pair
