@@ -564,6 +564,20 @@ def table(rows: list[Row]) -> str:
 PLAIN_OPS = {"Conv", "Relu", "Add", "Mul", "BatchNormalization", "Constant", "Identity", "Concat", "MaxPool"}
 
 
+def success_summary(rows: list[Row]) -> str:
+    """Per target: bundles (converted within the default budget) out of the models run for it."""
+    targets = sorted({row.target for row in rows}, key=lambda t: (t in (ORT_ROW, ONNX2TF_ROW), t))
+    lines = ["| target | bundles within the default budget | models run |", "|---|---|---|"]
+    converter_rows = [row for row in rows if row.target not in (ORT_ROW, ONNX2TF_ROW)]
+    for target in targets:
+        mine = [row for row in rows if row.target == target]
+        done = sum(row.status == "converted" for row in mine)
+        lines.append(f"| {target} | {done} ({100 * done / len(mine):.0f}%) | {len(mine)} |")
+    done, runs = sum(row.status == "converted" for row in converter_rows), len(converter_rows)
+    lines.append(f"| all six profiles | {done} ({100 * done / max(runs, 1):.0f}%) | {runs} |")
+    return "\n".join(lines)
+
+
 def notable_ops(path: Path) -> str:
     import onnx
 
@@ -626,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = [path for keep in args.table_from for path in sorted(keep.glob("*/*/*.result.json"))]
         stored = [load_row(path) for path in paths]
         print(table(sorted(stored, key=lambda row: (row.model, row.target))))
+        print()
+        print(success_summary(stored))
         return 0
 
     from edgefleet.contract.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, create_key_pair
