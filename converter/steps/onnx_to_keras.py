@@ -550,7 +550,9 @@ class _Translator:
             attrs |= {
                 "kernel_shape": [1, kernel[0]],
                 "strides": [1, *attrs.get("strides", [1])],
-                "dilations": [1, *attrs.get("dilations", [1])],
+                # the same dilation in both dims (the Edge TPU wants that): over a height-1 kernel and
+                # input, the height's dilation changes nothing
+                "dilations": [*attrs.get("dilations", [1])] * 2,
                 "pads": [0, pads[0], 0, pads[1]],
             }
             kernel = [1, kernel[0]]

@@ -218,7 +218,10 @@ def test_segmenter_translates_resize_conv_transpose_prelu_pad_and_slice() -> Non
 
 
 def test_one_d_convolutions_translate() -> None:
-    _check(_export(AudioConv(), (1, 8, 64)), (1, 8, 64))
+    translation = _check(_export(AudioConv(), (1, 8, 64)), (1, 8, 64))
+    convs = [layer for layer in translation.model.layers if hasattr(layer, "dilation_rate")]
+    assert convs and all(len(set(layer.dilation_rate)) == 1 for layer in convs)  # Edge TPU: same in x, y
+    assert any(layer.dilation_rate == (2, 2) for layer in convs)
 
 
 def test_opset_11_export_of_the_yolo_head() -> None:
