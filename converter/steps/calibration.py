@@ -134,7 +134,10 @@ class LoadEvaluation:
     def run(self, ctx: ConversionContext) -> None:
         if ctx.request.eval is not None:
             info = ctx.need(ctx.model_info, "the model description")
-            ctx.eval = load_tensor_set(ctx.request.eval, info, "evaluation", 1)
+            data = load_tensor_set(ctx.request.eval, info, "evaluation", 1)
+            # the fixed model's batch (e.g. --input-shape on a model whose batch is not axis 0 of
+            # every input): the source file on disk may still take any batch
+            ctx.eval = replace(data, max_batch=fixed_batch(ctx.need(ctx.model, "the source model")))
 
 
 class OnnxCalibrationReader:

@@ -36,7 +36,7 @@ def predict_float_outputs(runner: HostRunner, data: TensorSet, names: list[str])
     """Every output of the fp32 model over every sample, in the model's output order."""
     chunks = [
         runner.run([batch[name] for name in names])
-        for batch in data.sample_batches(runner.max_batch or MAX_BATCH)
+        for batch in data.sample_batches(runner.max_batch or data.max_batch or MAX_BATCH)
     ]
     return [np.concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))]
 
@@ -46,7 +46,7 @@ def predict_artifact_outputs(
 ) -> dict[str, np.ndarray]:
     """Every output of the artifact (by name) over every sample, in float form."""
     chunks: dict[str, list[np.ndarray]] = {spec.name: [] for spec in outputs}
-    for batch in data.sample_batches(runner.max_batch or MAX_BATCH):
+    for batch in data.sample_batches(runner.max_batch or data.max_batch or MAX_BATCH):
         feeds = [to_artifact(spec, batch[spec.name])[0] for spec in inputs]
         results = runner.run(feeds)
         for position, spec in enumerate(outputs):

@@ -134,3 +134,50 @@ def test_parse_input_shape(text: str, parsed: tuple[str, tuple[int | None, ...]]
 def test_parse_input_shape_refuses(text: str) -> None:
     with pytest.raises(ConversionError, match=r"NAME=D1,D2,\.\.\. with positive integers"):
         parse_input_shape(text)
+
+
+def test_a_state_input_whose_batch_is_not_axis_0_is_scored_one_sample_at_a_time(
+    make_request: Callable[..., ConversionRequest], tmp_path: Path
+) -> None:
+    """Recurrent models take their state as [layers, batch, hidden] (the Silero VAD): with --input-shape
+    fixing the batch to 1, every run - the fp32 reference too - feeds one sample, not a stack of them."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Squeeze", ["h", "zero"], ["state"]),
+        helper.make_node("Add", ["x", "state"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "state",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, "batch", 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("zero", TensorProto.INT64, [1], [0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "state.onnx"))
+    rng = np.random.default_rng(0)
+    data = {
+        "x": rng.normal(size=(24, 4)).astype(np.float32),
+        "h": rng.normal(size=(24, 1, 4)).astype(np.float32),
+    }
+    np.savez(tmp_path / "data.npz", **data)
+    request = make_request(
+        "jetson-nano",
+        model=tmp_path / "state.onnx",
+        calib=tmp_path / "data.npz",
+        eval=tmp_path / "data.npz",
+        out=tmp_path / "out",
+        name="state",
+        input_shapes={"x": (1, 4), "h": (1, 1, 4)},
+        output_kinds={"y": "tensor"},
+    )
+    result = convert(request)
+    assert result.metrics.accuracy is not None and result.metrics.accuracy.sqnr_db is not None
+    assert result.metrics.accuracy.sqnr_db > 40
