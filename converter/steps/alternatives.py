@@ -73,8 +73,9 @@ class BuildAlternatives:
                 bundle_files={},
             )
             artifact = artifact_steps(profile)
-            # The accuracy budget binds alternatives too (mixed precision where needed).
-            budget = EnforceBudget(requantize=artifact[-1], describe=DescribeArtifact())
+            # The accuracy budget binds alternatives too, judged without a mixed-precision search: an
+            # optional artifact is not worth doubling a long conversion for; one that misses is left out.
+            budget = EnforceBudget(requantize=artifact[-1], describe=DescribeArtifact(), search=False)
             steps: list[Step] = [*artifact, DescribeArtifact(), budget, Evaluate()]
             try:
                 for step in steps:
@@ -84,6 +85,12 @@ class BuildAlternatives:
                 what = first if isinstance(exc, EdgefleetError) else f"{type(exc).__name__}: {first}"
                 ctx.notes.append(
                     f"WARNING: {kind} alternative not built ({what[:300]}); the bundle carries the preferred "
+                    "artifact only"
+                )
+                continue
+            if sub.budget is not None and not sub.budget.met:
+                ctx.notes.append(
+                    f"{kind} alternative left out: {sub.budget.message}; the bundle carries the preferred "
                     "artifact only"
                 )
                 continue

@@ -106,9 +106,10 @@ class EnforceBudget:
 
     name = "accuracy budget (mixed precision)"
 
-    def __init__(self, requantize: Step, describe: Step) -> None:
+    def __init__(self, requantize: Step, describe: Step, search: bool = True) -> None:
         self.requantize = requantize
         self.describe = describe
+        self.search = search  # False: judge only (a bundle's optional alternative artifacts)
 
     def run(self, ctx: ConversionContext) -> None:
         limits = budget_for(ctx)
@@ -168,7 +169,7 @@ class EnforceBudget:
             ctx.budget = outcome(**common, **measured(first), met=True, message=message)
             return
         over = f"over budget: {first.message}"
-        if ctx.profile.artifact.precision is not Precision.INT8:
+        if ctx.profile.artifact.precision is not Precision.INT8 or not self.search:
             ctx.budget = outcome(**common, **measured(first), met=False, message=over)
             return
         errors = measure_layer_errors(ctx)
