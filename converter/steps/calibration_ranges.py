@@ -126,6 +126,20 @@ def onnxruntime_calibration(method: CalibrationMethod) -> object:
     return OrtMethod.MinMax
 
 
+def _session_with_outputs(model: Any, names: list[str]) -> Any:
+    """An onnxruntime session of `model` that also outputs the tensors `names` (intermediates)."""
+    import onnx
+    import onnxruntime as ort
+
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    existing = {o.name for o in augmented.graph.output}
+    augmented.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 def _fixed_batch(model: Any) -> bool:
     first = model.graph.input[0].type.tensor_type.shape.dim
     return bool(first) and first[0].HasField("dim_value") and first[0].dim_value > 0
@@ -158,16 +172,8 @@ def observed_ranges(model: Any, data: TensorSet) -> dict[str, Range]:
 
 def tensor_peaks(model: Any, data: TensorSet, names: list[str]) -> dict[str, float]:
     """max |x| of each named tensor of `model` over `data` (one batched fp32 run with just those outputs)."""
-    import onnx
-    import onnxruntime as ort
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
-    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = _session_with_outputs(model, names)
     peaks = dict.fromkeys(names, 0.0)
     for feeds in data.sample_batches(1 if _fixed_batch(model) else RANGE_BATCH):
         for name, value in zip(names, session.run(names, feeds), strict=True):
@@ -179,7 +185,6 @@ def _run_and_collect(
     model: Any, method: CalibrationMethod, batches: Iterable[dict[str, np.ndarray]], samples: int
 ) -> dict[str, Range]:
     import onnx
-    import onnxruntime as ort
 
     inferred = onnx.shape_inference.infer_shapes(model)
     float_type = onnx.TensorProto.FLOAT
@@ -197,13 +202,7 @@ def _run_and_collect(
         if out in known and out not in initializers
     ]
     inputs = [i.name for i in model.graph.input if i.name not in initializers]
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    existing = {o.name for o in augmented.graph.output}
-    augmented.graph.output.extend(onnx.ValueInfoProto(name=n) for n in activations if n not in existing)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = _session_with_outputs(model, activations)
     names = [o.name for o in session.get_outputs()]
     wanted = set(activations) | set(inputs)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from edgefleet.converter.steps.onnx_to_keras import node_label
+
 PeakReader = Callable[[list[str]], dict[str, float]]  # tensor names -> calibrated max |x|
 
 HEAD_OPS = {"Sigmoid", "Softmax", "LogSoftmax"}
@@ -86,9 +88,9 @@ class Graph:
         return any(self.outputs.intersection(node.output) for node in nodes)
 
 
-def label(node: Any) -> str:
-    """How a node is named in reports, ctx.float_layers and quantize_static's nodes_to_exclude."""
-    return str(node.name or node.output[0])
+# How a node is named in reports, ctx.float_layers and quantize_static's nodes_to_exclude: the translator's
+# rule, which also traces TFLite ops back to their nodes.
+label = node_label
 
 
 def _heads(graph: Graph) -> dict[str, str]:

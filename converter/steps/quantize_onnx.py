@@ -51,6 +51,13 @@ def rule_float_nodes(ctx: ConversionContext) -> dict[str, str]:
     return dict(ctx.calibration_ranges[key])
 
 
+def note_rule_floats(ctx: ConversionContext, by_rule: dict[str, str]) -> None:
+    """Name the nodes kept in float by rule in the summary, once (mixed precision re-runs quantization)."""
+    note = f"int8: kept {len(by_rule)} node(s) in float by rule: {describe_rules(by_rule)}"
+    if by_rule and note not in ctx.notes:
+        ctx.notes.append(note)
+
+
 class QuantizeOnnx:
     """QDQ INT8, per-channel weights, calibrated on the calibration set with the request's method; the
     nodes in ctx.float_layers (mixed precision) and, where the target runs float ops, the numerically
@@ -108,9 +115,7 @@ class QuantizeOnnx:
             )
         finally:
             logging.disable(logging.NOTSET)
-        note = f"int8: kept {len(by_rule)} node(s) in float by rule: {describe_rules(by_rule)}"
-        if by_rule and note not in ctx.notes:  # mixed precision re-runs this step
-            ctx.notes.append(note)
+        note_rule_floats(ctx, by_rule)
         drop_unused_initializers(out)
         onnx.checker.check_model(str(out))
         ctx.artifact_path = out

@@ -22,14 +22,13 @@ import numpy as np
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.errors import ConversionError
 from edgefleet.converter.steps.calibration_ranges import calibration_method, rewrite_tflite_ranges
-from edgefleet.converter.steps.float_rules import describe_rules
 from edgefleet.converter.steps.onnx_to_keras import (
     KerasTranslation,
     import_keras,
     layer_names_in,
     node_label,
 )
-from edgefleet.converter.steps.quantize_onnx import rule_float_nodes
+from edgefleet.converter.steps.quantize_onnx import note_rule_floats, rule_float_nodes
 
 # int32 is allowed only where full-INT8 kernels take it: the bias of conv/FC ops, and the shape, axis, index
 # and size operands of the layout ops (constants computed at conversion time).
@@ -273,9 +272,7 @@ class QuantizeTflite:
             float_ops = ops_for_layers(tflite_op_outputs(calibrated), translation, layers)
             float_outputs = float_output_tensors(calibrated, ctx.need(ctx.model, "the source model"), layers)
             float_ops += list(float_outputs)
-            note = f"int8: kept {len(by_rule)} node(s) in float by rule: {describe_rules(by_rule)}"
-            if by_rule and note not in ctx.notes:  # mixed precision re-runs this step
-                ctx.notes.append(note)
+            note_rule_floats(ctx, by_rule)
         io_type = tf.int8 if self.io_dtype == "int8" else tf.uint8
         # An output computed in float (a YOLO head joining boxes in pixels with scores in [0, 1]) would be
         # re-quantized to one int8 scale at the very end, crushing the scores again: such models keep
