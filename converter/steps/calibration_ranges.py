@@ -22,7 +22,12 @@ import numpy as np
 
 from edgefleet.converter.context import CalibrationMethod, ConversionContext
 from edgefleet.converter.steps.calibration import TensorSet
-from edgefleet.converter.steps.onnx_to_keras import KerasTranslation, layer_names_in, node_label
+from edgefleet.converter.steps.onnx_to_keras import (
+    KerasTranslation,
+    keras_input_order,
+    layer_names_in,
+    node_label,
+)
 
 # Measured by bench/bench_quantization.py on the reference models (digits CNN v1/v2, MobileNetV2-style 96x96;
 # 12 INT8 artifacts, pure int8, 360 held-out samples: one sample is 0.28 points): summed accuracy drop
@@ -254,8 +259,11 @@ def rewrite_tflite_ranges(calibrated: bytes, ctx: ConversionContext, translation
     output_of = {node_label(node): node.output[0] for node in model.graph.node}
     flat = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     subgraph = flat.subgraphs[0]
-    onnx_inputs = list(translation.input_perms)  # Keras keeps the ONNX input order
-    source: dict[int, str] = dict(zip(subgraph.inputs, onnx_inputs, strict=False))
+    onnx_inputs = list(translation.input_perms)
+    order = keras_input_order([subgraph.tensors[i].name.decode() for i in subgraph.inputs], onnx_inputs)
+    source: dict[int, str] = {
+        int(subgraph.inputs[position]): name for position, name in zip(order, onnx_inputs, strict=True)
+    }
     for index, tensor in enumerate(subgraph.tensors):
         layers = layer_names_in(tensor.name.decode())
         nodes = translation.layer_nodes.get(layers[-1], []) if layers else []

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.steps.calibration import TensorSet
-from edgefleet.converter.steps.onnx_to_keras import layer_names_in
+from edgefleet.converter.steps.onnx_to_keras import keras_input_order, layer_names_in
 
 if TYPE_CHECKING:
     from edgefleet.converter.steps.onnx_to_keras import KerasTranslation
@@ -260,17 +260,21 @@ def tflite_layer_errors(
     ref_inputs, obs_inputs = reference.get_input_details(), observed.get_input_details()
     input_noise = {d["name"]: _Noise() for d in ref_inputs}
     samples = _samples(data, count)
-    order = list(translation.input_perms)  # Keras keeps the ONNX input order
+    order = list(translation.input_perms)
+    ref_at = keras_input_order([d["name"] for d in ref_inputs], order)
+    obs_at = keras_input_order([d["name"] for d in obs_inputs], order)
     for index in range(len(samples[order[0]])):
-        for position, name in enumerate(order):
+        for ref_position, obs_position, name in zip(ref_at, obs_at, order, strict=True):
             x = samples[name][index : index + 1]
             perm = translation.input_perms[name]
             x = x if perm is None else np.ascontiguousarray(np.transpose(x, perm))
-            reference.set_tensor(ref_inputs[position]["index"], x.astype(np.float32))
-            observed.set_tensor(obs_inputs[position]["index"], _quantize_input(obs_inputs[position], x))
+            reference.set_tensor(ref_inputs[ref_position]["index"], x.astype(np.float32))
+            obs_detail = obs_inputs[obs_position]
+            observed.set_tensor(obs_detail["index"], _quantize_input(obs_detail, x))
         reference.invoke()
         observed.invoke()
-        for ref_in, obs_in in zip(ref_inputs, obs_inputs, strict=True):
+        for ref_position, obs_position in zip(ref_at, obs_at, strict=True):
+            ref_in, obs_in = ref_inputs[ref_position], obs_inputs[obs_position]
             input_noise[ref_in["name"]].add(
                 reference.get_tensor(ref_in["index"]),
                 _dequantize(obs_in, observed.get_tensor(obs_in["index"])),

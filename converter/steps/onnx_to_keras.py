@@ -18,14 +18,15 @@ import numpy as np
 
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.errors import ConversionError, UnsupportedModelError
+from edgefleet.converter.steps.recurrent_cells import recurrent_spec, run_recurrent
 
 NCHW_TO_NHWC = [0, 2, 3, 1]
 SUPPORTED_OPS = (
     "1D/2D Conv (grouped, depthwise), ConvTranspose, pooling, BatchNormalization, LayerNormalization, "
     "Gemm, MatMul (also of two tensors), elementwise arithmetic and activations (incl. HardSwish, "
     "HardSigmoid, PRelu, Gelu and its Erf form), Softmax, Reduce*, Reshape, Transpose, Squeeze, Unsqueeze, "
-    "Flatten, Concat, Split, Slice, Gather, Pad, Resize, Expand, If on a constant, and shape arithmetic on "
-    "constants"
+    "Flatten, Concat, Split, Slice, Gather, Pad, Resize, Expand, LSTM and GRU (unrolled), If on a constant, "
+    "and shape arithmetic on constants"
 )
 # Max |keras - onnx| relative to the output range above which the translation is considered wrong.
 MAX_RELATIVE_DEVIATION = 1e-3
@@ -73,6 +74,22 @@ def layer_names_in(tensor_name: str) -> list[str]:
 def keras_safe_name(name: str) -> str:
     """The name Keras (and so the TFLite serving signature) gives an input translated from `name`."""
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def keras_input_order(tflite_names: list[str], source_names: list[str]) -> list[int]:
+    """For each source input (ONNX order), its position among a TFLite model's inputs `tflite_names`: the
+    converter names them after the Keras inputs ('h' or 'serving_default_h:0') and orders them by name, not
+    in the Keras order."""
+    position = {}
+    for index, name in enumerate(tflite_names):
+        position[name] = index
+        position[name.removeprefix("serving_default_").removesuffix(":0")] = index
+    order = [position.get(name, position.get(keras_safe_name(name), -1)) for name in source_names]
+    if sorted(order) != list(range(len(tflite_names))):
+        raise ConversionError(
+            f"TFLite inputs {tflite_names} are not named after the model's inputs {source_names}"
+        )
+    return order
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -243,6 +260,8 @@ class _Translator:
             "ReduceMax": self._reduce,
             "ReduceMin": self._reduce,
             "If": self._if,
+            "LSTM": self._recurrent,
+            "GRU": self._recurrent,
         }
 
     # --- setup -------------------------------------------------------------------------------------
@@ -944,11 +963,23 @@ class _Translator:
             tensor = x.tensor
         else:
             tensor = self._as_same(x)
-        layer = self.keras.layers.Dense(
-            kernel.shape[1], use_bias=bias is not None, name=self._name(node, *folded)
-        )
-        result = layer(tensor)
-        layer.set_weights([kernel] if bias is None else [kernel, bias])
+        keras, name = self.keras, self._name(node, *folded)
+        shape = [int(d) for d in tensor.shape]
+        if len(shape) < 3:
+            layer = keras.layers.Dense(kernel.shape[1], use_bias=bias is not None, name=name)
+            result = layer(tensor)
+            layer.set_weights([kernel] if bias is None else [kernel, bias])
+            self._set(node, _Value(result), output)
+            return
+        # Over a sequence or map, a 1x1 convolution: FULLY_CONNECTED would keep the leading dims, which the
+        # Edge TPU refuses (1-D outputs only), and a convolution's weights are quantized per channel.
+        rows = int(np.prod(shape[:-1]))
+        layer = keras.layers.Conv2D(kernel.shape[1], 1, use_bias=bias is not None, name=name)
+        result = layer(tensor if len(shape) == 4 else keras.ops.reshape(tensor, (1, rows, 1, shape[-1])))
+        weight = kernel.reshape(1, 1, *kernel.shape)
+        layer.set_weights([weight] if bias is None else [weight, bias])
+        if len(shape) != 4:
+            result = keras.ops.reshape(result, (*shape[:-1], kernel.shape[1]))
         self._set(node, _Value(result), output)
 
     def _gemm(self, node: Any) -> None:
@@ -1013,6 +1044,41 @@ class _Translator:
         else:
             result = self._apply(node, tf.matmul, a, b)
         self._set(node, _Value(result))
+
+    def _recurrent(self, node: Any) -> None:
+        """LSTM/GRU unrolled over the static sequence (converter/steps/recurrent_cells.py)."""
+        w, r = self._const(node, 1), self._const(node, 2)
+        assert w is not None and r is not None
+        peepholes = self._const(node, 7) if node.op_type == "LSTM" else None
+        try:
+            spec = recurrent_spec(node.op_type, _attrs(node), w, r, self._const(node, 3), peepholes)
+        except ValueError as exc:
+            raise self._unsupported(node, str(exc)) from exc
+        x = self._as_same(self._value(node, node.input[0]))
+        steps, batch = int(x.shape[0]), int(x.shape[1])
+        lengths = self._const(node, 4)
+        if lengths is not None and not np.all(lengths == steps):
+            raise self._unsupported(node, "sequence_lens shorter than the sequence are not supported")
+        tensors, states = [x], []
+        for index in (5, 6):
+            name = node.input[index] if index < len(node.input) else ""
+            if not name:
+                states.append(None)
+            elif name in self.consts:
+                states.append(np.broadcast_to(self.consts[name], (len(spec.directions), batch, spec.hidden)))
+            else:
+                states.append(len(tensors))  # position among the layer's inputs
+                tensors.append(self._as_same(self._value(node, name)))
+        tf = self.tf
+
+        def unrolled(*args: Any) -> list[Any]:
+            h, c = (args[s] if isinstance(s, int) else s for s in states)
+            return run_recurrent(tf, spec, args[0], h, c)
+
+        results = self._apply(node, unrolled, *tensors)
+        for name, tensor in zip(node.output, results, strict=False):
+            if name:
+                self._set(node, _Value(tensor), name)
 
     # --- shape and layout ops ----------------------------------------------------------------------
     def _flatten(self, node: Any) -> None:

@@ -25,10 +25,13 @@ from edgefleet.converter.steps.calibration_ranges import calibration_method, rew
 from edgefleet.converter.steps.onnx_to_keras import (
     KerasTranslation,
     import_keras,
+    keras_input_order,
+    keras_safe_name,
     layer_names_in,
     node_label,
 )
 from edgefleet.converter.steps.quantize_onnx import note_rule_floats, rule_float_nodes
+from edgefleet.converter.steps.tflite_unfuse import unfuse_inert_activations
 
 # int32 is allowed only where full-INT8 kernels take it: the bias of conv/FC ops, and the shape, axis, index
 # and size operands of the layout ops (constants computed at conversion time).
@@ -101,14 +104,19 @@ def name_io_tensors(flatbuffer: bytes, input_names: list[str], output_names: lis
 
     The converter calls them 'serving_default_image:0' / 'StatefulPartitionedCall:0'; with the ONNX names
     the artifact, the manifest and a client's request all use one name per tensor. Keras keeps the input
-    order, and names outputs output_0, output_1, ... in order, which gives the mapping.
+    order for outputs only: it names them output_0, output_1, ... in order, which gives the mapping.
     """
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
     subgraph = model.subgraphs[0]
     signature = model.signatureDefs[0] if model.signatureDefs else None
-    inputs = [m.tensorIndex for m in signature.inputs] if signature else list(subgraph.inputs)
+    if signature:
+        entries = list(signature.inputs)
+        order = keras_input_order([m.name.decode() for m in entries], input_names)
+        inputs = [entries[position].tensorIndex for position in order]
+    else:
+        inputs = list(subgraph.inputs)
     outputs = _ordered_outputs(model)
     if len(inputs) != len(input_names) or len(outputs) != len(output_names):
         raise ConversionError(
@@ -226,13 +234,16 @@ class QuantizeTflite:
         calib = ctx.need(ctx.calib, "calibration data")
         names = [t.name for t in ctx.need(ctx.model_info, "model description").inputs]
 
-        def representative() -> Iterator[list[np.ndarray]]:
+        def representative() -> Iterator[dict[str, np.ndarray]]:
+            # keyed by the serving signature's input names: a list would be fed in the converter's input
+            # order, which sorts the inputs by name
             for index in range(calib.samples):
-                sample = []
+                sample = {}
                 for name in names:
                     x = calib.inputs[name][index : index + 1]
                     perm = translation.input_perms[name]
-                    sample.append(x if perm is None else np.ascontiguousarray(np.transpose(x, perm)))
+                    x = x if perm is None else np.ascontiguousarray(np.transpose(x, perm))
+                    sample[keras_safe_name(name)] = x
                 yield sample
 
         converter = tf.lite.TFLiteConverter.from_keras_model(translation.model)
@@ -292,6 +303,7 @@ class QuantizeTflite:
                     f"TFLite full-INT8 quantization failed ({first}); the model may use an op without an "
                     "INT8 TFLite kernel - choose an ONNX profile for it"
                 ) from exc
+        flatbuffer, _ = unfuse_inert_activations(flatbuffer)  # TRANSPOSE_CONV v4 -> v3 for the Edge TPU
         info = ctx.need(ctx.model_info, "model description")
         names = [t.name for t in info.inputs]
         out = ctx.work_dir / "model.tflite"

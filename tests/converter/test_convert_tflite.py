@@ -12,7 +12,8 @@ from ai_edge_litert.interpreter import Interpreter
 from edgefleet.contract.bundle import extract_bundle
 from edgefleet.contract.signing import load_public_key
 from edgefleet.contract.tensors import from_artifact, to_artifact
-from edgefleet.converter.pipeline import ConversionResult
+from edgefleet.converter.context import ConversionRequest
+from edgefleet.converter.pipeline import ConversionResult, convert
 
 TFLITE_PROFILES = {"rpi4": np.int8, "coral-usb": np.uint8}
 # int32 operands a full-INT8 model may keep: conv/FC bias, and RESHAPE's target shape.
@@ -109,3 +110,57 @@ def test_litert_accuracy_within_one_point_of_fp32(
     assert metrics is not None and metrics.fp32 is not None
     assert accuracy == pytest.approx(metrics.artifact, abs=0.01)
     assert metrics.fp32 - accuracy <= 1.0
+
+
+def test_a_model_whose_inputs_the_tflite_converter_reorders_is_calibrated_and_measured_by_name(
+    make_request: Callable[..., ConversionRequest], tmp_path: Path
+) -> None:
+    """TFLite sorts inputs by name ('h' before 'input'); calibration, the per-layer comparison and the
+    artifact's I/O names must follow the names, or each input is calibrated and fed with another's data."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(0, 0.3, (16, 8)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([1, 8], np.int64), "shape")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "w"], ["projected"]),
+            helper.make_node("Reshape", ["h", "shape"], ["state"]),
+            helper.make_node("Mul", ["state", "projected"], ["gated"]),
+            helper.make_node("Tanh", ["gated"], ["out"]),
+        ],
+        "two_inputs",
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", 1, 8]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 8])],
+        [weight, shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "two_inputs.onnx")
+    for split, seed in (("calib", 1), ("eval", 2)):
+        data = np.random.default_rng(seed)
+        # very different ranges: swapped data would be clipped and fail the budget
+        np.savez(
+            tmp_path / f"{split}.npz",
+            input=data.normal(0, 4, (64, 16)).astype(np.float32),
+            h=data.uniform(0, 0.2, (64, 1, 8)).astype(np.float32),
+        )
+    result = convert(
+        make_request(
+            "rpi4",
+            model=tmp_path / "two_inputs.onnx",
+            calib=tmp_path / "calib.npz",
+            eval=tmp_path / "eval.npz",
+            out=tmp_path / "out",
+            name="two_inputs",
+            output_kinds={"out": "tensor"},
+        )
+    )
+    assert sorted(spec.name for spec in result.inputs) == ["h", "input"]
+    assert {spec.name: spec.float_shape[1:] for spec in result.inputs} == {"h": [1, 8], "input": [16]}
+    accuracy = result.metrics.accuracy
+    assert accuracy is not None and accuracy.measure == "sqnr" and accuracy.artifact > 25

@@ -12,8 +12,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgefleet.converter.errors import UnsupportedModelError
-from edgefleet.converter.steps.onnx_to_keras import translate_onnx_to_keras
+from edgefleet.converter.errors import ConversionError, UnsupportedModelError
+from edgefleet.converter.steps.onnx_to_keras import keras_input_order, translate_onnx_to_keras
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -310,3 +310,36 @@ def test_an_if_on_a_constant_inlines_a_branch_with_padded_pooling() -> None:
     condition = numpy_helper.from_array(np.array(True), "cond")
     branch = helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)
     _check(_graph([branch], [1, 2, 6, 6], [condition]), (1, 2, 6, 6))
+
+
+class Recurrent(nn.Module):
+    """A frame encoder, then a recurrent layer over the frames as torch exports it ([frames, batch, ...])."""
+
+    def __init__(self, kind: str, bidirectional: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(8, 12, 3, 1, 1)
+        cell = nn.GRU if kind == "GRU" else nn.LSTM
+        self.rnn = cell(12, 16, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(32 if bidirectional else 16, 3)
+
+    def forward(self, x: Any) -> Any:
+        frames = F.relu(self.conv(x)).transpose(1, 2)
+        return torch.sigmoid(self.head(self.rnn(frames)[0]))
+
+
+@pytest.mark.parametrize(
+    ("kind", "bidirectional"), [("GRU", False), ("GRU", True), ("LSTM", False), ("LSTM", True)]
+)
+def test_recurrent_layers_unroll_into_ops_int8_and_the_edge_tpu_take(kind: str, bidirectional: bool) -> None:
+    translation = _check(_export(Recurrent(kind, bidirectional), (1, 8, 10)), (1, 8, 10))
+    ops = set(_ops(translation))
+    assert {"FULLY_CONNECTED", "LOGISTIC", "TANH", "CONV_2D"} <= ops
+    assert not {op for op in ops if "SEQUENCE" in op or op == "WHILE"}  # no fused or looping sequence op
+
+
+def test_tflite_inputs_are_matched_to_the_source_inputs_by_name_not_position() -> None:
+    # the TFLite converter sorts inputs by name: 'c', 'h', 'input' for a model declaring input, h, c
+    assert keras_input_order(["c", "h", "input"], ["input", "h", "c"]) == [2, 1, 0]
+    assert keras_input_order(["serving_default_x_1:0"], ["x.1"]) == [0]
+    with pytest.raises(ConversionError, match="not named after"):
+        keras_input_order(["a", "b"], ["a", "c"])

@@ -72,3 +72,29 @@ def test_yolo_head_keeps_its_box_and_score_output_float_on_the_pi(
     accuracy = result.metrics.accuracy
     assert accuracy is not None and accuracy.measure == "detection_f1" and accuracy.artifact > 90
     assert any("in float by rule" in note for note in result.notes)
+
+
+def test_the_gru_audio_model_converts_for_the_coral_with_every_op_on_the_edge_tpu(
+    make_request: Callable[..., ConversionRequest], tmp_path: Path
+) -> None:
+    """The GRU unrolls into per-step FULLY_CONNECTED and gate ops, and the frame classifier over the
+    sequence becomes a 1x1 convolution: nothing the Edge TPU lacks, all within the default budget."""
+    np.savez(tmp_path / "calib.npz", **corpus_split("audio_gru", "calib", 64))
+    np.savez(tmp_path / "eval.npz", **corpus_split("audio_gru", "eval", 64))
+    result = convert(
+        make_request(
+            "coral-usb",
+            model=MODEL.with_name("audio_gru.onnx"),
+            calib=tmp_path / "calib.npz",
+            eval=tmp_path / "eval.npz",
+            out=tmp_path / "out",
+            name="gru",
+        )
+    )
+    assert result.report is not None and result.report.budget is not None and result.report.budget.met
+    checks = result.target_checks
+    assert checks is not None and checks.edgetpu is not None
+    assert checks.passed and checks.edgetpu.first_cpu_op is None
+    assert {"FULLY_CONNECTED", "LOGISTIC", "TANH"} <= {op.op for op in checks.edgetpu.ops}
+    accuracy = result.metrics.accuracy
+    assert accuracy is not None and accuracy.measure == "sqnr" and accuracy.artifact > 25
