@@ -103,6 +103,7 @@ class ConversionContext:
     notes: list[str] = field(default_factory=list)  # things the user should know (printed in the summary)
     bundle_path: Path | None = None
     float_layers: list[str] = field(default_factory=list)  # ONNX nodes kept in float (mixed precision)
+    calib_method: CalibrationMethod | None = None  # chosen by measured loss when the request leaves it open
     output_metrics: list[OutputMetrics] = field(default_factory=list)  # per model output (Evaluate)
     layer_errors: list[LayerError] = field(default_factory=list)  # fp32 vs artifact, per layer
     budget: BudgetOutcome | None = None  # the accuracy budget and how it was met (EnforceBudget)

@@ -47,7 +47,8 @@ MAX_HISTOGRAM_VALUES = 1_000_000
 
 
 def calibration_method(ctx: ConversionContext) -> CalibrationMethod:
-    return ctx.request.calib_method or DEFAULT_CALIBRATION_METHOD
+    """The user's method, else the one the accuracy budget chose by measured loss, else the default."""
+    return ctx.request.calib_method or ctx.calib_method or DEFAULT_CALIBRATION_METHOD
 
 
 Range = tuple[float, float]

@@ -20,6 +20,7 @@ from edgefleet.contract.profiles import Precision
 from edgefleet.converter.context import ConversionContext, Step
 from edgefleet.converter.fidelity.custom import CustomMetricOutcome
 from edgefleet.converter.fidelity.judge import Judgement
+from edgefleet.converter.steps.calibration_ranges import CALIBRATION_METHODS, calibration_method
 from edgefleet.converter.steps.evaluate import (
     accuracy_scorer,
     budget_for,
@@ -44,9 +45,12 @@ class MixedPrecisionAttempt(BaseModel):
     met: bool
     sqnr_db: float | None = None  # the lowest SQNR among outputs judged in dB (null: none is)
     badness: float | None = None  # how far the worst output is over its bound (points/dB); <= 0: within
+    calib_method: str | None = None  # the calibration method of this attempt, when the budget chose it
 
     @classmethod
-    def of(cls, float_layers: list[str], judgement: Judgement) -> MixedPrecisionAttempt:
+    def of(
+        cls, float_layers: list[str], judgement: Judgement, calib_method: str | None = None
+    ) -> MixedPrecisionAttempt:
         """The record of one scored attempt (what the search keeps; judgement.met says if it holds)."""
         return cls(
             float_layers=list(float_layers),
@@ -54,6 +58,7 @@ class MixedPrecisionAttempt(BaseModel):
             met=judgement.met,
             sqnr_db=judgement.sqnr_db,
             badness=judgement.badness,
+            calib_method=calib_method,
         )
 
 
@@ -164,12 +169,15 @@ class EnforceBudget:
         first = score()
         attempts = [MixedPrecisionAttempt.of([], first)]
         common = {"checked": True, "attempts": attempts, "fidelity_notes": fidelity_notes(plan, first, data)}
+        searching = self.search and ctx.profile.artifact.precision is Precision.INT8
+        if not first.met and searching and ctx.request.calib_method is None:
+            first = self._choose_calibration(ctx, first, score, attempts)
         if first.met:
             message = f"within budget: {first.message}"
             ctx.budget = outcome(**common, **measured(first), met=True, message=message)
             return
         over = f"over budget: {first.message}"
-        if ctx.profile.artifact.precision is not Precision.INT8 or not self.search:
+        if not searching:
             ctx.budget = outcome(**common, **measured(first), met=False, message=over)
             return
         errors = measure_layer_errors(ctx)
@@ -207,6 +215,44 @@ class EnforceBudget:
             culprits=[] if met else culprits,
             message=message,
         )
+
+    def _choose_calibration(
+        self,
+        ctx: ConversionContext,
+        first: Judgement,
+        score: Callable[[], Judgement],
+        attempts: list[MixedPrecisionAttempt],
+    ) -> Judgement:
+        """Over budget with the default calibration and no method asked for: each other method, scored in
+        full int8; the first within budget is kept, else the one closest to it (mixed precision goes on
+        from there). The artifact is left built with the chosen method."""
+        default = calibration_method(ctx)
+        attempts[0].calib_method = default
+        best, best_method = first, default
+        for method in CALIBRATION_METHODS:
+            if method == default:
+                continue
+            ctx.calib_method = method
+            if callable(ctx.detail):
+                ctx.detail(f"calibration: trying {method} ranges")
+            self.requantize.run(ctx)
+            self.describe.run(ctx)
+            judgement = score()
+            attempts.append(MixedPrecisionAttempt.of([], judgement, method))
+            if judgement.badness < best.badness:
+                best, best_method = judgement, method
+            if judgement.met:
+                break
+        if best_method != default:
+            ctx.notes.append(
+                f"calibration: {best_method} ranges chosen by measured loss ({default}: {first.message}; "
+                f"{best_method}: {best.message})"
+            )
+        if ctx.calib_method != best_method:
+            ctx.calib_method = best_method
+            self.requantize.run(ctx)
+            self.describe.run(ctx)
+        return best
 
     def _search(
         self,
