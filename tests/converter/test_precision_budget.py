@@ -52,7 +52,14 @@ def test_two_hidden_outliers_are_found_in_few_probes(
     calib, evaluation = upscaled_digits_sets(tmp_path / "data", 96, calib_samples=32)
     model = _planted(reference_dir, tmp_path / "outliers.onnx")
     result = convert(
-        make_request("jetson-orin-nano", model=model, calib=calib, eval=evaluation, out=tmp_path / "out")
+        make_request(
+            "jetson-orin-nano",
+            model=model,
+            calib=calib,
+            eval=evaluation,
+            out=tmp_path / "out",
+            calib_method="minmax",  # the search alone: no other calibration method is tried first
+        )
     )
     assert result.report is not None and result.report.budget is not None
     budget = result.report.budget

@@ -46,9 +46,11 @@ def publish_wait(client: mqtt.Client, topic: str, payload: bytes, retain: bool =
 
 
 def collect_retained(
-    broker: MosquittoProcess, topic_filters: list[str], settle_s: float = 0.5
+    broker: MosquittoProcess, topic_filters: list[str], settle_s: float = 0.5, expect: int | None = None
 ) -> dict[str, Any]:
-    """topic -> MQTTMessage of everything retained under the filters (a fresh subscriber's view)."""
+    """topic -> MQTTMessage of everything retained under the filters (a fresh subscriber's view). With
+    `expect`, waits for that many topics (up to 60 s) instead of for a quiet `settle_s`, which a busy
+    machine can fake by starving the receiving thread."""
     got: dict[str, Any] = {}
     last = [time.monotonic()]
     client = plain_client(broker, "collector")
@@ -59,7 +61,12 @@ def collect_retained(
 
     client.on_message = on_message
     client.subscribe([(f, 1) for f in topic_filters])
-    while time.monotonic() - last[0] < settle_s:
+    deadline = time.monotonic() + 60
+    while (
+        (len(got) < expect and time.monotonic() < deadline)
+        if expect
+        else time.monotonic() - last[0] < settle_s
+    ):
         time.sleep(0.05)
     client.disconnect()
     client.loop_stop()
