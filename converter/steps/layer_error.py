@@ -92,13 +92,39 @@ def sqnr_db(reference: np.ndarray, observed: np.ndarray) -> float:
     return noise.sqnr_db
 
 
-def _finish(layers: list[_Layer], producer_of: dict[str, str], inputs: dict[str, _Noise]) -> list[LayerError]:
-    """LayerErrors from accumulated noise; loss_db = worst input SQNR - output SQNR."""
+def _measured_sources(tensor: str, sqnr: dict[str, float], through: dict[str, list[str]]) -> list[str]:
+    """The measured tensors `tensor` is computed from: itself, else (through ops that are not measured, a
+    Split's outputs, a layout op) the nearest measured tensors upstream."""
+    found: list[str] = []
+    pending, seen = [tensor], set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in sqnr:
+            found.append(name)
+        else:
+            pending.extend(through.get(name, []))
+    return found
+
+
+def _finish(
+    layers: list[_Layer],
+    producer_of: dict[str, str],
+    inputs: dict[str, _Noise],
+    through: dict[str, list[str]],
+) -> list[LayerError]:
+    """LayerErrors from accumulated noise; loss_db = worst input SQNR - output SQNR, the inputs traced
+    through unmeasured ops (`through`: tensor -> the inputs of the op writing it) to measured tensors: a
+    convolution after a Split is held to the Split's input, not to a perfect one."""
     sqnr = {layer.output.removesuffix(_DQ_SUFFIX): layer.noise.sqnr_db for layer in layers}
     sqnr |= {name: noise.sqnr_db for name, noise in inputs.items()}
     results = []
     for layer in layers:
-        feeding = [t for t in layer.input_tensors if t in sqnr]
+        feeding = list(
+            dict.fromkeys(src for t in layer.input_tensors for src in _measured_sources(t, sqnr, through))
+        )
         worst_input = min((sqnr[t] for t in feeding), default=MAX_SQNR_DB)
         results.append(
             LayerError(
@@ -138,13 +164,21 @@ def onnx_layer_errors(fp32_model: Any, qdq_path: Path, data: TensorSet, count: i
     graph_inputs = [i.name for i in fp32_model.graph.input if i.name in data.inputs]
     layers: list[_Layer] = []
     producer_of: dict[str, str] = {}
+    through: dict[str, list[str]] = {}
     for node in qdq.graph.node:
+        # keyed like the layers, by the fp32 tensor name (a DQ output stripped of its suffix); the producer
+        # comes before its Q/DQ pair, so it keeps the entry
+        sources = [n.removesuffix(_DQ_SUFFIX) for n in node.input if n]
+        for extra in node.output[1:]:
+            through.setdefault(extra, sources)
         if (
             node.op_type in _SKIPPED_ONNX_OPS
             or not node.output
             or node.output[0] not in fp32_producer
             or node.output[0] not in live
         ):
+            if node.output:
+                through.setdefault(node.output[0].removesuffix(_DQ_SUFFIX), sources)
             continue
         tensor = node.output[0]
         observed = tensor + _DQ_SUFFIX if tensor + _DQ_SUFFIX in produced else tensor
@@ -176,7 +210,7 @@ def onnx_layer_errors(fp32_model: Any, qdq_path: Path, data: TensorSet, count: i
             layer.noise.add(reference[ref_name], observed[layer.output])
         for name, dq_name in zip(graph_inputs, dq_inputs, strict=True):
             input_noise[name].add(feeds[name], observed[dq_name])
-    return _finish(layers, producer_of, input_noise)
+    return _finish(layers, producer_of, input_noise, through)
 
 
 def _session(model: bytes, exact_qdq: bool) -> Any:
@@ -240,12 +274,16 @@ def tflite_layer_errors(
     observed_by_name = {d["name"]: d for d in observed.get_tensor_details() if name_counts[d["name"]] == 1}
     layers: list[_Layer] = []
     producer_of: dict[str, str] = {}
+    through: dict[str, list[str]] = {}
     unnamed = 0
     for op in reference._get_ops_details():
+        sources = [ref_details[int(i)]["name"] for i in op["inputs"] if int(i) >= 0]
         if op["op_name"] in _SKIPPED_TFLITE_OPS or len(op["outputs"]) != 1:
+            through.update({ref_details[int(o)]["name"]: sources for o in op["outputs"]})
             continue
         output = ref_details[int(op["outputs"][0])]["name"]
         if output not in observed_by_name:
+            through[output] = sources
             continue
         nodes = [
             n for keras_name in layer_names_in(output) for n in translation.layer_nodes.get(keras_name, [])
@@ -285,7 +323,7 @@ def tflite_layer_errors(
                 reference.get_tensor(ref_index[layer.output]),
                 _dequantize(obs_detail, observed.get_tensor(obs_detail["index"])),
             )
-    return _finish(layers, producer_of, input_noise)
+    return _finish(layers, producer_of, input_noise, through)
 
 
 # --- step ------------------------------------------------------------------------------------------------
