@@ -33,16 +33,27 @@ _PACKET_OVERHEAD = 1024
 
 class _AckBoard:
     """Acknowledgements by message id. paho may deliver a PUBACK/SUBACK before `publish()`/`subscribe()`
-    has returned the id to us, so results that nobody waits for yet are kept until they are asked for."""
+    has returned the id to us, so results that nobody waits for yet are kept until they are asked for.
 
-    def __init__(self) -> None:
+    Message ids wrap after 65,535; an ack nobody took (a publish no one waited on) must not answer a later
+    request that reuses its id. `issued(mid, since)` drops a result for `mid` that arrived before `since`,
+    the moment just before the request that got `mid` went out, so only that request's own ack counts."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._cond = threading.Condition()
-        self._results: dict[int, Any] = {}
+        self._clock = clock
+        self._results: dict[int, tuple[float, Any]] = {}
 
     def done(self, mid: int, result: Any) -> None:
         with self._cond:
-            self._results[mid] = result
+            self._results[mid] = (self._clock(), result)
             self._cond.notify_all()
+
+    def issued(self, mid: int, since: float) -> None:
+        with self._cond:
+            arrived = self._results.get(mid)
+            if arrived is not None and arrived[0] < since:
+                del self._results[mid]
 
     def take(self, mid: int, timeout: float, alive: Callable[[], str | None]) -> Any:
         """The ack for `mid`; raises BrokerError on timeout or when `alive()` reports a fatal problem."""
@@ -56,7 +67,10 @@ class _AckBoard:
                 if remaining <= 0:
                     raise TimeoutError
                 self._cond.wait(min(remaining, 0.25))
-            return self._results.pop(mid)
+            return self._results.pop(mid)[1]
+
+    def now(self) -> float:
+        return self._clock()
 
     def wake(self) -> None:
         with self._cond:
@@ -150,7 +164,10 @@ class BrokerSession:
         if not wanted:
             return
         self._subscriptions.extend(wanted)
+        since = self._acks.now()
         result, mid = self._client.subscribe(wanted)
+        if mid is not None:
+            self._acks.issued(mid, since)
         if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
             raise BrokerError(f"cannot subscribe at {self.address}: {mqtt.error_string(result)}")
         codes = self._take_ack(mid, f"subscription to {wanted[0][0]}")
@@ -175,9 +192,11 @@ class BrokerSession:
                 f"a {len(payload)}-byte message to {topic} exceeds the broker's maximum packet size "
                 f"({self.max_packet_size} bytes)"
             )
+        since = self._acks.now()
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise BrokerError(f"cannot publish to {topic}: {mqtt.error_string(info.rc)}")
+        self._acks.issued(info.mid, since)
         return info.mid
 
     def wait_published(self, mid: int, what: str) -> None:
@@ -201,7 +220,9 @@ class BrokerSession:
             self.subscribe([topic])
         arrived = self._sync_waiters[token] = threading.Event()
         try:
-            self.publish(topic, token)
+            mid = self.publish(topic, token)
+            if self._on_publish_hook is None:
+                self.wait_published(mid, "the sync message")  # its ack is ours to collect
             if not arrived.wait(self.ack_timeout):
                 raise BrokerError(
                     f"the broker at {self.address} did not deliver our own message back within "
