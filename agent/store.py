@@ -8,7 +8,6 @@ active (the bundle_id to load at start, replaced with tmp file + fsync + os.repl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -242,7 +241,3 @@ class BundleStore:
     def discard_part(self, bundle_id: str) -> None:
         for path in (self.part_path(bundle_id), self.chunk_log_path(bundle_id), self.meta_path(bundle_id)):
             path.unlink(missing_ok=True)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

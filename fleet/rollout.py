@@ -24,6 +24,7 @@ from edgefleet.contract.messages import (
     CONTENT_JSON,
     DesiredState,
     DeviceEvent,
+    DeviceEventKind,
     DeviceStatus,
     Presence,
     Telemetry,
@@ -53,9 +54,9 @@ DEFAULT_ROLLBACK_WAIT_S = 60.0
 SAVE_EVERY_S = 0.5  # progress is saved at most this often (stage starts and the end are saved at once)
 SUMMARY_EVERY_S = 2.0
 PER_DEVICE_LINES_UP_TO = 50  # larger rollouts print a summary line instead of one line per device
-# Device events that fail a device when they name this rollout's deployment id. `rolled_back` and
-# `health_check_failed` are what an agent with probation reports (newer agents; older ones never send them).
-FAILURE_EVENTS = frozenset({"rejected", "rolled_back", "health_check_failed", "error"})
+# Device events that fail a device when they name this rollout's deployment id (kinds the contract defines;
+# `rolled_back` is what an agent whose probation failed reports).
+FAILURE_EVENTS: frozenset[DeviceEventKind] = frozenset({"rejected", "rolled_back", "error"})
 
 
 def parse_count(text: str, total: int, what: str) -> int:

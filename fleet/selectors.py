@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from edgefleet.contract.errors import EdgefleetError
 
-RESERVED_KEYS = ("id", "profile")
 _KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 

@@ -190,7 +190,7 @@ class Simulator:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.modify(sock, events, device)
 
-    def whole_file_ok(self, meta: BundleMeta, index: int, data: bytes, device_complete: bool) -> bool | None:
+    def whole_file_ok(self, meta: BundleMeta, index: int, data: bytes) -> bool | None:
         # Every device whose chunks all matched the same meta holds the same bytes, so the whole-file
         # sha256 is computed once per meta instead of once per device (1000 x 1 MiB would be 1 GB).
         key = (meta.bundle_id, meta.chunk_size, tuple(meta.chunk_sha256))

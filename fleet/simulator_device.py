@@ -111,9 +111,7 @@ class SimEnvironment(Protocol):
 
     def want_write(self, device: SimDevice, sock: Any, wanted: bool) -> None: ...
 
-    def whole_file_ok(
-        self, meta: BundleMeta, index: int, data: bytes, device_complete: bool
-    ) -> bool | None: ...
+    def whole_file_ok(self, meta: BundleMeta, index: int, data: bytes) -> bool | None: ...
 
     def connected(self, device: SimDevice) -> None: ...
 
@@ -131,7 +129,6 @@ class _Delivery:
     subscriptions: set[str] = field(default_factory=set)
     last_progress: float = field(default_factory=time.monotonic)
     last_event: float = 0.0
-    whole_ok: bool | None = None
 
 
 class SimDevice:
@@ -321,7 +318,7 @@ class SimDevice:
         record.bytes_received += len(payload)
         now = delivery.last_progress = time.monotonic()
         complete = len(delivery.received) == len(meta.chunk_sha256)
-        verdict = self.env.whole_file_ok(meta, index, payload, complete)
+        verdict = self.env.whole_file_ok(meta, index, payload)
         if not complete:
             if now - delivery.last_event >= PROGRESS_EVERY_S:
                 delivery.last_event = now

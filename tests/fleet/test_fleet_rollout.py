@@ -346,3 +346,13 @@ def test_abort_with_rollback_sends_the_touched_devices_back(
     assert not any(logs[d].received_any_of(aborted.bundle.bundle_id) for d in aborted.stages[1])
     assert main(["rollout", "resume", "--state-dir", str(tmp_path)]) == 2
     assert "no unfinished rollout" in capsys.readouterr().err
+
+
+def test_the_events_that_fail_a_device_are_kinds_the_contract_defines() -> None:
+    from typing import get_args
+
+    from edgefleet.contract.messages import DeviceEventKind
+    from edgefleet.fleet.rollout import FAILURE_EVENTS
+
+    assert set(FAILURE_EVENTS) <= set(get_args(DeviceEventKind))
+    assert {"rejected", "rolled_back", "error"} <= FAILURE_EVENTS
