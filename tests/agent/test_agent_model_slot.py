@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,22 +44,50 @@ def test_swap_waits_for_requests_in_flight(models: tuple[LoadedModel, LoadedMode
     assert v2.closed and slot.current is None
 
 
+class _Probe:
+    """Wraps a backend: the first run holds the runtime until a second run enters it or `hold_s` passes,
+    and the most runs ever inside the runtime at once is recorded."""
+
+    def __init__(self, backend: Any, hold_s: float = 0.5) -> None:
+        self.backend = backend
+        self.hold_s = hold_s
+        self.inside = 0
+        self.most_inside = 0
+        self.first_entered = threading.Event()
+        self.second_entered = threading.Event()
+        self._count = threading.Lock()
+
+    def run(self, feeds: Any) -> Any:
+        with self._count:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            first = not self.first_entered.is_set()
+            (self.first_entered if first else self.second_entered).set()
+        try:
+            if first:  # without the model's lock the second run gets in here; with it, it waits
+                self.second_entered.wait(self.hold_s)
+            return self.backend.run(feeds)
+        finally:
+            with self._count:
+                self.inside -= 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
 def test_runs_are_serialized_across_threads(models: tuple[LoadedModel, LoadedModel]) -> None:
     v1, _ = models
+    probe = _Probe(v1.backend)
+    v1.backend = probe
     images = np.random.default_rng(0).normal(size=(8, 1, 8, 8)).astype(np.float32)
-    expected = v1.run({"image": images})["logits"]
-    errors: list[BaseException] = []
-
-    def hammer() -> None:
-        try:
-            for _ in range(50):
-                np.testing.assert_allclose(v1.run({"image": images})["logits"], expected, rtol=1e-6)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    results: list[np.ndarray] = []
+    first = threading.Thread(target=lambda: results.append(v1.run({"image": images})["logits"]))
+    first.start()
+    assert probe.first_entered.wait(30)
+    second = threading.Thread(target=lambda: results.append(v1.run({"image": images})["logits"]))
+    second.start()
+    first.join()
+    second.join()
+    assert probe.most_inside == 1  # the second run waited for the first to leave the runtime
+    assert len(results) == 2
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
