@@ -216,6 +216,12 @@ def test_rollback_command_reactivates_a_kept_version_without_download(
     assert obs.infer(POSITIVE).model_version == "1"
     assert main(["rollback", "--device", DEVICE, "--broker", url, "--to", "2", "--wait"]) == 0
     assert obs.infer(POSITIVE).model_version == "2"
+    # the events travel separately from the status that ended the wait: wait for both activations
+    wait_until(
+        lambda: [e["kind"] for e in obs.of("events")[n_events:]].count("activated") >= 2,
+        timeout=30,
+        what="both activation events",
+    )
     kinds = [e["kind"] for e in obs.of("events")[n_events:]]
     assert kinds.count("activated") == 2 and "delivery_started" not in kinds, kinds
     assert process.log().count("event=activating_kept_bundle") == 2
@@ -235,4 +241,8 @@ def test_rollback_command_reactivates_a_kept_version_without_download(
     assert main(["rollback", "--device", DEVICE, "--broker", url, "--to", "1", "--wait"]) == 0
     assert obs.infer(POSITIVE).model_version == "1"
     assert "event=kept_bundle_damaged" in process.log()
-    assert "delivery_started" in [e["kind"] for e in obs.of("events")[n_events:]]
+    wait_until(
+        lambda: "delivery_started" in [e["kind"] for e in obs.of("events")[n_events:]],
+        timeout=30,
+        what="the damaged kept bundle to be fetched again",
+    )
