@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from edgefleet.converter.steps.onnx_to_keras import KerasTranslation
 
 LAYER_ERROR_SAMPLES = 32
+# Enough input values for stable per-layer SQNRs: large inputs need fewer samples (a 384x384 page: 9), which
+# matters because the search measures again after a failed probe and every sample runs two full models.
+LAYER_ERROR_INPUT_VALUES = 4_000_000
+MIN_LAYER_ERROR_SAMPLES = 8
 MAX_SQNR_DB = 100.0  # an exact match (no noise) is reported as this, so the report stays finite JSON
 GRAPH_INPUT = "(model input)"
 _DQ_SUFFIX = "_DequantizeLinear_Output"
@@ -57,12 +61,16 @@ class _Noise:
     noise: float = 0.0
 
     def add(self, reference: np.ndarray, observed: np.ndarray) -> None:
-        reference = reference.astype(np.float64)
-        self.signal += float(np.sum(reference**2))
-        if not np.isfinite(observed).all():  # NaN/inf (an fp16 overflow): no signal left at all
+        # BLAS dot products in float32 (whole feature maps on every layer, every sample: the float64 sums
+        # were most of the per-layer measurement's time); the power sums need no more precision than that
+        ref = np.ascontiguousarray(reference, dtype=np.float32).ravel()
+        diff = ref - np.ascontiguousarray(observed, dtype=np.float32).ravel()
+        self.signal += float(np.dot(ref, ref))
+        noise = float(np.dot(diff, diff))
+        if not math.isfinite(noise):  # NaN/inf (an fp16 overflow): no signal left at all
             self.noise = math.inf
             return
-        self.noise += float(np.sum((reference - observed.astype(np.float64)) ** 2))
+        self.noise += noise
 
     @property
     def sqnr_db(self) -> float:
@@ -142,6 +150,13 @@ def _finish(
 def mark_float(errors: Iterable[LayerError], float_layers: Iterable[str]) -> list[LayerError]:
     kept = set(float_layers)
     return [e.model_copy(update={"kept_float": bool(kept.intersection(e.nodes))}) for e in errors]
+
+
+def layer_error_samples(data: TensorSet) -> int:
+    """How many calibration samples the per-layer comparison runs (see LAYER_ERROR_INPUT_VALUES)."""
+    per_sample = sum(int(np.prod(array.shape[1:])) for array in data.inputs.values()) or 1
+    wanted = max(MIN_LAYER_ERROR_SAMPLES, LAYER_ERROR_INPUT_VALUES // per_sample)
+    return min(LAYER_ERROR_SAMPLES, wanted)
 
 
 def _samples(data: TensorSet, count: int) -> dict[str, np.ndarray]:
@@ -339,10 +354,12 @@ def measure_layer_errors(ctx: ConversionContext) -> list[LayerError]:
     if path.suffix == ".tflite":
         translation = ctx.need(ctx.keras_model, "the Keras translation")
         errors = tflite_layer_errors(
-            calibrated_model_path(ctx).read_bytes(), path, translation, data, LAYER_ERROR_SAMPLES
+            calibrated_model_path(ctx).read_bytes(), path, translation, data, layer_error_samples(data)
         )
     else:
-        errors = onnx_layer_errors(ctx.need(ctx.model, "the source model"), path, data, LAYER_ERROR_SAMPLES)
+        errors = onnx_layer_errors(
+            ctx.need(ctx.model, "the source model"), path, data, layer_error_samples(data)
+        )
     from edgefleet.converter.steps.quantize_onnx import rule_float_nodes
 
     return mark_float(errors, [*ctx.float_layers, *rule_float_nodes(ctx)])  # both paths keep the rules

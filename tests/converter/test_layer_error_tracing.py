@@ -4,6 +4,8 @@ input, not to a perfect input (which made it look like it lost 80 dB and sent mi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgefleet.converter.steps.layer_error import GRAPH_INPUT, _finish, _Layer, _Noise
@@ -37,3 +39,29 @@ def test_a_cycle_in_the_passthrough_map_ends() -> None:
     looped = _layer("looped", ["a"], 20.0)
     (error,) = _finish([looped], {}, {}, {"a": ["b"], "b": ["a"]})
     assert error.inputs == [] and error.loss_db > 0  # nothing measured upstream: held to a perfect input
+
+
+def test_large_inputs_are_compared_on_fewer_samples() -> None:
+    from edgefleet.converter.steps.calibration import TensorSet
+    from edgefleet.converter.steps.layer_error import LAYER_ERROR_SAMPLES, layer_error_samples
+
+    def count(shape: tuple[int, ...]) -> int:
+        return layer_error_samples(
+            TensorSet(Path("x.npz"), {"x": np.broadcast_to(np.float32(0), (64, *shape))}, None)
+        )
+
+    assert count((3, 32, 32)) == LAYER_ERROR_SAMPLES
+    assert count((3, 384, 384)) == 9  # 4M values over 442k-value pages
+    assert count((3, 2048, 2048)) == 8  # never fewer than 8
+
+
+def test_sqnr_matches_the_float64_definition() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 3, (4, 64, 64)).astype(np.float32)
+    observed = reference + rng.normal(0, 0.01, reference.shape).astype(np.float32)
+    exact = 10 * np.log10(
+        np.sum(reference.astype(np.float64) ** 2) / np.sum((reference - observed).astype(np.float64) ** 2)
+    )
+    noise = _Noise()
+    noise.add(reference, observed)
+    assert abs(noise.sqnr_db - exact) < 1e-3
