@@ -103,8 +103,8 @@ def name_io_tensors(flatbuffer: bytes, input_names: list[str], output_names: lis
     """Rename the model's input/output tensors (and serving-signature keys) to the source model's names.
 
     The converter calls them 'serving_default_image:0' / 'StatefulPartitionedCall:0'; with the ONNX names
-    the artifact, the manifest and a client's request all use one name per tensor. Keras keeps the input
-    order for outputs only: it names them output_0, output_1, ... in order, which gives the mapping.
+    the artifact, the manifest and a client's request all use one name per tensor. Inputs are matched by
+    name (the converter sorts them by name); outputs are named output_0, output_1, ... in the Keras order.
     """
     from tensorflow.lite.tools import flatbuffer_utils
 
