@@ -215,6 +215,7 @@ class CheckBudget:
             return
         files = write_report(ctx, ctx.need(ctx.report, "the report"))
         hints = "" if budget.float_fallback_allowed else "This target runs every layer in int8. "
+        hints += "".join(f"Note: {note}. " for note in budget.fidelity_notes if "evaluation sample" in note)
         accept = "a larger --max-drop"
         if budget.sqnr_db is not None:
             accept += " (points) or a lower --min-sqnr (dB)"

@@ -3,6 +3,7 @@ applied to fp32 and artifact outputs on the evaluation set."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -42,9 +43,25 @@ def assess(
     return judge(outputs, plan.budget, custom)
 
 
-def fidelity_notes(plan: FidelityPlan, judgement: Judgement, labels: np.ndarray | None) -> list[str]:
+# Measures that count whole samples: one changed prediction moves them by 100/n points.
+PER_SAMPLE_MEASURES = ("top1", "top1_agreement", "ctc_string_equality")
+
+
+def fidelity_notes(
+    plan: FidelityPlan, judgement: Judgement, labels: np.ndarray | None, samples: int
+) -> list[str]:
     """What the user should know about how fidelity was judged, said plainly."""
     notes = []
+    budget = plan.budget.max_drop_points
+    step = 100.0 / max(samples, 1)
+    coarse = [o for o in judgement.outputs if o.metric in PER_SAMPLE_MEASURES]
+    if coarse and step > budget > 0:
+        needed = math.floor(100.0 / budget) + 1
+        notes.append(
+            f"one evaluation sample is worth {step:.2f} points of {coarse[0].metric} on "
+            f"'{coarse[0].output}', more than the {budget:g}-point budget: a single changed prediction "
+            f"fails it; evaluate on at least {needed} samples"
+        )
     guessed = default_kind_note(judgement.outputs, plan.budget)
     if guessed is not None:
         notes.append(guessed)

@@ -106,7 +106,7 @@ def fidelity_plan(ctx: ConversionContext, reference: dict[str, np.ndarray]) -> F
 
 
 def fidelity_notes(plan: FidelityPlan, judgement: Judgement, data: TensorSet) -> list[str]:
-    return _notes(plan, judgement, data.labels)
+    return _notes(plan, judgement, data.labels, data.samples)
 
 
 def eval_data(data: TensorSet) -> EvalData:

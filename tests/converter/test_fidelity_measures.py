@@ -118,3 +118,34 @@ def test_a_non_finite_artifact_output_has_the_lowest_sqnr_not_the_highest() -> N
         observed = reference.copy()
         observed[0, 0] = bad  # an fp16 overflow
         assert sqnr_db(reference, observed) == -MAX_SQNR_DB
+
+
+def test_a_budget_finer_than_one_evaluation_sample_is_said() -> None:
+    from edgefleet.converter.fidelity.assess import FidelityPlan, fidelity_notes
+    from edgefleet.converter.fidelity.judge import FidelityBudget, Judgement
+    from edgefleet.converter.fidelity.outputs import OutputMetrics
+
+    def notes(samples: int, max_drop: float) -> list[str]:
+        budget = FidelityBudget(
+            max_drop_points=max_drop, drop_source="profile", min_sqnr_db=20.0, sqnr_source="default"
+        )
+        plan = FidelityPlan(kinds={"text": ("ctc", "request")}, budget=budget)
+        output = OutputMetrics(
+            output="text",
+            kind="ctc",
+            metric="ctc_string_equality",
+            fp32=None,
+            artifact=98.44,
+            drop_points=1.56,
+            agreement=None,
+            sqnr_db=30.0,
+        )
+        judgement = Judgement(
+            outputs=[output], custom=None, met=False, badness=1.06, metric="ctc_string_equality",
+            worst="text", judged_by="CTC", drop_points=1.56, sqnr_db=None, message="over",
+        )  # fmt: skip
+        return fidelity_notes(plan, judgement, None, samples)
+
+    (said,) = notes(64, 0.5)  # jetson-nano's budget: one string of 64 is 1.56 points
+    assert "worth 1.56 points" in said and "at least 201 samples" in said
+    assert notes(256, 0.5) == []
