@@ -2,8 +2,8 @@
 
 Every step is a FULLY_CONNECTED on the state plus elementwise gates, and the input projection of all steps is
 one 1x1 CONV_2D: ops that full-integer quantization calibrates like any other (each step's state gets its
-own scale) and that the Edge TPU runs. TFLite's fused sequence ops would need their own int8 calibration
-path and are float-only on most delegates.
+own scale) and that the Edge TPU runs. TFLite's fused LSTM op quantizes by its own scheme (16-bit
+intermediate state) and XNNPACK does not run it; GRU has no fused TFLite op at all.
 """
 
 from __future__ import annotations
