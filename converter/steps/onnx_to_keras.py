@@ -93,9 +93,17 @@ def keras_input_order(tflite_names: list[str], source_names: list[str]) -> list[
 
 
 def _attrs(node: Any) -> dict[str, Any]:
+    """The node's attributes, strings (and lists of strings) decoded from the protobuf's bytes."""
     import onnx
 
-    return {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
+    def decoded(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return value.decode()
+        if isinstance(value, list) and value and isinstance(value[0], bytes):
+            return [v.decode() for v in value]
+        return value
+
+    return {attr.name: decoded(onnx.helper.get_attribute_value(attr)) for attr in node.attribute}
 
 
 def _flat_nhwc_index(chw: tuple[int, int, int]) -> np.ndarray:
@@ -124,10 +132,6 @@ def _channels_last(rank: int) -> list[int]:
     return [0, *range(2, rank), 1]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 # Elementwise ops that keep the layout: op type -> (tf module, attrs) -> function of one tensor.
 def _unary_ops() -> dict[str, Callable[[Any, dict[str, Any]], Callable[[Any], Any]]]:
     def hard_sigmoid(tf: Any, attrs: dict[str, Any]) -> Callable[[Any], Any]:
@@ -136,7 +140,7 @@ def _unary_ops() -> dict[str, Callable[[Any, dict[str, Any]], Callable[[Any], An
         return lambda t: tf.nn.relu6(t * (6 * alpha) + 6 * beta) * (1 / 6)
 
     def gelu(tf: Any, attrs: dict[str, Any]) -> Callable[[Any], Any]:
-        tanh = _text(attrs.get("approximate", "none")) == "tanh"
+        tanh = attrs.get("approximate", "none") == "tanh"
         return lambda t: tf.nn.gelu(t, approximate=tanh)
 
     def elu(tf: Any, attrs: dict[str, Any]) -> Callable[[Any], Any]:
@@ -533,7 +537,7 @@ class _Translator:
         dilations: list[int],
     ) -> tuple[str, list[int]]:
         """('same'|'valid'|'explicit', pads[top, left, bottom, right]) for a 2D window op."""
-        auto_pad = _text(attrs.get("auto_pad", "NOTSET"))
+        auto_pad = attrs.get("auto_pad", "NOTSET")
         same = []
         for size, k, s, d in zip(in_hw, kernel, strides, dilations, strict=True):
             out = -(-size // s)
@@ -662,7 +666,7 @@ class _Translator:
             raise self._unsupported(node, "only 2D transposed convolutions are supported")
         if int(attrs.get("group", 1)) != 1 or max(attrs.get("dilations", [1, 1])) > 1:
             raise self._unsupported(node, "grouped or dilated transposed convolutions are not supported")
-        if "output_shape" in attrs or _text(attrs.get("auto_pad", "NOTSET")) != "NOTSET":
+        if "output_shape" in attrs or attrs.get("auto_pad", "NOTSET") != "NOTSET":
             raise self._unsupported(
                 node, "output_shape/auto_pad are not supported; export with explicit pads"
             )
@@ -1299,7 +1303,7 @@ class _Translator:
             axes = [int(a) % rank for a in axes_c] if axes_c is not None else list(range(rank))
         if min(pads) < 0:
             raise self._unsupported(node, "negative pads (cropping) are not supported")
-        mode = _text(attrs.get("mode", "constant"))
+        mode = attrs.get("mode", "constant")
         if mode not in ("constant", "reflect"):
             raise self._unsupported(node, f"pad mode '{mode}' is not supported (constant, reflect)")
         paddings = [[0, 0] for _ in range(rank)]
@@ -1332,9 +1336,9 @@ class _Translator:
         if target[:2] != shape[:2]:
             raise self._unsupported(node, "only the spatial dims may be resized")
         size = [int(target[2]), int(target[3])]
-        mode = _text(attrs.get("mode", "nearest"))
+        mode = attrs.get("mode", "nearest")
         default_ctm = "asymmetric" if node.op_type == "Upsample" or self.opset < 11 else "half_pixel"
-        ctm = _text(attrs.get("coordinate_transformation_mode", default_ctm))
+        ctm = attrs.get("coordinate_transformation_mode", default_ctm)
         if ctm == "pytorch_half_pixel":
             ctm = "half_pixel"  # the same for every output size above 1
         if ctm not in ("asymmetric", "half_pixel", "align_corners"):
@@ -1342,7 +1346,7 @@ class _Translator:
         align, half = ctm == "align_corners", ctm == "half_pixel"
         image = self.tf.compat.v1.image
         if mode == "nearest":
-            nearest = _text(attrs.get("nearest_mode", "round_prefer_floor"))
+            nearest = attrs.get("nearest_mode", "round_prefer_floor")
             factors = [o // i if o % i == 0 else 0 for o, i in zip(size, shape[2:], strict=True)]
             # The combinations where TFLite's RESIZE_NEAREST_NEIGHBOR picks the same source pixel as ONNX:
             # asymmetric+floor always; rounding modes only where no position falls on a tie.

@@ -32,10 +32,6 @@ class RecurrentSpec:
     linear_before_reset: bool  # GRU only
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def recurrent_spec(
     kind: str,
     attrs: Mapping[str, Any],
@@ -44,8 +40,8 @@ def recurrent_spec(
     b: np.ndarray | None,
     peepholes: np.ndarray | None,
 ) -> RecurrentSpec:
-    """The spec of an LSTM/GRU node; ValueError naming what is not supported (clip, custom activations,
-    coupled input-forget gate, layout 1)."""
+    """The spec of an LSTM/GRU node from its attributes (strings decoded) and weights; ValueError naming
+    what is not supported (clip, custom activations, coupled input-forget gate, layout 1)."""
     if kind not in GATES:
         raise ValueError(f"{kind} is not a recurrent op this path unrolls (LSTM, GRU)")
     if "clip" in attrs:
@@ -54,7 +50,7 @@ def recurrent_spec(
         raise ValueError("only layout 0 ([sequence, batch, features]) is supported")
     if int(attrs.get("input_forget", 0)):
         raise ValueError("the coupled input-forget gate (input_forget=1) is not supported")
-    direction = _text(attrs.get("direction", "forward"))
+    direction = str(attrs.get("direction", "forward"))
     directions: tuple[Literal["forward", "reverse"], ...]
     if direction == "bidirectional":
         directions = ("forward", "reverse")
@@ -62,7 +58,7 @@ def recurrent_spec(
         directions = (direction,)  # type: ignore[assignment]
     else:
         raise ValueError(f"direction '{direction}' is not one of forward, reverse, bidirectional")
-    activations = [_text(a) for a in attrs.get("activations", [])]
+    activations = [str(a) for a in attrs.get("activations", [])]
     if activations and activations != DEFAULT_ACTIVATIONS[kind] * len(directions):
         raise ValueError(f"activations {activations} differ from the default {DEFAULT_ACTIVATIONS[kind]}")
     hidden = int(attrs["hidden_size"]) if "hidden_size" in attrs else int(r.shape[-1])
