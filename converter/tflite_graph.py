@@ -60,7 +60,7 @@ _TYPE_NAMES = {
 }
 
 
-def _enum_names(enum_class: Any) -> dict[int, str]:
+def enum_names(enum_class: Any) -> dict[int, str]:
     return {value: name for name, value in vars(enum_class).items() if not name.startswith("_")}
 
 
@@ -69,7 +69,7 @@ def fused_activation(op: TfliteOp) -> str | None:
     from ai_edge_litert import schema_py_generated as schema
 
     code = getattr(op.options, "fusedActivationFunction", None)
-    return None if code is None else _enum_names(schema.ActivationFunctionType)[code]
+    return None if code is None else enum_names(schema.ActivationFunctionType)[code]
 
 
 def read_tflite(source: Path | bytes) -> TfliteGraph:
@@ -77,8 +77,8 @@ def read_tflite(source: Path | bytes) -> TfliteGraph:
 
     data = source.read_bytes() if isinstance(source, Path) else source
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-    builtin_names = _enum_names(schema.BuiltinOperator)
-    type_names = _enum_names(schema.TensorType)
+    builtin_names = enum_names(schema.BuiltinOperator)
+    type_names = enum_names(schema.TensorType)
     subgraph = model.subgraphs[0]
 
     def has_data(buffer_index: int) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgefleet.converter.tflite_graph import enum_names
+
 UNFUSED_OPS = {"TRANSPOSE_CONV", "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION"}
 # the op version once no op of the kind has a fused activation: with a bias input, TRANSPOSE_CONV is v3
 _TRANSPOSE_CONV_VERSION = {True: 3, False: 2}
@@ -32,11 +34,9 @@ def unfuse_inert_activations(flatbuffer: bytes) -> tuple[bytes, int]:
     from ai_edge_litert import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    activations = {
-        value: name for name, value in vars(schema.ActivationFunctionType).items() if not name.startswith("_")
-    }
-    types = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
+    names = enum_names(schema.BuiltinOperator)
+    activations = enum_names(schema.ActivationFunctionType)
+    types = enum_names(schema.TensorType)
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
     codes = model.operatorCodes
     removed = 0
