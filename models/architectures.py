@@ -68,11 +68,24 @@ class SqueezeExcite(nn.Module):
         return x * scale
 
 
-class InvertedResidualV3(nn.Module):
+class InvertedResidual(nn.Module):
+    """Expand, depthwise, project (`layers`), with the input added back when shapes allow: the block
+    MobileNetV3 and EfficientNet-lite share."""
+
+    def __init__(self, layers: list[nn.Module], c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class InvertedResidualV3(InvertedResidual):
     def __init__(
         self, c_in: int, kernel: int, expanded: int, c_out: int, use_se: bool, hswish: bool, stride: int
     ) -> None:
-        super().__init__()
         act: Callable[[], nn.Module] = nn.Hardswish if hswish else nn.ReLU
         layers: list[nn.Module] = []
         if expanded != c_in:
@@ -81,12 +94,7 @@ class InvertedResidualV3(nn.Module):
         if use_se:
             layers.append(SqueezeExcite(expanded, make_divisible(expanded / 4)))
         layers.append(conv_bn(expanded, c_out, 1))  # linear bottleneck: no activation
-        self.block = nn.Sequential(*layers)
-        self.residual = stride == 1 and c_in == c_out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.block(x)
-        return x + y if self.residual else y
+        super().__init__(layers, c_in, c_out, stride)
 
 
 # (kernel, expanded, out, SE, hard-swish, stride) as in the paper's MobileNetV3-Small table.
@@ -135,21 +143,15 @@ class MobileNetV3Small(nn.Module):
 # EfficientNet-lite0 (TensorFlow's efficientnet-lite: ReLU6, no squeeze-excite, fixed stem and head)
 
 
-class MBConvLite(nn.Module):
+class MBConvLite(InvertedResidual):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, expand: int) -> None:
-        super().__init__()
         hidden = c_in * expand
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(conv_bn(c_in, hidden, 1, act=nn.ReLU6()))
         layers.append(conv_bn(hidden, hidden, kernel, stride, groups=hidden, act=nn.ReLU6()))
         layers.append(conv_bn(hidden, c_out, 1))
-        self.block = nn.Sequential(*layers)
-        self.residual = stride == 1 and c_in == c_out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.block(x)
-        return x + y if self.residual else y
+        super().__init__(layers, c_in, c_out, stride)
 
 
 # (expand, kernel, stride, out channels, repeats): EfficientNet-B0's stages, which lite0 keeps.
