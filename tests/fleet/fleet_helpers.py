@@ -62,11 +62,13 @@ def collect_retained(
     client.on_message = on_message
     client.subscribe([(f, 1) for f in topic_filters])
     deadline = time.monotonic() + 60
-    while (
-        (len(got) < expect and time.monotonic() < deadline)
-        if expect
-        else time.monotonic() - last[0] < settle_s
-    ):
+
+    def done() -> bool:
+        if expect:
+            return len(got) >= expect or time.monotonic() >= deadline
+        return time.monotonic() - last[0] >= settle_s
+
+    while not done():
         time.sleep(0.05)
     client.disconnect()
     client.loop_stop()
