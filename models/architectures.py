@@ -469,20 +469,25 @@ class TinyViT(nn.Module):
 # Audio: frame-wise sound-event detection on log-mel [N, 40 mels, 100 frames] -> [N, 50 frames, 3 events]
 
 
+def audio_frontend(n_mels: int, channels: int) -> nn.Sequential:
+    """Both audio models' 1-D conv front end over [batch, mels, frames]: conv, then a stride-2 conv."""
+    return nn.Sequential(
+        nn.Conv1d(n_mels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm1d(channels),
+        nn.ReLU(),
+        nn.Conv1d(channels, channels, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm1d(channels),
+        nn.ReLU(),
+    )
+
+
 class AudioGRU(nn.Module):
     """CRNN as in sound-event detection baselines: 1-D conv front end (one stride-2 layer), a GRU, and a
     per-frame sigmoid classifier."""
 
     def __init__(self, n_mels: int = 40, channels: int = 64, hidden: int = 64, events: int = 3) -> None:
         super().__init__()
-        self.frontend = nn.Sequential(
-            nn.Conv1d(n_mels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm1d(channels),
-            nn.ReLU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm1d(channels),
-            nn.ReLU(),
-        )
+        self.frontend = audio_frontend(n_mels, channels)
         self.gru = nn.GRU(channels, hidden, batch_first=True)
         self.classifier = nn.Linear(hidden, events)
 
@@ -512,14 +517,7 @@ class AudioConv1d(nn.Module):
 
     def __init__(self, n_mels: int = 40, channels: int = 64, events: int = 3) -> None:
         super().__init__()
-        self.frontend = nn.Sequential(
-            nn.Conv1d(n_mels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm1d(channels),
-            nn.ReLU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm1d(channels),
-            nn.ReLU(),
-        )
+        self.frontend = audio_frontend(n_mels, channels)
         self.blocks = nn.Sequential(*(TemporalBlock(channels, d) for d in (1, 2, 4, 8)))
         self.classifier = nn.Conv1d(channels, events, 1)
 
