@@ -49,7 +49,7 @@ from edgefleet.fleet.upload import prepare_bundle, upload_bundle
 from edgefleet.mqtt import publish_properties
 
 MIB = 1024**2
-CHUNK_LOG_HEADER, CHUNK_LOG_ENTRY = 12, 4  # agent/delivery.py: magic + chunk size, then one u32 per chunk
+CHUNK_LOG_HEADER, CHUNK_LOG_ENTRY = 12, 4  # agent.delivery: magic + chunk size, then a u32 per chunk
 
 
 def padded_version(

@@ -2,7 +2,7 @@
 one run: parameters, MACs, ONNX file size, host latency (onnxruntime, 1 thread) and held-out top-1 of the
 unpruned and the pruned model, as the converter's --prune reports them.
 
-The unpruned model is trained here first (models/mobilenet_digits.py's recipe, a few minutes on 2 cores);
+The unpruned model is trained here first (reference_models.mobilenet_digits' recipe, minutes on 2 cores);
 recovery is distillation from it on the upscaled training split (unlabeled unless --labels).
 Done when: accuracy within 1.5 points of the unpruned model at less than half its MACs.
 

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.reference_models import reference_model_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: bench/ is on sys.path, the repo root is not
     sys.path.insert(0, str(ROOT))
@@ -548,7 +550,7 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         sqnr, cos, agree, task = summary(row.scores)
         why = row.why.split(". No bundle written")[0].split(f"profile '{row.target}': ")[-1]
-        why = why.replace(f"{corpus.corpus_dir()}/", "").replace(f"{corpus.REPO_ROOT}/", "")
+        why = why.replace(f"{corpus.corpus_dir()}/", "").replace(f"{reference_model_dir()}/", "")
         result = row.status if not why else f"{row.status}: {why[:160]}"
         result = result.replace("|", "/")
         ratio = f"{row.size_ratio:.2f}" if row.size_ratio is not None else ""

@@ -20,3 +20,10 @@ def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     return reference_model_dir()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts a broker is an mqtt test whether it says so or not (the fast lane skips those)."""
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mqtt)

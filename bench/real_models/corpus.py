@@ -23,13 +23,13 @@ from PIL import Image
 
 from bench.real_models import inputs
 from bench.real_models.inputs import Split
+from edgefleet.reference_models import reference_model_dir
 
 OutputKind = Literal["classification", "detection", "segmentation", "ctc", "tensor"]
 Origin = Literal["pypi", "repo"]
 # (split, number of samples, model file) -> one float32 array per model input, plus optional int labels "y"
 SampleMaker = Callable[[Split, int, Path], dict[str, np.ndarray]]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -83,7 +83,7 @@ def _package_dir(module: str) -> Path | None:
 def locate(model: CorpusModel) -> Path:
     """The model file on disk; CorpusModelMissing says how to install it."""
     if model.origin == "repo":
-        path = REPO_ROOT / model.resource
+        path = reference_model_dir() / model.resource
         if not path.is_file():
             raise CorpusModelMissing(f"{model.name}: {model.resource} is not built yet")
         return path
@@ -403,7 +403,7 @@ PYPI_MODELS: tuple[CorpusModel, ...] = (
 
 
 def repo_models() -> tuple[CorpusModel, ...]:
-    """In-repo architectures (models/corpus/<name>.onnx) with their data helper, when they are built."""
+    """In-repo architectures (reference_models/corpus/<name>.onnx) with their data helper, when built."""
     from bench.real_models import repo_corpus
 
     return repo_corpus.entries()

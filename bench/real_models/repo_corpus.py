@@ -1,4 +1,4 @@
-"""In-repo architectures of the corpus: models/corpus/<name>.onnx, with the data helper that comes with them
+"""In-repo architectures of the corpus: reference_models/corpus/<name>.onnx, with the data helper beside them
 (edgefleet.reference_models.corpus_data); an entry appears here once its model file and data spec exist.
 """
 
@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgefleet.reference_models import reference_model_dir
+
 if TYPE_CHECKING:
     from bench.real_models.corpus import CorpusModel, OutputKind, Split
 
-CORPUS = Path(__file__).resolve().parents[2] / "models" / "corpus"
+CORPUS = reference_model_dir() / "corpus"
 # corpus_data's task names -> output kinds; frame-wise audio event probabilities have no task measure of
 # their own, so they are tensors (SQNR/cosine).
 TASK_KINDS: dict[str, OutputKind] = {
@@ -65,7 +67,7 @@ def entries() -> tuple[CorpusModel, ...]:
     models = []
     for name, spec in MODELS.items():
         if not (CORPUS / f"{name}.onnx").is_file():
-            continue  # not built (models/make_corpus.py)
+            continue  # not built (edgefleet.reference_models.make_corpus)
         models.append(
             CorpusModel(
                 name=name,
@@ -73,11 +75,11 @@ def entries() -> tuple[CorpusModel, ...]:
                 origin="repo",
                 distribution="",
                 module="",
-                resource=f"models/corpus/{name}.onnx",
+                resource=f"corpus/{name}.onnx",  # inside edgefleet.reference_models
                 input_shapes={spec.input_name: tuple(spec.input_shape)},
                 output_kinds={spec.output_name: TASK_KINDS.get(spec.task, "tensor")},
-                preprocessing=PREPROCESSING.get(spec.task, "as models/corpus_data.py makes it"),
-                preprocessing_source="models/corpus_data.py (MODELS), models/make_corpus.py",
+                preprocessing=PREPROCESSING.get(spec.task, "as reference_models/corpus_data.py makes it"),
+                preprocessing_source="reference_models/corpus_data.py (MODELS), make_corpus.py",
                 make_samples=partial(_from_helper, name),
                 license="Apache-2.0 (this repository)",
             )

@@ -22,6 +22,7 @@ from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.steps.fp16_onnx import fold_batchnorm
 from edgefleet.converter.steps.layer_error import sqnr_db
 from edgefleet.converter.steps.runners import OnnxRunner
+from edgefleet.reference_models import reference_model_dir
 
 
 def _plain_fp16_sqnr(model: onnx.ModelProto, data: np.ndarray) -> float:
@@ -80,7 +81,7 @@ def test_a_gru_whose_fp16_form_crashes_onnxruntime_keeps_its_neighbourhood_float
     and keeps the GRU and the nodes around it in float32 until it loads."""
     from edgefleet.converter.steps.fp16_onnx import loads_without_crashing
 
-    model = Path(__file__).parents[2] / "models" / "corpus" / "audio_gru.onnx"
+    model = reference_model_dir() / "corpus" / "audio_gru.onnx"
     plain = tmp_path / "plain_fp16.onnx"
     onnx.save(convert_float_to_float16(onnx.load(str(model)), keep_io_types=True), str(plain))
     if loads_without_crashing(plain):

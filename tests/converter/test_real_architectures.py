@@ -12,9 +12,10 @@ import pytest
 from edgefleet.contract.profiles import list_profiles
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.pipeline import convert
+from edgefleet.reference_models import reference_model_dir
 from edgefleet.reference_models.corpus_data import corpus_split
 
-MODEL = Path(__file__).parents[2] / "models" / "corpus" / "mobilenetv3_small.onnx"
+MODEL = reference_model_dir() / "corpus" / "mobilenetv3_small.onnx"
 # One flipped prediction is worth 100/EVAL_SAMPLES points: 128 keeps it below the 1-point budgets.
 CALIB_SAMPLES, EVAL_SAMPLES = 64, 128
 

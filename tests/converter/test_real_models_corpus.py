@@ -140,7 +140,7 @@ def test_smallest_package_model_converts_for_onnx_targets(
 
 @pytest.mark.parametrize("model", corpus.repo_models(), ids=lambda m: m.name)
 def test_repo_architecture_entries_load_their_data(model: corpus.CorpusModel, tmp_path: Path) -> None:
-    """In-repo architectures (models/corpus/) join the registry with the data models/make_corpus.py wrote."""
+    """In-repo architectures (reference_models/corpus/) join the registry with make_corpus.py's data."""
     inputs, outputs = graph_io(model)
     assert sorted(model.input_shapes) == sorted(inputs) and list(model.output_kinds) == outputs
     _, eval_path = corpus.write_data(model, tmp_path, calib=SAMPLES, evals=SAMPLES)

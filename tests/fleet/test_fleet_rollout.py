@@ -1,4 +1,4 @@
-"""Staged rollouts against a real mosquitto and simulated devices (fleet/simulator.py): stages in order,
+"""Staged rollouts against a real mosquitto and simulated devices (fleet.simulator): stages in order,
 halting and rolling back on failures, offline devices catching up, profiles never mixed, bad input, and a
 rollout that survives its host command being killed."""
 

@@ -1,9 +1,0 @@
-"""Reference models shipped with edgefleet (made by models/train_digits_cnn.py and models/mobilenet_digits.py;
-no downloads)."""
-
-from importlib import resources
-from pathlib import Path
-
-
-def reference_model_dir() -> Path:
-    return Path(str(resources.files("edgefleet.reference_models")))

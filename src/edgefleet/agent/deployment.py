@@ -1,0 +1,845 @@
+"""Following the desired state: fetch the bundle's meta and chunks, verify and unpack it, load, warm up and
+health-check its model next to the running one, swap, move the `active` pointer, then watch the new model
+on probation and roll back on its own when it fails. Any failure before the swap rejects the bundle and
+leaves the running model serving.
+
+Crash safety: the ledger (desired state, verdicts, probation), the part file with its chunk log and the
+saved meta let a restarted agent carry on where it stopped; after a broker restart the missing chunks are
+asked for again, chunk by chunk, and reported when the broker no longer has them. Runs on the single
+control worker, so it needs no locks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from edgefleet.agent.delivery import ChunkAssembler, check_meta
+from edgefleet.agent.health import HealthCheckFailed, check_health
+from edgefleet.agent.ledger import Ledger, ProbationRecord, Verdict
+from edgefleet.agent.log import EventLog
+from edgefleet.agent.model_slot import LoadedModel, ModelSlot
+from edgefleet.agent.probation import ProbationLimits, judge
+from edgefleet.agent.session import Envelope, MqttSession
+from edgefleet.agent.status import DeploymentFields, EventKind, State, StatusReporter
+from edgefleet.agent.store import BundleStore, InstalledBundle
+from edgefleet.contract import topics
+from edgefleet.contract.errors import EdgefleetError
+from edgefleet.contract.messages import BundleMeta, DesiredState, KeptVersion, ProbationStatus, utc_now
+from edgefleet.contract.profiles import DeviceProfile
+
+if TYPE_CHECKING:
+    from edgefleet.agent.config import AgentConfig
+
+log = EventLog("deployment")
+MAX_BAD_CHUNK_ATTEMPTS = 5  # a retained chunk failing its sha256 this often rejects the bundle
+PROGRESS_EVERY_S = 1.0
+WARNING_EVERY_S = 1.0  # bad-chunk warnings published at most this often (junk must not flood the host)
+TICK_EVERY_S = 1.0
+# Up to this size a delivery subscribes to every chunk at once (fastest); beyond it, and whenever a
+# delivery resumes, it pulls the chunks it lacks through per-chunk subscriptions, PULL_WINDOW at a time,
+# which bounds what is queued in the broker (max_queued_messages) and in the agent's memory.
+FLOOD_MAX_BYTES = 64 * 1024**2
+PULL_WINDOW = 16
+MAX_STALL_BACKOFF = 8  # stall reports come after stall_s, 2x, 4x, ... at most 8x stall_s apart
+MAX_PROBATION_STARTS = 3  # the agent starting this often while a model is on probation rolls it back
+MAX_REPORTED_RANGES = 64
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+
+
+def _bundle_of(topic: str) -> str | None:
+    parts = topic.split("/")
+    return parts[3] if len(parts) >= 5 and parts[2] == "bundles" else None
+
+
+@dataclass(frozen=True)
+class DeploymentSettings:
+    probation_s: float = 30.0
+    probation_min_requests: int = 20
+    stall_s: float = 10.0
+
+    @classmethod
+    def from_config(cls, config: AgentConfig) -> DeploymentSettings:
+        return cls(
+            probation_s=config.probation_s,
+            probation_min_requests=config.probation_min_requests,
+            stall_s=config.delivery_stall_s,
+        )
+
+
+@dataclass
+class Delivery:
+    desired: DesiredState
+    assembler: ChunkAssembler | None = None
+    pulling: bool = False  # False: one wildcard subscription; True: per-chunk subscriptions in a window
+    subscriptions: set[str] = field(default_factory=set)
+    requested: set[int] = field(default_factory=set)  # chunks with their own subscription
+    pull_queue: deque[int] = field(default_factory=deque)
+    bad_attempts: dict[int, int] = field(default_factory=dict)
+    refetch_at: dict[int, float] = field(default_factory=dict)
+    last_progress: float = field(default_factory=time.monotonic)
+    last_event: float = 0.0
+    last_warning: float = 0.0
+    stalls: int = 0
+
+    @property
+    def bundle_id(self) -> str:
+        return self.desired.bundle_id
+
+
+@dataclass(frozen=True)
+class ProbationWatch:
+    record: ProbationRecord
+    started: float  # monotonic
+    ends_at: datetime
+
+
+class Deployer:
+    def __init__(
+        self,
+        store: BundleStore,
+        slot: ModelSlot,
+        reporter: StatusReporter,
+        session: MqttSession,
+        profile: DeviceProfile,
+        settings: DeploymentSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.slot = slot
+        self.reporter = reporter
+        self.session = session
+        self.profile = profile
+        self.settings = settings or DeploymentSettings()
+        self.limits = ProbationLimits(
+            window_s=self.settings.probation_s,
+            min_requests=self.settings.probation_min_requests,
+            max_error_rate=profile.max_error_rate,
+            latency_budget_ms=profile.latency_budget_ms,
+        )
+        self.ledger = Ledger(store.state_dir)
+        self.delivery: Delivery | None = None
+        self.watch: ProbationWatch | None = None
+        self._connections = 0
+        self._pending_events: list[tuple[EventKind, str, dict[str, object]]] = []
+        self._last_tick = time.monotonic()
+        self._kept: list[KeptVersion] = []
+        reporter.deployment_fields = self.status_fields
+
+    # status --------------------------------------------------------------------------------------
+    def status_fields(self) -> DeploymentFields:
+        """Called by StatusReporter.build() from any thread: reads only values replaced whole."""
+        watch = self.watch
+        probation = None
+        if watch is not None:
+            record = watch.record
+            probation = ProbationStatus(
+                bundle_id=record.bundle_id,
+                version=record.version,
+                previous_bundle_id=record.previous_bundle_id,
+                previous_version=record.previous_version,
+                ends_at=watch.ends_at,
+            )
+        return {"rollbacks": self.slot.rollbacks, "kept": self._kept, "probation": probation}
+
+    def _ranked(self) -> list[str]:
+        """Installed bundles in the order they are worth keeping: good before failed, then the most recently
+        active first, then the most recently installed."""
+
+        def key(bundle_id: str) -> tuple[bool, bool, float]:
+            active_at = self.ledger.last_active(bundle_id)
+            return (
+                self.ledger.is_failed(bundle_id),
+                active_at is None,
+                -(active_at or utc_now()).timestamp(),
+            )
+
+        return sorted(self.store.installed_ids(), key=key)
+
+    def _refresh_kept(self) -> None:
+        kept = []
+        for bundle_id in self._ranked():
+            manifest = self.store.read_manifest(bundle_id)
+            if manifest is not None:
+                kept.append(
+                    KeptVersion(
+                        name=manifest.name,
+                        version=manifest.version,
+                        bundle_id=bundle_id,
+                        last_active_at=self.ledger.last_active(bundle_id),
+                        failed=self.ledger.is_failed(bundle_id),
+                    )
+                )
+        self._kept = kept
+
+    def _set_status(self, state: State | None, last_error: str | None = None, clear: bool = False) -> None:
+        if self._connections:
+            self.reporter.set(state, last_error=last_error, clear_error=clear)
+        elif last_error is not None or clear:  # before the first connection: published on connect
+            self.reporter.last_error = last_error
+
+    def _event(self, kind: EventKind, detail: str = "", **fields: object) -> None:
+        if self._connections:
+            self.reporter.event(kind, detail, **fields)
+        else:
+            self._pending_events.append((kind, detail, fields))
+
+    # start ---------------------------------------------------------------------------------------
+    def restore_active(self) -> None:
+        """At start, before connecting: clean up after a crash, then load the bundle the `active` pointer
+        names (re-verified), falling back to the newest good kept bundle; resume a probation."""
+        desired = self.ledger.desired
+        self.store.cleanup_at_start(desired.bundle_id if desired else None)
+        active_id = self.store.active_id()
+        record = self.ledger.probation
+        if record is not None and record.bundle_id != active_id:
+            self.ledger.set_probation(None)  # the crash came before the pointer moved
+            record = None
+        if record is not None:
+            record = record.model_copy(update={"starts": record.starts + 1})
+            self.ledger.set_probation(record)
+            if record.starts >= MAX_PROBATION_STARTS:
+                reason = (
+                    f"the agent started {record.starts} times while {record.version} was on probation "
+                    "(a crash loop)"
+                )
+                if self._roll_back(record, reason):
+                    self._refresh_kept()
+                    return
+                record = None
+        if active_id is not None and record is None and self.ledger.is_failed(active_id):
+            # a rollback was interrupted after its verdict: never come back on a failed bundle
+            log.warning("active_bundle_failed", bundle_id=active_id[:12])
+            model = self._restore_fallback(exclude={active_id})
+        elif active_id is not None:
+            model = self._restore(active_id) or self._restore_fallback(exclude={active_id})
+        else:
+            log.info("no_active_bundle")
+            model = None
+        if record is not None and model is not None and model.bundle_id == record.bundle_id:
+            if self.settings.probation_s > 0:
+                self._start_watch(record)
+                log.info("probation_resumed", version=record.version, starts=record.starts)
+            else:
+                self.ledger.set_probation(None)
+        self._refresh_kept()
+
+    def _restore(self, bundle_id: str) -> LoadedModel | None:
+        try:
+            installed = self.store.load_installed(bundle_id)
+            model = self._load(installed)
+        except Exception as exc:
+            reason = f"could not restore the bundle {bundle_id[:12]}: {exc}"
+            log.error("restore_failed", error=reason)
+            self.reporter.last_error = reason
+            self._event("error", reason)
+            return None
+        self.slot.swap(model)
+        log.info("restored", name=model.manifest.name, version=model.version, bundle_id=bundle_id[:12])
+        return model
+
+    def _restore_fallback(self, exclude: set[str]) -> LoadedModel | None:
+        for bundle_id in self._ranked():
+            if bundle_id in exclude or self.ledger.is_failed(bundle_id):
+                continue
+            model = self._restore(bundle_id)
+            if model is not None:
+                self.store.set_active(bundle_id)
+                self.ledger.record_activation(bundle_id, model.manifest.name, model.version)
+                self._event(
+                    "warning", f"came back on the kept version {model.version} instead", version=model.version
+                )
+                return model
+        return None
+
+    def announce_fallbacks(self) -> None:
+        model = self.slot.current
+        for fallback in model.info.fallbacks if model else []:
+            self.reporter.event("warning", fallback, version=model.version if model else None)
+
+    # messages ------------------------------------------------------------------------------------
+    def handle(self, envelope: Envelope) -> None:
+        if envelope.route == "desired":
+            self.on_desired(envelope)
+        elif envelope.route == "meta":
+            self.on_meta(envelope)
+        elif envelope.route == "chunk":
+            self.on_chunk(envelope)
+        elif envelope.route == "connected":
+            self.on_connected()
+        if time.monotonic() - self._last_tick >= TICK_EVERY_S:  # the idle tick does not run while busy
+            self.tick()
+
+    def on_connected(self) -> None:
+        """Every (re)connection: publish what happened offline; on the first, resume the desired state we
+        remember (the broker may have lost it); on later ones, ask again for what a delivery lacks."""
+        self._connections += 1
+        pending, self._pending_events = self._pending_events, []
+        for kind, detail, fields in pending:
+            self.reporter.event(kind, detail, **fields)
+        if self._connections == 1:
+            desired = self.ledger.desired
+            if desired is not None and self.delivery is None:
+                self._pursue(desired)
+            return
+        delivery = self.delivery
+        if delivery is None:
+            return
+        log.info("delivery_reasking", bundle_id=delivery.bundle_id[:12], reason="reconnected")
+        delivery.last_progress = time.monotonic()
+        if delivery.assembler is None:
+            self._subscribe(topics.bundle_meta(delivery.bundle_id))
+        else:
+            self._enter_pull(delivery)
+
+    def on_desired(self, envelope: Envelope) -> None:
+        if not envelope.payload:
+            log.info("desired_cleared")
+            self.ledger.set_desired(None)
+            self._end_delivery()
+            return
+        try:
+            desired = DesiredState.model_validate_json(envelope.payload)
+        except ValidationError as exc:
+            log.warning("desired_invalid", error=_first_error(exc), bytes=len(envelope.payload))
+            return
+        log.info(
+            "desired",
+            deployment_id=desired.deployment_id,
+            version=desired.version,
+            bundle_id=desired.bundle_id[:12],
+        )
+        self._pursue(desired)
+
+    def _pursue(self, desired: DesiredState) -> None:
+        self.ledger.set_desired(desired)
+        active = self.slot.current
+        if active is not None and active.bundle_id == desired.bundle_id:
+            self._end_delivery()
+            self.reporter.publish()
+            return
+        verdict = self.ledger.verdict_for(desired.deployment_id, desired.bundle_id)
+        if verdict is not None:
+            log.info("desired_already_failed", deployment_id=desired.deployment_id, verdict=verdict.kind)
+            self._end_delivery()
+            self.reporter.last_error = (
+                f"deployment {desired.deployment_id} ({desired.version}) was "
+                f"{verdict.kind.replace('_', ' ')}: {verdict.reason}"
+            )
+            self.reporter.publish()
+            return
+        if self.delivery is not None and self.delivery.bundle_id == desired.bundle_id:
+            self.delivery.desired = desired
+            return
+        self._end_delivery()
+        if desired.profile != self.profile.name:
+            self._reject(
+                desired,
+                f"deployment is for profile '{desired.profile}', this device runs profile "
+                f"'{self.profile.name}'",
+            )
+            return
+        if self.store.is_installed(desired.bundle_id) and self._activate_installed(desired):
+            return
+        delivery = self.delivery = Delivery(desired)
+        self._set_status("receiving")
+        self._event("delivery_started", deployment_id=desired.deployment_id, version=desired.version)
+        # subscribed even with a saved meta: a meta republished for this bundle (e.g. another chunk size)
+        # replaces ours
+        self._subscribe(topics.bundle_meta(desired.bundle_id))
+        saved = self.store.load_meta(desired.bundle_id)
+        if saved is not None:
+            self._start_assembly(delivery, saved)
+
+    def on_meta(self, envelope: Envelope) -> None:
+        delivery = self.delivery
+        if delivery is None or _bundle_of(envelope.topic) != delivery.bundle_id or not envelope.payload:
+            return
+        try:
+            meta = BundleMeta.model_validate_json(envelope.payload)
+            check_meta(meta, delivery.bundle_id)
+        except ValidationError as exc:
+            detail = (
+                f"bundle meta for {delivery.bundle_id[:12]} is invalid ({_first_error(exc)}); "
+                "waiting for a valid one"
+            )
+            log.warning("meta_invalid", error=detail)
+            self._warn(delivery, detail)
+            return
+        except EdgefleetError as exc:
+            self._reject(delivery.desired, str(exc))
+            return
+        self._start_assembly(delivery, meta)
+
+    def _start_assembly(self, delivery: Delivery, meta: BundleMeta) -> None:
+        if delivery.assembler is not None:
+            if delivery.assembler.meta == meta:
+                return
+            log.info("meta_changed", bundle_id=delivery.bundle_id[:12])
+            delivery.assembler.close()  # another chunking of the same file: start over with the new one
+            self._leave_pull(delivery)
+            self.store.chunk_log_path(delivery.bundle_id).unlink(missing_ok=True)
+        try:
+            self.store.save_meta(meta)
+        except OSError as exc:  # only costs the resume after a broker loss; the delivery goes on
+            log.warning("meta_not_saved", error=str(exc))
+        bundle_id = delivery.bundle_id
+        try:
+            assembler = delivery.assembler = ChunkAssembler(
+                meta, self.store.part_path(bundle_id), self.store.chunk_log_path(bundle_id)
+            )
+        except OSError as exc:
+            self._reject(delivery.desired, f"cannot create the part file in {self.store.incoming_dir}: {exc}")
+            return
+        delivery.last_progress = time.monotonic()
+        log.info(
+            "meta",
+            bundle_id=bundle_id[:12],
+            size=meta.size,
+            chunks=assembler.total,
+            resumed=assembler.resumed,
+        )
+        self._event(
+            "delivery_progress",
+            deployment_id=delivery.desired.deployment_id,
+            version=delivery.desired.version,
+            chunks_received=assembler.resumed,
+            chunks_total=assembler.total,
+        )
+        if assembler.complete:
+            self._finish(delivery)
+        elif assembler.resumed or meta.size > FLOOD_MAX_BYTES:
+            self._enter_pull(delivery)
+        else:
+            self._subscribe(topics.bundle_chunks(bundle_id))
+
+    def on_chunk(self, envelope: Envelope) -> None:
+        delivery = self.delivery
+        if delivery is None or delivery.assembler is None or _bundle_of(envelope.topic) != delivery.bundle_id:
+            return
+        index = topics.parse_chunk_index(envelope.topic)
+        if index is None or not envelope.payload:  # an empty retained payload is a cleared chunk
+            return
+        assembler = delivery.assembler
+        if not 0 <= index < assembler.total:
+            log.warning("chunk_out_of_range", bundle_id=delivery.bundle_id[:12], chunk=index)
+            return
+        try:
+            problem = assembler.accept(index, envelope.payload)
+        except OSError as exc:  # e.g. the disk is full: retrying every chunk would not help
+            self._reject(delivery.desired, f"cannot write chunk {index} to {assembler.part_path}: {exc}")
+            return
+        if problem is not None:
+            self._bad_chunk(delivery, index, problem, envelope.retain)
+            return
+        if index in delivery.requested:
+            self._unrequest(delivery, index)
+        delivery.refetch_at.pop(index, None)
+        now = time.monotonic()
+        delivery.last_progress = now
+        delivery.stalls = 0
+        if assembler.complete:
+            self._finish(delivery)
+            return
+        if delivery.pulling:
+            self._top_up(delivery)
+        if now - delivery.last_event >= PROGRESS_EVERY_S:
+            delivery.last_event = now
+            self._event(
+                "delivery_progress",
+                deployment_id=delivery.desired.deployment_id,
+                version=delivery.desired.version,
+                chunks_received=len(assembler.received),
+                chunks_total=assembler.total,
+            )
+
+    def tick(self) -> None:
+        """Once a second: judge the probation, re-request chunks that failed their hash (with backoff),
+        and report and re-request what stalled."""
+        now = self._last_tick = time.monotonic()
+        self._check_probation()
+        delivery = self.delivery
+        if delivery is None:
+            return
+        for index, due in list(delivery.refetch_at.items()):
+            if now >= due:
+                del delivery.refetch_at[index]
+                log.info("chunk_refetch", bundle_id=delivery.bundle_id[:12], chunk=index)
+                self._request(delivery, index)
+        period = self.settings.stall_s * min(2**delivery.stalls, MAX_STALL_BACKOFF)
+        if now - delivery.last_progress > period:
+            self._stalled(delivery)
+
+    # delivery steps ------------------------------------------------------------------------------
+    def _subscribe(self, topic_filter: str) -> None:
+        assert self.delivery is not None
+        self.delivery.subscriptions.add(topic_filter)
+        self.session.subscribe(topic_filter, resend_retained=True)
+
+    def _unsubscribe(self, delivery: Delivery, topic_filter: str) -> None:
+        if topic_filter in delivery.subscriptions:
+            delivery.subscriptions.discard(topic_filter)
+            self.session.unsubscribe(topic_filter)
+
+    def _request(self, delivery: Delivery, index: int) -> None:
+        """Subscribe to one chunk's topic, which makes the broker send its retained copy (again)."""
+        delivery.requested.add(index)
+        self._subscribe(topics.bundle_chunk(delivery.bundle_id, index))
+
+    def _unrequest(self, delivery: Delivery, index: int) -> None:
+        delivery.requested.discard(index)
+        self._unsubscribe(delivery, topics.bundle_chunk(delivery.bundle_id, index))
+
+    def _enter_pull(self, delivery: Delivery) -> None:
+        """Switch to per-chunk requests for exactly the chunks still missing, and ask again for those
+        already requested (after a broker restart nothing that was queued for us can be trusted)."""
+        assert delivery.assembler is not None
+        if not delivery.pulling:
+            delivery.pulling = True
+            self._unsubscribe(delivery, topics.bundle_chunks(delivery.bundle_id))
+        missing = delivery.assembler.missing()
+        delivery.pull_queue = deque(i for i in missing if i not in delivery.requested)
+        for index in sorted(delivery.requested):
+            self._request(delivery, index)
+        self._top_up(delivery)
+
+    def _leave_pull(self, delivery: Delivery) -> None:
+        for index in list(delivery.requested):
+            self._unrequest(delivery, index)
+        delivery.pulling = False
+        delivery.pull_queue.clear()
+
+    def _top_up(self, delivery: Delivery) -> None:
+        assert delivery.assembler is not None
+        received = delivery.assembler.received
+        while len(delivery.requested) < PULL_WINDOW and delivery.pull_queue:
+            index = delivery.pull_queue.popleft()
+            if index not in received and index not in delivery.requested:
+                self._request(delivery, index)
+
+    def _stalled(self, delivery: Delivery) -> None:
+        delivery.stalls += 1
+        delivery.last_progress = time.monotonic()
+        fields: dict[str, object] = {
+            "deployment_id": delivery.desired.deployment_id,
+            "version": delivery.desired.version,
+        }
+        if delivery.assembler is None:
+            meta_topic = topics.bundle_meta(delivery.bundle_id)
+            log.warning("delivery_stalled", bundle_id=delivery.bundle_id[:12], waiting_for="meta")
+            self._event(
+                "delivery_stalled",
+                f"no bundle meta on {meta_topic}; asked again. If the broker lost it, publish the bundle "
+                "again (edgefleet deploy)",
+                **fields,
+            )
+            self._subscribe(meta_topic)
+            return
+        assembler = delivery.assembler
+        missing = assembler.missing_ranges()
+        count = assembler.total - len(assembler.received)
+        quiet_s = self.settings.stall_s * min(2 ** (delivery.stalls - 1), MAX_STALL_BACKOFF)
+        log.warning(
+            "delivery_stalled", bundle_id=delivery.bundle_id[:12], missing=count, stalls=delivery.stalls
+        )
+        self._event(
+            "delivery_stalled",
+            f"{count} of {assembler.total} chunks missing and none arrived for {quiet_s:g} s; asked the "
+            "broker again. If it lost them (e.g. restarted without saving), publish them again "
+            "(edgefleet deploy)",
+            chunks_received=len(assembler.received),
+            chunks_total=assembler.total,
+            missing_chunks=missing[:MAX_REPORTED_RANGES],
+            **fields,
+        )
+        self._enter_pull(delivery)
+
+    def _warn(self, delivery: Delivery, detail: str) -> None:
+        now = time.monotonic()
+        if now - delivery.last_warning >= WARNING_EVERY_S:
+            delivery.last_warning = now
+            self._event(
+                "warning",
+                detail,
+                deployment_id=delivery.desired.deployment_id,
+                version=delivery.desired.version,
+            )
+
+    def _bad_chunk(self, delivery: Delivery, index: int, problem: str, retained: bool) -> None:
+        # Only a bad *retained* copy counts towards giving up: that is what the broker holds. A bad live
+        # message may be junk from anyone; the retained copy is fetched to check.
+        attempts = delivery.bad_attempts.get(index, 0)
+        if retained:
+            attempts = delivery.bad_attempts[index] = attempts + 1
+            if attempts >= MAX_BAD_CHUNK_ATTEMPTS:
+                self._reject(
+                    delivery.desired, f"bundle {delivery.bundle_id[:12]}: {problem} ({attempts} times)"
+                )
+                return
+        # backoff from a tenth of the stall time (1 s by default): 1, 1, 2, 4 s before giving up
+        delay = self.settings.stall_s / 10 * 2 ** max(attempts - 1, 0)
+        delivery.refetch_at.setdefault(index, time.monotonic() + delay)
+        log.warning(
+            "chunk_dropped",
+            bundle_id=delivery.bundle_id[:12],
+            chunk=index,
+            reason=problem,
+            retained=retained,
+            attempt=attempts,
+            refetch_in_s=round(delay, 2),
+        )
+        self._warn(delivery, f"{problem}; dropped, fetching it again in {delay:.1f} s")
+
+    def _finish(self, delivery: Delivery) -> None:
+        assert delivery.assembler is not None
+        self._set_status("activating")
+        try:
+            bundle_file = delivery.assembler.finish()
+            installed = self.store.install(
+                bundle_file, delivery.bundle_id, file_sha256=delivery.assembler.file_sha256
+            )
+        except Exception as exc:
+            self.store.discard_part(delivery.bundle_id)
+            self._reject(delivery.desired, str(exc))
+            return
+        self.store.discard_part(delivery.bundle_id)
+        self._activate(installed, delivery.desired)
+
+    def _end_delivery(self) -> None:
+        delivery, self.delivery = self.delivery, None
+        if delivery is None:
+            return
+        if delivery.assembler is not None:
+            delivery.assembler.close()
+        for topic_filter in delivery.subscriptions:
+            self.session.unsubscribe(topic_filter)
+
+    # activation ----------------------------------------------------------------------------------
+    def _activate_installed(self, desired: DesiredState) -> bool:
+        """A kept bundle (e.g. `edgefleet rollback`): re-verified from disk, nothing is downloaded. False
+        when the kept copy no longer verifies: it is removed and the caller fetches the bundle again."""
+        self._set_status("activating")
+        try:
+            installed = self.store.load_installed(desired.bundle_id)
+        except Exception as exc:
+            log.warning("kept_bundle_damaged", bundle_id=desired.bundle_id[:12], error=str(exc))
+            self.store.remove(desired.bundle_id)
+            self._refresh_kept()
+            return False
+        log.info(
+            "activating_kept_bundle", bundle_id=desired.bundle_id[:12], version=installed.manifest.version
+        )
+        self._activate(installed, desired)
+        return True
+
+    def _load(self, installed: InstalledBundle) -> LoadedModel:
+        model = LoadedModel.load(installed.bundle_id, installed.manifest, installed.path, self.profile)
+        try:
+            warm_ms = model.warm_up()
+        except Exception:
+            model.close()
+            raise
+        log.info(
+            "model_loaded",
+            version=model.version,
+            engine=model.info.engine,
+            warmup_ms=round(warm_ms, 3),
+            fallbacks=len(model.info.fallbacks),
+        )
+        return model
+
+    def _activate(self, installed: InstalledBundle, desired: DesiredState) -> None:
+        try:
+            model = self._load(installed)
+        except Exception as exc:
+            self._reject(desired, f"cannot load the model of bundle {installed.bundle_id[:12]}: {exc}")
+            return
+        try:
+            report = check_health(model, installed.path, self.profile.latency_budget_ms)
+        except Exception as exc:
+            model.close()
+            why = str(exc) if isinstance(exc, HealthCheckFailed) else f"{type(exc).__name__}: {exc}"
+            self._reject(desired, f"health check failed: {why}")
+            return
+        log.info(
+            "health_check_passed",
+            version=model.version,
+            source=report.source,
+            samples=report.samples,
+            median_ms=round(report.median_ms, 3),
+            max_ms=round(report.max_ms, 3),
+        )
+        self._end_watch()  # a model still on probation is simply replaced
+        previous = self.slot.current
+        watched = self.settings.probation_s > 0 and previous is not None
+        record = None
+        if previous is not None and watched:
+            record = ProbationRecord(
+                deployment_id=desired.deployment_id,
+                bundle_id=installed.bundle_id,
+                version=model.version,
+                previous_bundle_id=previous.bundle_id,
+                previous_version=previous.version,
+            )
+            self.ledger.set_probation(record)  # before the pointer: a crash in between leaves it stale
+        try:
+            self.store.set_active(installed.bundle_id)
+        except OSError as exc:
+            model.close()
+            self.ledger.set_probation(None)
+            self._reject(desired, f"cannot write the active pointer in {self.store.state_dir}: {exc}")
+            return
+        self.ledger.record_activation(installed.bundle_id, model.manifest.name, model.version)
+        old = self.slot.swap(model, keep_previous=watched)
+        self._end_delivery()
+        if record is not None:
+            self._start_watch(record)
+        log.info(
+            "activated",
+            deployment_id=desired.deployment_id,
+            version=model.version,
+            bundle_id=installed.bundle_id[:12],
+            replaced=old.version if old else None,
+            probation_s=self.settings.probation_s if watched else None,
+        )
+        self._refresh_kept()
+        self._set_status(None, clear=True)
+        detail = f"{model.manifest.name} v{model.version} is serving"
+        if watched and old is not None:
+            detail += f" (on probation for {self.settings.probation_s:g} s; v{old.version} on standby)"
+        self._event("activated", detail, deployment_id=desired.deployment_id, version=model.version)
+        for fallback in model.info.fallbacks:
+            self._event("warning", fallback, deployment_id=desired.deployment_id, version=model.version)
+        if not watched:
+            self._prune()
+
+    def _reject(self, desired: DesiredState, reason: str) -> None:
+        log.warning(
+            "bundle_rejected", deployment_id=desired.deployment_id, version=desired.version, reason=reason
+        )
+        self.ledger.add_verdict(
+            Verdict(
+                deployment_id=desired.deployment_id,
+                bundle_id=desired.bundle_id,
+                version=desired.version,
+                kind="rejected",
+                reason=reason,
+            )
+        )
+        self._end_delivery()
+        self._prune()
+        self._set_status(None, last_error=reason)
+        self._event("rejected", reason, deployment_id=desired.deployment_id, version=desired.version)
+
+    def _prune(self) -> None:
+        protect = set()
+        if self.watch is not None and self.watch.record.previous_bundle_id is not None:
+            protect.add(self.watch.record.previous_bundle_id)
+        try:
+            self.store.prune(
+                ranked=self._ranked(),
+                protect=protect,
+                delivery_in_progress=self.delivery.bundle_id if self.delivery else None,
+            )
+        except OSError as exc:
+            log.warning("prune_failed", error=str(exc))
+        self._refresh_kept()
+
+    # probation -----------------------------------------------------------------------------------
+    def _start_watch(self, record: ProbationRecord) -> None:
+        ends_at = utc_now() + timedelta(seconds=self.settings.probation_s)
+        self.watch = ProbationWatch(record=record, started=time.monotonic(), ends_at=ends_at)
+
+    def _end_watch(self) -> None:
+        if self.watch is not None:
+            self.watch = None
+            self.slot.release_standby()
+            self.ledger.set_probation(None)
+
+    def _check_probation(self) -> None:
+        watch = self.watch
+        if watch is None:
+            return
+        model = self.slot.current
+        if model is None or model.bundle_id != watch.record.bundle_id:
+            self._end_watch()
+            return
+        stats = model.stats()
+        judgement = judge(stats, time.monotonic() - watch.started, self.limits)
+        if judgement.outcome == "watching":
+            return
+        record = watch.record
+        if judgement.outcome == "failed":
+            self._roll_back(record, judgement.reason)
+            return
+        self._end_watch()
+        log.info("probation_passed", version=record.version, runs=stats.runs, detail=judgement.reason)
+        self._event(
+            "probation_passed",
+            f"v{record.version} passed its probation: {judgement.reason}",
+            deployment_id=record.deployment_id,
+            version=record.version,
+        )
+        self._prune()
+        self.reporter.publish()
+
+    def _roll_back(self, record: ProbationRecord, reason: str) -> bool:
+        """Return to the previous version (the standby, else re-verified from disk); False if impossible."""
+        self.watch = None
+        previous_id = record.previous_bundle_id
+        standby = self.slot.standby
+        target: LoadedModel | None = None
+        if standby is not None and standby.bundle_id == previous_id:
+            target = standby
+        elif previous_id is not None:
+            try:
+                target = self._load(self.store.load_installed(previous_id))
+            except Exception as exc:
+                log.error("rollback_impossible", error=str(exc))
+                reason = f"{reason}; rolling back failed ({exc})"
+        if target is None or previous_id is None:
+            self.ledger.set_probation(None)
+            self.slot.release_standby()
+            message = f"v{record.version} failed its probation but cannot be rolled back: {reason}"
+            self._set_status(None, last_error=message)
+            self._event("error", message, deployment_id=record.deployment_id, version=record.version)
+            return False
+        try:
+            self.store.set_active(previous_id)
+        except OSError as exc:  # the swap below still protects the requests; a restart would retry
+            log.error("active_pointer_not_written", error=str(exc))
+        self.ledger.add_verdict(
+            Verdict(
+                deployment_id=record.deployment_id,
+                bundle_id=record.bundle_id,
+                version=record.version,
+                kind="rolled_back",
+                reason=reason,
+            )
+        )
+        self.ledger.set_probation(None)
+        self.ledger.record_activation(previous_id, target.manifest.name, target.version)
+        if target is standby:
+            self.slot.swap_back()
+        else:
+            self.slot.swap(target, rollback=True)
+        message = f"v{record.version} was rolled back to v{target.version}: {reason}"
+        log.warning(
+            "rolled_back",
+            deployment_id=record.deployment_id,
+            version=record.version,
+            to=target.version,
+            reason=reason,
+        )
+        self._prune()
+        self._set_status(None, last_error=message)
+        self._event("rolled_back", message, deployment_id=record.deployment_id, version=record.version)
+        return True
