@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgefleet.contract.errors import EdgefleetError
-from edgefleet.contract.topics import check_device_id
+from edgefleet.contract.ids import check_device_id
 from edgefleet.contract.yaml_files import load_yaml_model
 from edgefleet.mqtt import BrokerAddress, BrokerError, BrokerSecurity
 

@@ -88,8 +88,8 @@ class Agent:
         self._stop = threading.Event()
         self._closing = False
         self.session.route("desired", topics.desired(device), self.control.submit)
-        self.session.route("meta", f"{topics.PREFIX}/bundles/+/meta", self.control.submit)
-        self.session.route("chunk", f"{topics.PREFIX}/bundles/+/chunks/+", self.control.submit)
+        self.session.route("meta", topics.ALL_BUNDLE_META, self.control.submit)
+        self.session.route("chunk", topics.ALL_BUNDLE_CHUNKS, self.control.submit)
         self.session.route("infer", topics.infer(device), self._on_request)
         self.session.on_connected = self._on_connected
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,12 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgefleet.agent.log import EventLog
 from edgefleet.contract.bundle import MANIFEST_NAME, SIGNATURE_NAME, extract_bundle, sha256_file
 from edgefleet.contract.errors import BundleError
+from edgefleet.contract.ids import is_sha256_hex
 from edgefleet.contract.manifest import BundleManifest
 from edgefleet.contract.messages import BundleMeta
 from edgefleet.contract.signing import verify
 
 log = EventLog("store")
-_BUNDLE_ID = re.compile(r"^[0-9a-f]{64}$")
 ACTIVE_POINTER = "active"
 
 
@@ -180,7 +179,7 @@ class BundleStore:
 
     def installed_ids(self) -> list[str]:
         """Installed bundles, most recently installed first."""
-        dirs = [p for p in self.bundles_dir.iterdir() if p.is_dir() and _BUNDLE_ID.match(p.name)]
+        dirs = [p for p in self.bundles_dir.iterdir() if p.is_dir() and is_sha256_hex(p.name)]
         return [p.name for p in sorted(dirs, key=lambda p: p.stat().st_mtime, reverse=True)]
 
     def read_manifest(self, bundle_id: str) -> BundleManifest | None:
@@ -197,11 +196,11 @@ class BundleStore:
             text = (self.state_dir / ACTIVE_POINTER).read_text().strip()
         except OSError:
             return None
-        return text if _BUNDLE_ID.match(text) else None
+        return text if is_sha256_hex(text) else None
 
     def set_active(self, bundle_id: str) -> None:
         """Only ever called with a bundle that is installed and verified (activation is idempotent)."""
-        if not _BUNDLE_ID.match(bundle_id):
+        if not is_sha256_hex(bundle_id):
             raise ValueError(f"not a bundle id: {bundle_id!r}")
         write_atomic(self.state_dir / ACTIVE_POINTER, (bundle_id + "\n").encode())
 

@@ -7,6 +7,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet.contract.ids import Sha256Hex
 from edgefleet.contract.profiles import ArtifactFormat, Precision
 from edgefleet.contract.target_checks import TargetChecks
 
@@ -47,7 +48,7 @@ class TensorSpec(_Model):
 
 class FileEntry(_Model):
     path: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: Sha256Hex
     size: int = Field(ge=0)
 
 

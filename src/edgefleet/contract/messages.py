@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet.contract.ids import Sha256Hex, TopicSafeId
+
 DEFAULT_CHUNK_SIZE = 256 * 1024
 
 # MQTT 5 content types used on the wire
@@ -132,7 +134,7 @@ class Telemetry(Message):
 class BundleMeta(Message):
     """Retained on bundles/{bundle_id}/meta: how to reassemble the bundle file from its chunks."""
 
-    bundle_id: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the whole bundle file")
+    bundle_id: Sha256Hex = Field(description="sha256 of the whole bundle file")
     size: int = Field(gt=0)
     chunk_size: int = Field(gt=0)
     chunk_sha256: list[str]
@@ -144,8 +146,8 @@ class BundleMeta(Message):
 class DesiredState(Message):
     """Retained on devices/{id}/desired: the bundle this device should run."""
 
-    deployment_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    bundle_id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    deployment_id: TopicSafeId
+    bundle_id: Sha256Hex
     name: str
     version: str
     profile: str

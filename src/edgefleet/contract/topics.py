@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import re
+from typing import Literal
+
+from edgefleet.contract.ids import check_bundle_id, check_device_id, is_topic_safe_id
 
 PREFIX = "edgefleet/v1"
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_BUNDLE_ID = re.compile(r"^[0-9a-f]{64}$")
-
-
-def check_device_id(device_id: str) -> str:
-    if not _ID.match(device_id):
-        raise ValueError(f"device id {device_id!r} is not valid: use 1-64 characters from A-Z a-z 0-9 _ -")
-    return device_id
 
 
 def _device(device_id: str, leaf: str) -> str:
@@ -51,16 +45,16 @@ def infer(device_id: str) -> str:
 
 # bundles, shared by every device that runs them (retained)
 def bundle_meta(bundle_id: str) -> str:
-    return f"{PREFIX}/bundles/{_check_bundle(bundle_id)}/meta"
+    return f"{PREFIX}/bundles/{check_bundle_id(bundle_id)}/meta"
 
 
 def bundle_chunk(bundle_id: str, index: int) -> str:
-    return f"{PREFIX}/bundles/{_check_bundle(bundle_id)}/chunks/{index}"
+    return f"{PREFIX}/bundles/{check_bundle_id(bundle_id)}/chunks/{index}"
 
 
 def bundle_chunks(bundle_id: str) -> str:
     """Wildcard matching every chunk of a bundle."""
-    return f"{PREFIX}/bundles/{_check_bundle(bundle_id)}/chunks/+"
+    return f"{PREFIX}/bundles/{check_bundle_id(bundle_id)}/chunks/+"
 
 
 def replies(client_id: str) -> str:
@@ -68,22 +62,62 @@ def replies(client_id: str) -> str:
     return f"{PREFIX}/clients/{check_device_id(client_id)}/replies"
 
 
+def sync(client_id: str) -> str:
+    """A host client's own round-trip topic (a publish it waits to receive back: the broker has delivered
+    everything retained before it)."""
+    return f"{PREFIX}/clients/{check_device_id(client_id)}/sync"
+
+
+# what devices publish, and what the agent listens to
+DEVICE_PUBLISHES = ("online", "status", "telemetry", "events")
+DEVICE_RECEIVES = ("desired", "infer")
 ALL_STATUS = f"{PREFIX}/devices/+/status"
 ALL_ONLINE = f"{PREFIX}/devices/+/online"
 ALL_TELEMETRY = f"{PREFIX}/devices/+/telemetry"
 ALL_EVENTS = f"{PREFIX}/devices/+/events"
+ALL_BUNDLE_META = f"{PREFIX}/bundles/+/meta"
+ALL_BUNDLE_CHUNKS = f"{PREFIX}/bundles/+/chunks/+"
+_ALL_BUNDLES = f"{PREFIX}/bundles/#"
+_ALL_REPLIES = f"{PREFIX}/clients/+/replies"
+_ALL_SYNC = f"{PREFIX}/clients/+/sync"
+
+# Who may touch what (a broker's ACL renders these; fleet/broker_config.py writes mosquitto's form).
+Access = Literal["read", "write", "readwrite"]
+Grant = tuple[Access, str]
 
 
-def _check_bundle(bundle_id: str) -> str:
-    if not _BUNDLE_ID.match(bundle_id):
-        raise ValueError(f"bundle id {bundle_id!r} is not a sha256 hex digest")
-    return bundle_id
+def device_grants(device_id: str) -> list[Grant]:
+    """A device publishes only its own reports and inference replies (to wherever the requester asked, under
+    clients/+/replies), reads only its own desired state and requests, and reads every bundle: bundles are
+    shared and content-addressed, so a static rule cannot know which one it will be told to fetch."""
+    own = f"{PREFIX}/devices/{check_device_id(device_id)}"
+    return [
+        *(("write", f"{own}/{leaf}") for leaf in DEVICE_PUBLISHES),
+        *(("read", f"{own}/{leaf}") for leaf in DEVICE_RECEIVES),
+        ("read", _ALL_BUNDLES),
+        ("write", _ALL_REPLIES),
+    ]
+
+
+def monitor_grants() -> list[Grant]:
+    """The monitoring identity (watch, exporter, status) reads what devices report; its own sync topic."""
+    return [
+        *(("read", f"{PREFIX}/devices/+/{leaf}") for leaf in DEVICE_PUBLISHES),
+        ("readwrite", _ALL_SYNC),
+    ]
+
+
+def admin_grants() -> list[Grant]:
+    """The host/admin identity: everything (deploy, rollout, inference requests, bundle upload)."""
+    return [("readwrite", "#")]
 
 
 def parse_device_topic(topic: str) -> tuple[str, str] | None:
     """(device_id, leaf) for a device topic, None for anything else."""
     parts = topic.split("/")
-    if len(parts) == 5 and "/".join(parts[:2]) == PREFIX and parts[2] == "devices" and _ID.match(parts[3]):
+    if len(parts) != 5 or "/".join(parts[:3]) != f"{PREFIX}/devices":
+        return None
+    if is_topic_safe_id(parts[3]):
         return parts[3], parts[4]
     return None
 

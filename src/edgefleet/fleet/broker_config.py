@@ -27,7 +27,7 @@ import yaml
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from edgefleet.contract import topics
+from edgefleet.contract import ids, topics
 from edgefleet.contract.errors import EdgefleetError
 from edgefleet.fleet.certs import (
     Issued,
@@ -43,8 +43,6 @@ ADMIN_USER = "edgefleet-admin"
 MONITOR_USER = "edgefleet-monitor"
 AuthMode = Literal["password", "certificate"]
 
-_DEVICE_WRITES = ("online", "status", "telemetry", "events")
-_DEVICE_READS = ("desired", "infer")
 
 
 class BrokerConfigError(EdgefleetError):
@@ -77,7 +75,7 @@ class BrokerConfigSpec(BaseModel):
     @classmethod
     def _device_ids(cls, devices: list[str]) -> list[str]:
         for device_id in devices:
-            topics.check_device_id(device_id)
+            ids.check_device_id(device_id)
         duplicates = sorted({d for d in devices if devices.count(d) > 1})
         if duplicates:
             raise ValueError(f"device ids given more than once: {', '.join(duplicates)}")
@@ -86,7 +84,7 @@ class BrokerConfigSpec(BaseModel):
     @field_validator("admin_user", "monitor_user")
     @classmethod
     def _identity(cls, value: str) -> str:
-        return topics.check_device_id(value)
+        return ids.check_device_id(value)
 
     @model_validator(mode="after")
     def _distinct_identities(self) -> BrokerConfigSpec:
@@ -119,16 +117,14 @@ class BrokerConfigFiles(BaseModel):
     broker_url: str
 
 
+def _acl_block(user: str, grants: list[topics.Grant], comment: str | None = None) -> list[str]:
+    head = [f"# {comment}"] if comment else []
+    return [*head, f"user {user}", *(f"topic {access} {pattern}" for access, pattern in grants)]
+
+
 def device_acl(device_id: str) -> list[str]:
-    """mosquitto ACL lines for one device."""
-    lines = [f"user {device_id}"]
-    lines += [f"topic write {topics.PREFIX}/devices/{device_id}/{leaf}" for leaf in _DEVICE_WRITES]
-    lines += [f"topic read {topics.PREFIX}/devices/{device_id}/{leaf}" for leaf in _DEVICE_READS]
-    # Bundles are shared and content-addressed: read-only for every device (see the module docstring).
-    lines.append(f"topic read {topics.PREFIX}/bundles/#")
-    # Inference replies go where the requester asks; host clients ask under clients/{client_id}/replies.
-    lines.append(f"topic write {topics.PREFIX}/clients/+/replies")
-    return lines
+    """mosquitto ACL lines for one device (what it may touch: contract/topics.py's device_grants)."""
+    return _acl_block(device_id, topics.device_grants(device_id))
 
 
 def render_acl(spec: BrokerConfigSpec) -> str:
@@ -137,16 +133,9 @@ def render_acl(spec: BrokerConfigSpec) -> str:
     blocks = [
         [
             "# edgefleet ACL written by `edgefleet broker-config`. mosquitto denies whatever no line allows.",
-            "# Host/admin identity: everything (deploy, rollout, inference requests, bundle upload).",
-            f"user {spec.admin_user}",
-            "topic readwrite #",
+            *_acl_block(spec.admin_user, topics.admin_grants(), "Host/admin identity: everything."),
         ],
-        [
-            "# Monitoring identity (watch, exporter, status): reads what devices report; its own sync topic.",
-            f"user {spec.monitor_user}",
-            *(f"topic read {topics.PREFIX}/devices/+/{leaf}" for leaf in _DEVICE_WRITES),
-            f"topic readwrite {topics.PREFIX}/clients/+/sync",
-        ],
+        _acl_block(spec.monitor_user, topics.monitor_grants(), "Monitoring: watch, exporter, status"),
         *(device_acl(device_id) for device_id in spec.devices),
     ]
     return "\n\n".join("\n".join(block) for block in blocks) + "\n"

@@ -30,7 +30,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from edgefleet.contract import topics
+from edgefleet.contract import ids, topics
 from edgefleet.contract.messages import (
     CONTENT_JSON,
     DEFAULT_CHUNK_SIZE,
@@ -191,7 +191,7 @@ def deploy_bundle(
     unreadable bundle and BrokerError when the broker cannot be reached.
     """
     try:
-        topics.check_device_id(device_id)
+        ids.check_device_id(device_id)
     except ValueError as exc:
         raise DeployError(str(exc)) from exc
     display = _Display((console or Console(stderr=True)) if progress else None)

@@ -11,7 +11,7 @@ import argparse
 from pydantic import BaseModel
 from rich.console import Console
 
-from edgefleet.contract import topics
+from edgefleet.contract import ids, topics
 from edgefleet.contract.messages import DesiredState, DeviceStatus, KeptVersion
 from edgefleet.fleet.deploy import (
     DeviceWatch,
@@ -83,7 +83,7 @@ def rollback_device(
     console: Console | None = None,
 ) -> RollbackResult:
     try:
-        topics.check_device_id(device_id)
+        ids.check_device_id(device_id)
     except ValueError as exc:
         raise RollbackError(str(exc)) from exc
     display = _Display((console or Console(stderr=True)) if progress else None)

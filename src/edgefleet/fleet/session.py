@@ -111,7 +111,7 @@ class BrokerSession:
         self._subscriptions: list[tuple[str, SubscribeOptions]] = []
         self._sync_counter = itertools.count()
         self._sync_waiters: dict[bytes, threading.Event] = {}
-        self._sync_topic = f"{topics.PREFIX}/clients/{self.client_id}/sync"
+        self._sync_topic = topics.sync(self.client_id)
         self._client = new_client(self.client_id)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect

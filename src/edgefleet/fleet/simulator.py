@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from edgefleet.contract import topics
+from edgefleet.contract import ids, topics
 from edgefleet.contract.errors import EdgefleetError
 from edgefleet.contract.messages import ActiveModel, BundleMeta
 from edgefleet.contract.profiles import DeviceProfile, load_profile
@@ -141,7 +141,7 @@ class Simulator:
         self.keepalive_s = keepalive_s
         self.rng = random.Random(seed)
         width = max(4, len(str(devices - 1)))
-        self.device_ids = [topics.check_device_id(f"{id_prefix}-{i:0{width}d}") for i in range(devices)]
+        self.device_ids = [ids.check_device_id(f"{id_prefix}-{i:0{width}d}") for i in range(devices)]
         failing_count = round(fail_fraction * devices)
         self.failing_ids = set(random.Random(seed).sample(self.device_ids, failing_count))
         initial = initial_model(self.profile, model_name, initial_version) if initial_version else None
