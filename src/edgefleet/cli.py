@@ -377,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long each device must run the bundle healthily (default 30)",
     )
     rollout.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.0,
+        help="fail a device whose errors per request since activation exceed this (default 0: any error; "
+        "the profile's max_error_rate is what the agent's own probation allows)",
+    )
+    rollout.add_argument(
         "--stage-timeout",
         type=float,
         default=300.0,

@@ -105,6 +105,22 @@ def test_a_device_whose_telemetry_stopped_is_shown_silent() -> None:
     assert "telemetry stopped" in text and "1 silent" in text
 
 
+def test_an_interval_error_rate_over_the_profiles_limit_is_called_unhealthy() -> None:
+    """The same rule the agent's probation applies (contract/health.py): 20 requests with 4 errors is 20%,
+    over rpi4's 5%; 1 error in 20 is within it and is only counted."""
+    monitor = FleetMonitor()
+    for device, errors in (("a-within", 1), ("b-over", 4)):
+        monitor.feed(topics.status(device), device_status(device, "rpi4", MODEL).to_bytes())
+        monitor.feed(
+            topics.telemetry(device),
+            telemetry(device, requests=20, errors=errors, interval_requests=20, interval_errors=errors),
+        )
+    text = _render(monitor)
+    within = next(line for line in text.splitlines() if "a-within" in line)
+    assert "+1 errors" in within and "unhealthy" not in text.split("b-over")[0]
+    assert "unhealthy: 4 of 20 requests failed (20%; at most 5% allowed)" in " ".join(text.split())
+
+
 @pytest.fixture
 def reporting_fleet(broker: MosquittoProcess) -> Iterator[MosquittoProcess]:
     """Two devices with retained presence/status sending telemetry every 50 ms, and one sending garbage."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgefleet.contract.errors import EdgefleetError
+from edgefleet.contract.health import DEFAULT_MIN_REQUESTS
 from edgefleet.contract.ids import check_device_id
 from edgefleet.contract.yaml_files import load_yaml_model
 from edgefleet.mqtt import BrokerAddress, BrokerError, BrokerSecurity
@@ -44,7 +45,9 @@ class AgentConfig(BaseModel):
         default=30.0, ge=0, description="how long a swapped-in model is watched for rollback (0: not watched)"
     )
     probation_min_requests: int = Field(
-        default=20, ge=1, description="requests a probation needs before it judges error rate and p95"
+        default=DEFAULT_MIN_REQUESTS,
+        ge=1,
+        description="requests a probation needs before it judges error rate and p95",
     )
     delivery_stall_s: float = Field(
         default=10.0, gt=0, description="no chunk for this long: report the missing ones and ask again"

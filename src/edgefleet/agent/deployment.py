@@ -30,6 +30,7 @@ from edgefleet.agent.status import DeploymentFields, EventKind, State, StatusRep
 from edgefleet.agent.store import BundleStore, InstalledBundle
 from edgefleet.contract import topics
 from edgefleet.contract.errors import EdgefleetError
+from edgefleet.contract.health import DEFAULT_MIN_REQUESTS, HealthPolicy
 from edgefleet.contract.messages import BundleMeta, DesiredState, KeptVersion, ProbationStatus, utc_now
 from edgefleet.contract.profiles import DeviceProfile
 
@@ -64,7 +65,7 @@ def _bundle_of(topic: str) -> str | None:
 @dataclass(frozen=True)
 class DeploymentSettings:
     probation_s: float = 30.0
-    probation_min_requests: int = 20
+    probation_min_requests: int = DEFAULT_MIN_REQUESTS
     stall_s: float = 10.0
 
     @classmethod
@@ -121,9 +122,7 @@ class Deployer:
         self.settings = settings or DeploymentSettings()
         self.limits = ProbationLimits(
             window_s=self.settings.probation_s,
-            min_requests=self.settings.probation_min_requests,
-            max_error_rate=profile.max_error_rate,
-            latency_budget_ms=profile.latency_budget_ms,
+            health=HealthPolicy.of(profile, self.settings.probation_min_requests),
         )
         self.ledger = Ledger(store.state_dir)
         self.delivery: Delivery | None = None

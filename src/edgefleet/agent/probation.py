@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edgefleet.agent.model_slot import RunStats
+from edgefleet.contract.health import HealthPolicy
 
 Outcome = Literal["watching", "passed", "failed"]
 
@@ -16,9 +17,7 @@ Outcome = Literal["watching", "passed", "failed"]
 @dataclass(frozen=True)
 class ProbationLimits:
     window_s: float
-    min_requests: int
-    max_error_rate: float
-    latency_budget_ms: float
+    health: HealthPolicy
 
 
 @dataclass(frozen=True)
@@ -28,25 +27,16 @@ class Judgement:
 
 
 def judge(stats: RunStats, elapsed_s: float, limits: ProbationLimits) -> Judgement:
-    """Fail as soon as `min_requests` runs show too many errors or a p95 over budget; pass when the
-    window is over. With fewer runs than `min_requests` at the end there is too little to judge: the
-    model passes (it already passed its health check), and the reason says so."""
-    if stats.runs >= limits.min_requests:
-        if stats.error_rate > limits.max_error_rate:
-            return Judgement(
-                "failed",
-                f"{stats.errors} of {stats.runs} runs failed or gave NaN/inf "
-                f"({stats.error_rate:.0%}, the profile allows {limits.max_error_rate:.0%})",
-            )
-        if stats.p95_ms is not None and stats.p95_ms > limits.latency_budget_ms:
-            return Judgement(
-                "failed",
-                f"p95 run time {stats.p95_ms:.2f} ms over {stats.runs} runs exceeds the profile's latency "
-                f"budget of {limits.latency_budget_ms:g} ms",
-            )
+    """Fail as soon as the health policy's `min_requests` runs show too many errors (raised, or NaN/inf
+    outputs) or a p95 over budget; pass when the window is over. With fewer runs than that at the end there
+    is too little to judge: the model passes (it already passed its health check), and the reason says so."""
+    health = limits.health
+    problem = health.problem(stats.runs, stats.errors, stats.p95_ms)
+    if problem is not None:
+        return Judgement("failed", f"{problem}: runs that raised or gave NaN/inf count as failed")
     if elapsed_s < limits.window_s:
         return Judgement("watching", "")
-    if stats.runs < limits.min_requests:
+    if not health.enough(stats.runs):
         return Judgement(
             "passed",
             f"{stats.runs} runs in {limits.window_s:g} s: too few to judge, kept on its health check",

@@ -363,23 +363,24 @@ class RolloutRunner:
                 self._fail(progress, f"now runs {model.name} {model.version} (bundle {model.bundle_id[:12]})")
 
     def _on_telemetry(self, progress: DeviceProgress, telemetry: Telemetry) -> None:
-        options = self.state.options
         if progress.baseline_errors is not None and telemetry.errors < progress.baseline_errors:
-            progress.baseline_errors = 0  # the agent restarted: its counters start again at zero
-        if progress.state == "deploying" or telemetry.model_version != self.state.bundle.version:
-            progress.baseline_errors = telemetry.errors
+            # the agent restarted: its counters start again at zero
+            progress.baseline_errors, progress.baseline_requests = 0, 0
+        baseline_errors, baseline_requests = progress.baseline_errors, progress.baseline_requests
+        if (
+            progress.state == "deploying"
+            or telemetry.model_version != self.state.bundle.version
+            or baseline_errors is None  # nothing known from before the activation: this report is the
+            or baseline_requests is None  # baseline, the next one counts
+        ):
+            progress.baseline_errors, progress.baseline_requests = telemetry.errors, telemetry.requests
             return
-        if progress.baseline_errors is None:
-            # nothing known from before the activation: this report is the baseline, the next one counts
-            progress.baseline_errors = telemetry.errors
-            return
-        new_errors = telemetry.errors - progress.baseline_errors
-        if new_errors > 0:
-            self._fail(progress, f"{new_errors} inference error(s) since activation")
-            return
-        p95, budget = telemetry.latency_ms.p95, options.latency_budget_ms
-        if p95 is not None and budget is not None and p95 > budget:
-            self._fail(progress, f"p95 latency {p95:g} ms is over the profile's budget of {budget:g} ms")
+        requests = telemetry.requests - baseline_requests
+        problem = self.state.options.health().problem(
+            requests, telemetry.errors - baseline_errors, telemetry.latency_ms.p95
+        )
+        if problem is not None:
+            self._fail(progress, f"inference errors or latency since activation: {problem}")
             return
         if not progress.reported_healthy:
             progress.reported_healthy = True
@@ -580,6 +581,7 @@ def start_rollout(
     max_failures: int = 0,
     min_healthy_s: float = DEFAULT_MIN_HEALTHY_S,
     stage_timeout_s: float = DEFAULT_STAGE_TIMEOUT_S,
+    max_error_rate: float = 0.0,
     rollback_wait_s: float = DEFAULT_ROLLBACK_WAIT_S,
     state_dir: Path | None = None,
     console: Console | None = None,
@@ -598,6 +600,8 @@ def start_rollout(
         )
     if max_failures < 0:
         raise RolloutError("--max-failures must be 0 or more")
+    if not 0.0 <= max_error_rate <= 1.0:
+        raise RolloutError("--max-error-rate must be between 0 and 1")
     parse_count(canary, 1, "--canary")  # syntax errors now, before anything connects
     parse_count(batch, 1, "--batch")
     bundle = prepare_bundle(Path(bundle_path))
@@ -635,6 +639,7 @@ def start_rollout(
                 min_healthy_s=min_healthy_s,
                 stage_timeout_s=stage_timeout_s,
                 latency_budget_ms=budget,
+                max_error_rate=max_error_rate,
             ),
             stages=plan.stages,
             devices=plan.devices,

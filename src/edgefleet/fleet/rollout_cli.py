@@ -45,7 +45,8 @@ def render_rollout(state: RolloutState) -> Group:
     )
     header.append(f"selector '{options.selector}', canary {options.canary}, batch {options.batch}, ")
     header.append(
-        f"max failures {options.max_failures}, min healthy {options.min_healthy_s:g} s, "
+        f"max failures {options.max_failures}, max error rate {options.max_error_rate:.0%}, "
+        f"min healthy {options.min_healthy_s:g} s, "
         f"stage timeout {options.stage_timeout_s:g} s\n"
     )
     status_style = {"completed": "green", "halted": "red", "rolling_back": "red"}.get(state.status, "cyan")
@@ -135,6 +136,7 @@ def run_rollout(args: argparse.Namespace) -> int:
             max_failures=args.max_failures,
             min_healthy_s=args.min_healthy_seconds,
             stage_timeout_s=args.stage_timeout,
+            max_error_rate=args.max_error_rate,
             state_dir=state_dir,
             console=progress,
         )

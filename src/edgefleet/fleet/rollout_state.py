@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from edgefleet.contract.errors import EdgefleetError
+from edgefleet.contract.health import HealthPolicy
 from edgefleet.contract.messages import ActiveModel, BundleMeta, utc_now
 
 STATE_DIR_ENV = "EDGEFLEET_STATE_DIR"
@@ -56,6 +57,16 @@ class RolloutOptions(BaseModel):
     min_healthy_s: float = Field(ge=0, description="how long a device must stay healthy on the new bundle")
     stage_timeout_s: float = Field(gt=0, description="how long an online device may take to become healthy")
     latency_budget_ms: float | None = Field(description="the profile's latency budget (p95 must stay within)")
+    max_error_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="errors / requests since activation above this fail a device (0: any error fails it)",
+    )
+
+    def health(self) -> HealthPolicy:
+        """How each telemetry report since activation is judged (every report counts: min_requests 1)."""
+        return HealthPolicy(self.max_error_rate, self.latency_budget_ms, min_requests=1)
 
 
 class DeviceProgress(BaseModel):
@@ -72,6 +83,9 @@ class DeviceProgress(BaseModel):
     finished_at: datetime | None = None
     baseline_errors: int | None = Field(
         default=None, description="the device's error counter before activation (telemetry)"
+    )
+    baseline_requests: int | None = Field(
+        default=None, description="the device's request counter before activation (telemetry)"
     )
     reported_healthy: bool = Field(
         default=False, description="a telemetry report on the new version arrived after activation"

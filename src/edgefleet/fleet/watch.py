@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgefleet.contract.errors import EdgefleetError
+from edgefleet.contract.health import HealthPolicy
 from edgefleet.contract.profiles import DeviceProfile, load_profile
 from edgefleet.fleet.fleet_feed import FleetFeed
 from edgefleet.fleet.monitor import DeviceHealth, FleetMonitor, FleetSnapshot, telemetry_extra
@@ -82,10 +83,15 @@ def assess(device: DeviceHealth, now: float) -> Attention:
         elif status.state != "serving":
             notes.append(f"state {status.state}")
             rank = min(rank, 4)
+    tele, profile = device.telemetry, _budgets(device.profile) if device.profile else None
     if device.new_errors:
         notes.append(f"[red]+{device.new_errors} errors[/]")
         rank = min(rank, 2)
-    tele, profile = device.telemetry, _budgets(device.profile) if device.profile else None
+        interval_requests = telemetry_extra(tele, "interval_requests") if tele is not None else None
+        if profile is not None and interval_requests is not None:
+            problem = HealthPolicy.of(profile).problem(int(interval_requests), device.new_errors, None)
+            if problem is not None:  # what the agent's probation would roll a new model back for
+                notes.append(f"[red]unhealthy: {escape(problem)}[/]")
     if tele is not None and profile is not None:
         if tele.latency_ms.p95 is not None and tele.latency_ms.p95 > profile.latency_budget_ms:
             notes.append(f"[yellow]p95 over the {profile.latency_budget_ms:g} ms budget[/]")
