@@ -19,6 +19,9 @@ from edgefleet.converter.pipeline import ConversionResult, convert
 from edgefleet.converter.steps.calibration_ranges import DEFAULT_CALIBRATION_METHOD, method_ranges
 from edgefleet.converter.steps.onnx_to_keras import layer_names_in
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 RNG = np.random.default_rng(0)
 BATCH, BATCHES = 100_000, 4  # 400k one-value samples: the 99.999th percentile cuts 2 values at each end
 

@@ -17,6 +17,9 @@ from edgefleet.converter.compression.stats import count_macs
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.pipeline import convert
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 IR_VERSION = 8  # what onnxruntime 1.31 loads
 
 

@@ -13,6 +13,9 @@ from onnx import numpy_helper
 from edgefleet.cli import main
 from edgefleet.converter.compression.magnitude import magnitude_prune
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 
 def test_magnitude_prune_zeroes_the_smallest_weights(reference_dir: Path) -> None:
     model = onnx.load(str(reference_dir / "digits_cnn_v1.onnx"))

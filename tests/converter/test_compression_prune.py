@@ -13,6 +13,9 @@ from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.errors import ConversionError
 from edgefleet.converter.pipeline import convert
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 HERE = Path(__file__).resolve().parent
 
 

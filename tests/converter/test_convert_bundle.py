@@ -16,6 +16,9 @@ from edgefleet.contract.signing import load_public_key
 from edgefleet.contract.tensors import from_artifact, to_artifact
 from edgefleet.converter.pipeline import ConversionResult
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 PROFILES = ["rpi4", "coral-usb", "jetson-nano", "jetson-orin-nano"]
 
 

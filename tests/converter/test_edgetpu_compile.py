@@ -24,6 +24,9 @@ from edgefleet.converter.errors import TargetRefusedError
 from edgefleet.converter.pipeline import convert
 from edgefleet.converter.steps.edgetpu_compile import COMPILER, parse_compiler_output
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 FAKE_COMPILER = '''#!{python}
 """Stand-in for edgetpu_compiler 16.0 (test only): same flags, same output format, no Edge TPU code."""
 import argparse, json, os, sys

@@ -16,6 +16,9 @@ from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.errors import ConversionError
 from edgefleet.converter.pipeline import convert
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def keras_digits(tmp_path_factory: pytest.TempPathFactory, reference_dir: Path) -> dict[str, Path | float]:

@@ -17,6 +17,9 @@ from edgefleet.converter.errors import UnsupportedModelError
 from edgefleet.converter.pipeline import convert
 from edgefleet.converter.steps.onnx_to_keras import translate_onnx_to_keras
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 RNG = np.random.default_rng(0)
 
 

@@ -15,6 +15,9 @@ import pytest
 from edgefleet.converter.errors import ConversionError, UnsupportedModelError
 from edgefleet.converter.steps.onnx_to_keras import keras_input_order, translate_onnx_to_keras
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional

@@ -33,6 +33,9 @@ from edgefleet.converter.steps.quantize_onnx import QuantizeOnnx, rule_float_nod
 from edgefleet.converter.steps.runners import OnnxRunner
 from edgefleet.converter.steps.tensorrt_check import TensorRtCheck
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 ORIN = "jetson-orin-nano"
 
 

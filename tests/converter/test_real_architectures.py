@@ -15,6 +15,9 @@ from edgefleet.converter.pipeline import convert
 from edgefleet.reference_models import reference_model_dir
 from edgefleet.reference_models.corpus_data import corpus_split
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 MODEL = reference_model_dir() / "corpus" / "mobilenetv3_small.onnx"
 # One flipped prediction is worth 100/EVAL_SAMPLES points: 128 keeps it below the 1-point budgets.
 CALIB_SAMPLES, EVAL_SAMPLES = 64, 128

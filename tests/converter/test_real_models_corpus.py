@@ -18,6 +18,9 @@ if str(ROOT) not in sys.path:  # bench/ is imported from the checkout, not insta
 from bench import bench_real_models as bench  # noqa: E402
 from bench.real_models import corpus  # noqa: E402
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 KINDS = {"classification", "detection", "segmentation", "ctc", "tensor"}
 SAMPLES = 12  # the converter wants at least 10 calibration samples
 

@@ -23,6 +23,9 @@ from edgefleet.converter.errors import UnsupportedTargetError
 from edgefleet.converter.pipeline import ConversionResult, convert
 from edgefleet.converter.targets import allowed_precisions
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 
 def test_pi_bundle_carries_the_onnx_alternative(
     converted: Callable[[str], ConversionResult],

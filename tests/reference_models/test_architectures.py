@@ -27,6 +27,9 @@ from edgefleet.reference_models.corpus_data import (
     write_corpus_data,
 )
 
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
+pytestmark = pytest.mark.slow
+
 NAMES = sorted(MODELS)
 MAX_ONNX_BYTES = 3 * 1024 * 1024
 MAX_REFERENCE_BYTES = 200 * 1024
