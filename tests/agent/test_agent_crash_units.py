@@ -10,11 +10,12 @@ from pathlib import Path
 
 from agent_helpers import TEST_PROFILE, Keys, file_sha256
 
-from edgefleet.agent.delivery import ChunkAssembler, ranges
+from edgefleet.agent.delivery import ChunkAssembler
 from edgefleet.agent.ledger import Ledger, ProbationRecord, Verdict
 from edgefleet.agent.store import BundleStore
 from edgefleet.contract.messages import BundleMeta, DesiredState
 from edgefleet.contract.signing import load_public_key
+from edgefleet.protocol.delivery import ranges
 
 CHUNK = 1000
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.agent.delivery import ChunkAssembler, check_meta
+from edgefleet.agent.delivery import ChunkAssembler
 from edgefleet.contract.errors import BundleError
 from edgefleet.contract.messages import BundleMeta
+from edgefleet.protocol.delivery import check_meta
 
 CHUNK = 1000
 

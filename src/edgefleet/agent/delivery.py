@@ -1,5 +1,6 @@
-"""Reassembling a bundle file from its retained chunks: per-chunk sha256, writes at each chunk's offset
-into a part file, resume from a part file left by an earlier run, and the whole-file check at the end.
+"""The agent's chunk store for a delivery (edgefleet.protocol.delivery drives it): the bundle file
+reassembled from its retained chunks, per-chunk sha256, writes at each chunk's offset into a part file,
+resume from a part file left by an earlier run, and the whole-file check at the end.
 
 Next to the part file, a chunk log records the index of every chunk written after it passed its hash.
 After a crash the log says which chunks to look at, and each of them is hashed again before it counts:
@@ -11,46 +12,15 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Iterable
 from pathlib import Path
 
 from edgefleet.contract.errors import BundleError
 from edgefleet.contract.messages import BundleMeta
+from edgefleet.protocol.delivery import ranges
 
-MAX_BUNDLE_BYTES = 2 * 1024**3
-_HEX64 = frozenset("0123456789abcdef")
 _LOG_MAGIC = b"EFCL"
 _LOG_HEADER = struct.Struct("<4sQ")  # magic, chunk size (a log of another chunking is worthless)
 _LOG_ENTRY = struct.Struct("<I")
-
-
-def ranges(indices: Iterable[int]) -> list[tuple[int, int]]:
-    """[0, 1, 2, 5, 7, 8] -> [(0, 2), (5, 5), (7, 8)]: chunk lists stay short on the wire."""
-    out: list[tuple[int, int]] = []
-    for index in sorted(indices):
-        if out and index == out[-1][1] + 1:
-            out[-1] = (out[-1][0], index)
-        else:
-            out.append((index, index))
-    return out
-
-
-def check_meta(meta: BundleMeta, bundle_id: str) -> None:
-    """Raise BundleError when a BundleMeta cannot describe the bundle `bundle_id`."""
-    if meta.bundle_id != bundle_id:
-        raise BundleError(f"bundle meta names bundle {meta.bundle_id[:12]}, expected {bundle_id[:12]}")
-    if meta.size > MAX_BUNDLE_BYTES:
-        raise BundleError(
-            f"bundle {bundle_id[:12]} is {meta.size} bytes, more than the {MAX_BUNDLE_BYTES} allowed"
-        )
-    expected = -(-meta.size // meta.chunk_size)
-    if len(meta.chunk_sha256) != expected:
-        raise BundleError(
-            f"bundle meta lists {len(meta.chunk_sha256)} chunk hashes; {meta.size} bytes in chunks of "
-            f"{meta.chunk_size} make {expected}"
-        )
-    if any(len(h) != 64 or not set(h) <= _HEX64 for h in meta.chunk_sha256):
-        raise BundleError("bundle meta: a chunk_sha256 entry is not a lowercase sha256 hex digest")
 
 
 class ChunkAssembler:

@@ -6,20 +6,20 @@ leaves the running model serving.
 Crash safety: the ledger (desired state, verdicts, probation), the part file with its chunk log and the
 saved meta let a restarted agent carry on where it stopped; after a broker restart the missing chunks are
 asked for again, chunk by chunk, and reported when the broker no longer has them. Runs on the single
-control worker, so it needs no locks.
+control worker, so it needs no locks. The delivery itself (meta, chunks, pull window, backoff, stalls) is
+the protocol core's (edgefleet.protocol.delivery); this module carries out what it asks for.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from edgefleet.agent.delivery import ChunkAssembler, check_meta
+from edgefleet.agent.delivery import ChunkAssembler
 from edgefleet.agent.health import HealthCheckFailed, check_health
 from edgefleet.agent.ledger import Ledger, ProbationRecord, Verdict
 from edgefleet.agent.log import EventLog
@@ -28,28 +28,26 @@ from edgefleet.agent.probation import ProbationLimits, judge
 from edgefleet.agent.session import Envelope, MqttSession
 from edgefleet.agent.status import DeploymentFields, EventKind, State, StatusReporter
 from edgefleet.agent.store import BundleStore, InstalledBundle
-from edgefleet.contract import topics
-from edgefleet.contract.errors import EdgefleetError
 from edgefleet.contract.health import DEFAULT_MIN_REQUESTS, HealthPolicy
 from edgefleet.contract.messages import BundleMeta, DesiredState, KeptVersion, ProbationStatus, utc_now
 from edgefleet.contract.profiles import DeviceProfile
+from edgefleet.protocol.delivery import (
+    Action,
+    Delivery,
+    DeliverySettings,
+    Log,
+    Reject,
+    Report,
+    Subscribe,
+    Unsubscribe,
+)
 
 if TYPE_CHECKING:
     from edgefleet.agent.config import AgentConfig
 
 log = EventLog("deployment")
-MAX_BAD_CHUNK_ATTEMPTS = 5  # a retained chunk failing its sha256 this often rejects the bundle
-PROGRESS_EVERY_S = 1.0
-WARNING_EVERY_S = 1.0  # bad-chunk warnings published at most this often (junk must not flood the host)
 TICK_EVERY_S = 1.0
-# Up to this size a delivery subscribes to every chunk at once (fastest); beyond it, and whenever a
-# delivery resumes, it pulls the chunks it lacks through per-chunk subscriptions, PULL_WINDOW at a time,
-# which bounds what is queued in the broker (max_queued_messages) and in the agent's memory.
-FLOOD_MAX_BYTES = 64 * 1024**2
-PULL_WINDOW = 16
-MAX_STALL_BACKOFF = 8  # stall reports come after stall_s, 2x, 4x, ... at most 8x stall_s apart
 MAX_PROBATION_STARTS = 3  # the agent starting this often while a model is on probation rolls it back
-MAX_REPORTED_RANGES = 64
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -57,44 +55,19 @@ def _first_error(exc: ValidationError) -> str:
     return f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
 
 
-def _bundle_of(topic: str) -> str | None:
-    parts = topic.split("/")
-    return parts[3] if len(parts) >= 5 and parts[2] == "bundles" else None
-
-
 @dataclass(frozen=True)
 class DeploymentSettings:
     probation_s: float = 30.0
     probation_min_requests: int = DEFAULT_MIN_REQUESTS
-    stall_s: float = 10.0
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
 
     @classmethod
     def from_config(cls, config: AgentConfig) -> DeploymentSettings:
         return cls(
             probation_s=config.probation_s,
             probation_min_requests=config.probation_min_requests,
-            stall_s=config.delivery_stall_s,
+            delivery=DeliverySettings(stall_s=config.delivery_stall_s),
         )
-
-
-@dataclass
-class Delivery:
-    desired: DesiredState
-    assembler: ChunkAssembler | None = None
-    pulling: bool = False  # False: one wildcard subscription; True: per-chunk subscriptions in a window
-    subscriptions: set[str] = field(default_factory=set)
-    requested: set[int] = field(default_factory=set)  # chunks with their own subscription
-    pull_queue: deque[int] = field(default_factory=deque)
-    bad_attempts: dict[int, int] = field(default_factory=dict)
-    refetch_at: dict[int, float] = field(default_factory=dict)
-    last_progress: float = field(default_factory=time.monotonic)
-    last_event: float = 0.0
-    last_warning: float = 0.0
-    stalls: int = 0
-
-    @property
-    def bundle_id(self) -> str:
-        return self.desired.bundle_id
 
 
 @dataclass(frozen=True)
@@ -292,12 +265,7 @@ class Deployer:
         delivery = self.delivery
         if delivery is None:
             return
-        log.info("delivery_reasking", bundle_id=delivery.bundle_id[:12], reason="reconnected")
-        delivery.last_progress = time.monotonic()
-        if delivery.assembler is None:
-            self._subscribe(topics.bundle_meta(delivery.bundle_id))
-        else:
-            self._enter_pull(delivery)
+        self._carry_out(delivery, delivery.on_reconnected())
 
     def on_desired(self, envelope: Envelope) -> None:
         if not envelope.payload:
@@ -348,263 +316,67 @@ class Deployer:
             return
         if self.store.is_installed(desired.bundle_id) and self._activate_installed(desired):
             return
-        delivery = self.delivery = Delivery(desired)
+        delivery = self.delivery = Delivery(
+            desired, self._open_chunk_store, time.monotonic, self.settings.delivery, self.profile.name
+        )
         self._set_status("receiving")
-        self._event("delivery_started", deployment_id=desired.deployment_id, version=desired.version)
-        # subscribed even with a saved meta: a meta republished for this bundle (e.g. another chunk size)
-        # replaces ours
-        self._subscribe(topics.bundle_meta(desired.bundle_id))
-        saved = self.store.load_meta(desired.bundle_id)
-        if saved is not None:
-            self._start_assembly(delivery, saved)
+        self._carry_out(delivery, delivery.start(saved_meta=self.store.load_meta(desired.bundle_id)))
 
     def on_meta(self, envelope: Envelope) -> None:
-        delivery = self.delivery
-        if delivery is None or _bundle_of(envelope.topic) != delivery.bundle_id or not envelope.payload:
-            return
-        try:
-            meta = BundleMeta.model_validate_json(envelope.payload)
-            check_meta(meta, delivery.bundle_id)
-        except ValidationError as exc:
-            detail = (
-                f"bundle meta for {delivery.bundle_id[:12]} is invalid ({_first_error(exc)}); "
-                "waiting for a valid one"
-            )
-            log.warning("meta_invalid", error=detail)
-            self._warn(delivery, detail)
-            return
-        except EdgefleetError as exc:
-            self._reject(delivery.desired, str(exc))
-            return
-        self._start_assembly(delivery, meta)
+        if self.delivery is not None:
+            self._carry_out(self.delivery, self.delivery.on_meta(envelope.topic, envelope.payload))
 
-    def _start_assembly(self, delivery: Delivery, meta: BundleMeta) -> None:
-        if delivery.assembler is not None:
-            if delivery.assembler.meta == meta:
-                return
-            log.info("meta_changed", bundle_id=delivery.bundle_id[:12])
-            delivery.assembler.close()  # another chunking of the same file: start over with the new one
-            self._leave_pull(delivery)
-            self.store.chunk_log_path(delivery.bundle_id).unlink(missing_ok=True)
+    def on_chunk(self, envelope: Envelope) -> None:
+        if self.delivery is not None:
+            actions = self.delivery.on_chunk(envelope.topic, envelope.payload, envelope.retain)
+            self._carry_out(self.delivery, actions)
+
+    def tick(self) -> None:
+        """Once a second: judge the probation, and let the delivery re-request chunks that failed their
+        hash (after their backoff) and report and re-request what stalled."""
+        self._last_tick = time.monotonic()
+        self._check_probation()
+        if self.delivery is not None:
+            self._carry_out(self.delivery, self.delivery.tick())
+
+    # delivery ------------------------------------------------------------------------------------
+    def _open_chunk_store(self, meta: BundleMeta, fresh: bool) -> ChunkAssembler:
+        """The part file (and chunk log) a delivery writes into; a saved meta lets a restart resume."""
+        bundle_id = meta.bundle_id
+        if fresh:  # another chunking of the same bundle: the old chunk log names the wrong chunks
+            self.store.chunk_log_path(bundle_id).unlink(missing_ok=True)
         try:
             self.store.save_meta(meta)
         except OSError as exc:  # only costs the resume after a broker loss; the delivery goes on
             log.warning("meta_not_saved", error=str(exc))
-        bundle_id = delivery.bundle_id
-        try:
-            assembler = delivery.assembler = ChunkAssembler(
-                meta, self.store.part_path(bundle_id), self.store.chunk_log_path(bundle_id)
-            )
-        except OSError as exc:
-            self._reject(delivery.desired, f"cannot create the part file in {self.store.incoming_dir}: {exc}")
-            return
-        delivery.last_progress = time.monotonic()
-        log.info(
-            "meta",
-            bundle_id=bundle_id[:12],
-            size=meta.size,
-            chunks=assembler.total,
-            resumed=assembler.resumed,
-        )
-        self._event(
-            "delivery_progress",
-            deployment_id=delivery.desired.deployment_id,
-            version=delivery.desired.version,
-            chunks_received=assembler.resumed,
-            chunks_total=assembler.total,
-        )
-        if assembler.complete:
-            self._finish(delivery)
-        elif assembler.resumed or meta.size > FLOOD_MAX_BYTES:
-            self._enter_pull(delivery)
-        else:
-            self._subscribe(topics.bundle_chunks(bundle_id))
+        return ChunkAssembler(meta, self.store.part_path(bundle_id), self.store.chunk_log_path(bundle_id))
 
-    def on_chunk(self, envelope: Envelope) -> None:
-        delivery = self.delivery
-        if delivery is None or delivery.assembler is None or _bundle_of(envelope.topic) != delivery.bundle_id:
-            return
-        index = topics.parse_chunk_index(envelope.topic)
-        if index is None or not envelope.payload:  # an empty retained payload is a cleared chunk
-            return
-        assembler = delivery.assembler
-        if not 0 <= index < assembler.total:
-            log.warning("chunk_out_of_range", bundle_id=delivery.bundle_id[:12], chunk=index)
-            return
-        try:
-            problem = assembler.accept(index, envelope.payload)
-        except OSError as exc:  # e.g. the disk is full: retrying every chunk would not help
-            self._reject(delivery.desired, f"cannot write chunk {index} to {assembler.part_path}: {exc}")
-            return
-        if problem is not None:
-            self._bad_chunk(delivery, index, problem, envelope.retain)
-            return
-        if index in delivery.requested:
-            self._unrequest(delivery, index)
-        delivery.refetch_at.pop(index, None)
-        now = time.monotonic()
-        delivery.last_progress = now
-        delivery.stalls = 0
-        if assembler.complete:
-            self._finish(delivery)
-            return
-        if delivery.pulling:
-            self._top_up(delivery)
-        if now - delivery.last_event >= PROGRESS_EVERY_S:
-            delivery.last_event = now
-            self._event(
-                "delivery_progress",
-                deployment_id=delivery.desired.deployment_id,
-                version=delivery.desired.version,
-                chunks_received=len(assembler.received),
-                chunks_total=assembler.total,
-            )
-
-    def tick(self) -> None:
-        """Once a second: judge the probation, re-request chunks that failed their hash (with backoff),
-        and report and re-request what stalled."""
-        now = self._last_tick = time.monotonic()
-        self._check_probation()
-        delivery = self.delivery
-        if delivery is None:
-            return
-        for index, due in list(delivery.refetch_at.items()):
-            if now >= due:
-                del delivery.refetch_at[index]
-                log.info("chunk_refetch", bundle_id=delivery.bundle_id[:12], chunk=index)
-                self._request(delivery, index)
-        period = self.settings.stall_s * min(2**delivery.stalls, MAX_STALL_BACKOFF)
-        if now - delivery.last_progress > period:
-            self._stalled(delivery)
-
-    # delivery steps ------------------------------------------------------------------------------
-    def _subscribe(self, topic_filter: str) -> None:
-        assert self.delivery is not None
-        self.delivery.subscriptions.add(topic_filter)
-        self.session.subscribe(topic_filter, resend_retained=True)
-
-    def _unsubscribe(self, delivery: Delivery, topic_filter: str) -> None:
-        if topic_filter in delivery.subscriptions:
-            delivery.subscriptions.discard(topic_filter)
-            self.session.unsubscribe(topic_filter)
-
-    def _request(self, delivery: Delivery, index: int) -> None:
-        """Subscribe to one chunk's topic, which makes the broker send its retained copy (again)."""
-        delivery.requested.add(index)
-        self._subscribe(topics.bundle_chunk(delivery.bundle_id, index))
-
-    def _unrequest(self, delivery: Delivery, index: int) -> None:
-        delivery.requested.discard(index)
-        self._unsubscribe(delivery, topics.bundle_chunk(delivery.bundle_id, index))
-
-    def _enter_pull(self, delivery: Delivery) -> None:
-        """Switch to per-chunk requests for exactly the chunks still missing, and ask again for those
-        already requested (after a broker restart nothing that was queued for us can be trusted)."""
-        assert delivery.assembler is not None
-        if not delivery.pulling:
-            delivery.pulling = True
-            self._unsubscribe(delivery, topics.bundle_chunks(delivery.bundle_id))
-        missing = delivery.assembler.missing()
-        delivery.pull_queue = deque(i for i in missing if i not in delivery.requested)
-        for index in sorted(delivery.requested):
-            self._request(delivery, index)
-        self._top_up(delivery)
-
-    def _leave_pull(self, delivery: Delivery) -> None:
-        for index in list(delivery.requested):
-            self._unrequest(delivery, index)
-        delivery.pulling = False
-        delivery.pull_queue.clear()
-
-    def _top_up(self, delivery: Delivery) -> None:
-        assert delivery.assembler is not None
-        received = delivery.assembler.received
-        while len(delivery.requested) < PULL_WINDOW and delivery.pull_queue:
-            index = delivery.pull_queue.popleft()
-            if index not in received and index not in delivery.requested:
-                self._request(delivery, index)
-
-    def _stalled(self, delivery: Delivery) -> None:
-        delivery.stalls += 1
-        delivery.last_progress = time.monotonic()
-        fields: dict[str, object] = {
-            "deployment_id": delivery.desired.deployment_id,
-            "version": delivery.desired.version,
-        }
-        if delivery.assembler is None:
-            meta_topic = topics.bundle_meta(delivery.bundle_id)
-            log.warning("delivery_stalled", bundle_id=delivery.bundle_id[:12], waiting_for="meta")
-            self._event(
-                "delivery_stalled",
-                f"no bundle meta on {meta_topic}; asked again. If the broker lost it, publish the bundle "
-                "again (edgefleet deploy)",
-                **fields,
-            )
-            self._subscribe(meta_topic)
-            return
-        assembler = delivery.assembler
-        missing = assembler.missing_ranges()
-        count = assembler.total - len(assembler.received)
-        quiet_s = self.settings.stall_s * min(2 ** (delivery.stalls - 1), MAX_STALL_BACKOFF)
-        log.warning(
-            "delivery_stalled", bundle_id=delivery.bundle_id[:12], missing=count, stalls=delivery.stalls
-        )
-        self._event(
-            "delivery_stalled",
-            f"{count} of {assembler.total} chunks missing and none arrived for {quiet_s:g} s; asked the "
-            "broker again. If it lost them (e.g. restarted without saving), publish them again "
-            "(edgefleet deploy)",
-            chunks_received=len(assembler.received),
-            chunks_total=assembler.total,
-            missing_chunks=missing[:MAX_REPORTED_RANGES],
-            **fields,
-        )
-        self._enter_pull(delivery)
-
-    def _warn(self, delivery: Delivery, detail: str) -> None:
-        now = time.monotonic()
-        if now - delivery.last_warning >= WARNING_EVERY_S:
-            delivery.last_warning = now
-            self._event(
-                "warning",
-                detail,
-                deployment_id=delivery.desired.deployment_id,
-                version=delivery.desired.version,
-            )
-
-    def _bad_chunk(self, delivery: Delivery, index: int, problem: str, retained: bool) -> None:
-        # Only a bad *retained* copy counts towards giving up: that is what the broker holds. A bad live
-        # message may be junk from anyone; the retained copy is fetched to check.
-        attempts = delivery.bad_attempts.get(index, 0)
-        if retained:
-            attempts = delivery.bad_attempts[index] = attempts + 1
-            if attempts >= MAX_BAD_CHUNK_ATTEMPTS:
-                self._reject(
-                    delivery.desired, f"bundle {delivery.bundle_id[:12]}: {problem} ({attempts} times)"
-                )
+    def _carry_out(self, delivery: Delivery, actions: list[Action]) -> None:
+        """Do what the delivery asked, in order; a rejection or the last chunk ends it."""
+        desired = delivery.desired
+        for action in actions:
+            if isinstance(action, Subscribe):
+                self.session.subscribe(action.topic_filter, resend_retained=True)
+            elif isinstance(action, Unsubscribe):
+                self.session.unsubscribe(action.topic_filter)
+            elif isinstance(action, Report):
+                fields = {"deployment_id": desired.deployment_id, "version": desired.version, **action.fields}
+                self._event(action.kind, action.detail, **fields)
+            elif isinstance(action, Log):
+                (log.warning if action.level == "warning" else log.info)(action.event, **action.fields)
+            elif isinstance(action, Reject):
+                self._reject(desired, action.reason)
                 return
-        # backoff from a tenth of the stall time (1 s by default): 1, 1, 2, 4 s before giving up
-        delay = self.settings.stall_s / 10 * 2 ** max(attempts - 1, 0)
-        delivery.refetch_at.setdefault(index, time.monotonic() + delay)
-        log.warning(
-            "chunk_dropped",
-            bundle_id=delivery.bundle_id[:12],
-            chunk=index,
-            reason=problem,
-            retained=retained,
-            attempt=attempts,
-            refetch_in_s=round(delay, 2),
-        )
-        self._warn(delivery, f"{problem}; dropped, fetching it again in {delay:.1f} s")
+            else:
+                assert isinstance(action.store, ChunkAssembler)
+                self._finish(delivery, action.store)
+                return
 
-    def _finish(self, delivery: Delivery) -> None:
-        assert delivery.assembler is not None
+    def _finish(self, delivery: Delivery, assembler: ChunkAssembler) -> None:
         self._set_status("activating")
         try:
-            bundle_file = delivery.assembler.finish()
-            installed = self.store.install(
-                bundle_file, delivery.bundle_id, file_sha256=delivery.assembler.file_sha256
-            )
+            bundle_file = assembler.finish()
+            installed = self.store.install(bundle_file, delivery.bundle_id, file_sha256=assembler.file_sha256)
         except Exception as exc:
             self.store.discard_part(delivery.bundle_id)
             self._reject(delivery.desired, str(exc))
@@ -614,12 +386,8 @@ class Deployer:
 
     def _end_delivery(self) -> None:
         delivery, self.delivery = self.delivery, None
-        if delivery is None:
-            return
-        if delivery.assembler is not None:
-            delivery.assembler.close()
-        for topic_filter in delivery.subscriptions:
-            self.session.unsubscribe(topic_filter)
+        if delivery is not None:
+            self._carry_out(delivery, delivery.close())
 
     # activation ----------------------------------------------------------------------------------
     def _activate_installed(self, desired: DesiredState) -> bool:

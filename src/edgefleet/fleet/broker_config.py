@@ -44,7 +44,6 @@ MONITOR_USER = "edgefleet-monitor"
 AuthMode = Literal["password", "certificate"]
 
 
-
 class BrokerConfigError(EdgefleetError):
     """The broker configuration could not be written as asked."""
 

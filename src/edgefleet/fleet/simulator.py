@@ -419,10 +419,8 @@ class Simulator:
         self.call_later(MISC_EVERY_S, self._misc_tick)
 
     def _stall_tick(self) -> None:
-        now = time.monotonic()
         for device in self.devices.values():
-            if device.delivery is not None:
-                device.check_stall(now)
+            device.tick()
         self.call_later(STALL_CHECK_EVERY_S, self._stall_tick)
 
     def _telemetry_tick(self, device: SimDevice) -> None:

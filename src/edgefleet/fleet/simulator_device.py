@@ -14,7 +14,7 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
@@ -42,6 +42,17 @@ from edgefleet.contract.messages import (
 )
 from edgefleet.contract.profiles import DeviceProfile
 from edgefleet.mqtt import new_client, publish_properties
+from edgefleet.protocol.delivery import (
+    Action,
+    ChunkStore,
+    Delivery,
+    DeliverySettings,
+    Log,
+    Reject,
+    Report,
+    Subscribe,
+    Unsubscribe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +60,7 @@ FailMode = Literal["errors", "reject", "rollback"]
 State = DeviceState  # the contract's states, shared with the real agent
 
 KEEP_BUNDLES = 3  # like the agent's default keep_bundles: the previous versions stay installed
-STALL_S = 10.0  # as the agent: no progress this long -> ask the broker for the retained data again
-PROGRESS_EVERY_S = 1.0
-MAX_BAD_CHUNK_ATTEMPTS = 5
+DELIVERY = DeliverySettings()  # the agent's defaults: stall after 10 s, pull window 16, backoff, ...
 ROLLBACK_PROBATION_S = 1.0  # fail_mode "rollback" without a probation window: roll back after this long
 TELEMETRY_EXPIRY_S = 60
 
@@ -120,15 +129,43 @@ class SimEnvironment(Protocol):
     def disconnected(self, device: SimDevice, reason: str, was_connected: bool) -> None: ...
 
 
-@dataclass
-class _Delivery:
-    desired: DesiredState
-    meta: BundleMeta | None = None
-    received: set[int] = field(default_factory=set)
-    bad_attempts: dict[int, int] = field(default_factory=dict)
-    subscriptions: set[str] = field(default_factory=set)
-    last_progress: float = field(default_factory=time.monotonic)
-    last_event: float = 0.0
+class _MemoryChunks:
+    """A simulated device's chunk store: each chunk checked against its sha256 like the agent's, nothing
+    written. The whole-file hash is the environment's, computed once per meta for the whole fleet."""
+
+    def __init__(self, meta: BundleMeta, env: SimEnvironment, record: FetchRecord) -> None:
+        self.meta = meta
+        self.total = len(meta.chunk_sha256)
+        self.received: set[int] = set()
+        self.resumed = 0
+        self.whole_file_ok: bool | None = None
+        self._env = env
+        self._record = record
+
+    @property
+    def complete(self) -> bool:
+        return len(self.received) == self.total
+
+    def accept(self, index: int, data: bytes) -> str | None:
+        if index in self.received:
+            return None
+        meta = self.meta
+        expected = min(meta.chunk_size, meta.size - index * meta.chunk_size)
+        if len(data) != expected or hashlib.sha256(data).hexdigest() != meta.chunk_sha256[index]:
+            self._record.chunks_dropped += 1
+            return f"chunk {index} does not match its sha256 in the bundle meta"
+        self.received.add(index)
+        self._record.chunks_received += 1
+        self._record.bytes_received += len(data)
+        self.whole_file_ok = self._env.whole_file_ok(meta, index, data)
+        self._record.complete = self.complete
+        return None
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.total) if i not in self.received]
+
+    def close(self) -> None:
+        pass
 
 
 class SimDevice:
@@ -149,7 +186,7 @@ class SimDevice:
         self.rollbacks = 0
         self.probation: ProbationStatus | None = None
         self.last_error: str | None = None
-        self.delivery: _Delivery | None = None
+        self.delivery: Delivery | None = None
         self._activation: object | None = None  # token of the activation in progress
         self.rejected: set[tuple[str, str]] = set()
         self.requests = 0
@@ -203,12 +240,11 @@ class SimDevice:
             self.reconnect_delay = 1.0
             self.log.connects += 1
             client.subscribe(topics.desired(self.device_id), qos=1)
-            delivery = self.delivery
-            if delivery is not None:  # a clean start lost the delivery's subscriptions: make them again
-                for topic_filter in delivery.subscriptions:
-                    client.subscribe(topic_filter, qos=1)
             self._publish(topics.online(self.device_id), Presence(online=True).to_bytes(), retain=True)
             self.publish_status()
+            # a clean start lost the delivery's subscriptions: ask again for what it lacks, as the agent does
+            if self.delivery is not None:
+                self._carry_out(self.delivery, self.delivery.on_reconnected())
             self.env.connected(self)
         except Exception:
             log.exception("simulated device %s: on_connect failed", self.device_id)
@@ -224,13 +260,13 @@ class SimDevice:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         # paho re-raises callback exceptions out of loop_read: one bad message must not stop the simulator
         try:
-            topic = message.topic
+            topic, delivery = message.topic, self.delivery
             if topic == topics.desired(self.device_id):
                 self._on_desired(bytes(message.payload))
-            elif topic.endswith("/meta"):
-                self._on_meta(topic, bytes(message.payload))
-            elif "/chunks/" in topic:
-                self._on_chunk(topic, bytes(message.payload))
+            elif delivery is not None and topic.endswith("/meta"):
+                self._carry_out(delivery, delivery.on_meta(topic, bytes(message.payload)))
+            elif delivery is not None and "/chunks/" in topic:
+                self._carry_out(delivery, delivery.on_chunk(topic, bytes(message.payload), message.retain))
         except Exception:
             log.exception("simulated device %s: message on %s failed", self.device_id, message.topic)
 
@@ -266,99 +302,56 @@ class SimDevice:
         if desired.bundle_id in self.installed:
             self._start_activation(desired, self.installed[desired.bundle_id])
             return
-        self.delivery = _Delivery(desired)
-        self._subscribe(topics.bundle_meta(desired.bundle_id))
-        self._set_state("receiving")
-        self.event("delivery_started", deployment_id=desired.deployment_id, version=desired.version)
-
-    def _on_meta(self, topic: str, payload: bytes) -> None:
-        delivery = self.delivery
-        if delivery is None or topic != topics.bundle_meta(delivery.desired.bundle_id) or not payload:
-            return
-        try:
-            meta = BundleMeta.model_validate_json(payload)
-        except ValidationError:
-            self.event("warning", "bundle meta is invalid; waiting for a valid one")
-            return
-        problem = _meta_problem(meta, delivery.desired, self.profile.name)
-        if problem:
-            self._reject(delivery.desired, problem)
-            return
-        if delivery.meta == meta:
-            return
-        delivery.meta, delivery.received = meta, set()
-        delivery.last_progress = time.monotonic()
-        self.event(
-            "delivery_progress",
-            deployment_id=delivery.desired.deployment_id,
-            version=delivery.desired.version,
-            chunks_received=0,
-            chunks_total=len(meta.chunk_sha256),
+        delivery = self.delivery = Delivery(
+            desired, self._open_chunks, time.monotonic, DELIVERY, profile=self.profile.name
         )
-        self._subscribe(topics.bundle_chunks(meta.bundle_id))
+        self._set_state("receiving")
+        self._carry_out(delivery, delivery.start())
 
-    def _on_chunk(self, topic: str, payload: bytes) -> None:
-        delivery = self.delivery
-        if delivery is None or delivery.meta is None or not payload:
-            return
-        meta = delivery.meta
-        index = topics.parse_chunk_index(topic)
-        if index is None or not topic.startswith(topics.bundle_chunks(meta.bundle_id)[:-1]):
-            return
-        if index in delivery.received or not 0 <= index < len(meta.chunk_sha256):
-            return
-        record = self.log.fetched.setdefault(meta.bundle_id, FetchRecord())
-        expected = min(meta.chunk_size, meta.size - index * meta.chunk_size)
-        if len(payload) != expected or hashlib.sha256(payload).hexdigest() != meta.chunk_sha256[index]:
-            record.chunks_dropped += 1
-            self._bad_chunk(delivery, index)
-            return
-        delivery.received.add(index)
-        record.chunks_received += 1
-        record.bytes_received += len(payload)
-        now = delivery.last_progress = time.monotonic()
-        complete = len(delivery.received) == len(meta.chunk_sha256)
-        verdict = self.env.whole_file_ok(meta, index, payload)
-        if not complete:
-            if now - delivery.last_event >= PROGRESS_EVERY_S:
-                delivery.last_event = now
-                self.event(
-                    "delivery_progress",
-                    deployment_id=delivery.desired.deployment_id,
-                    version=delivery.desired.version,
-                    chunks_received=len(delivery.received),
-                    chunks_total=len(meta.chunk_sha256),
-                )
-            return
-        record.complete = True
-        if verdict is not True:
+    def _open_chunks(self, meta: BundleMeta, fresh: bool) -> _MemoryChunks:
+        return _MemoryChunks(meta, self.env, self.log.fetched.setdefault(meta.bundle_id, FetchRecord()))
+
+    def _carry_out(self, delivery: Delivery, actions: list[Action]) -> None:
+        """Do what the delivery asked (the agent's protocol core), in order; a rejection or the last chunk
+        ends it."""
+        desired = delivery.desired
+        for action in actions:
+            if isinstance(action, Subscribe):
+                if self.connected:
+                    self.client.subscribe(action.topic_filter, qos=1)
+            elif isinstance(action, Unsubscribe):
+                if self.connected:
+                    self.client.unsubscribe(action.topic_filter)
+            elif isinstance(action, Report):
+                fields = {"deployment_id": desired.deployment_id, "version": desired.version, **action.fields}
+                self.event(action.kind, action.detail, **fields)
+            elif isinstance(action, Log):
+                log.debug("simulated device %s: %s %s", self.device_id, action.event, action.fields)
+            elif isinstance(action, Reject):
+                self._reject(desired, action.reason)
+                return
+            else:
+                self._assembled(desired, action.store)
+                return
+
+    def _assembled(self, desired: DesiredState, store: ChunkStore) -> None:
+        assert isinstance(store, _MemoryChunks)
+        meta = store.meta
+        if store.whole_file_ok is not True:
             self._reject(
-                delivery.desired,
+                desired,
                 f"bundle {meta.bundle_id[:12]}: every chunk matched the meta but the file does not hash to "
                 "the bundle id; the bundle meta is wrong - redeploy the bundle",
             )
             return
         model = ActiveModel(
-            name=delivery.desired.name,
-            version=delivery.desired.version,
+            name=desired.name,
+            version=desired.version,
             bundle_id=meta.bundle_id,
             format=self.profile.artifact.format.value,
             precision=self.profile.artifact.precision.value,
         )
-        self._start_activation(delivery.desired, model)
-
-    def _bad_chunk(self, delivery: _Delivery, index: int) -> None:
-        attempts = delivery.bad_attempts[index] = delivery.bad_attempts.get(index, 0) + 1
-        if attempts >= MAX_BAD_CHUNK_ATTEMPTS:
-            self._reject(delivery.desired, f"chunk {index} failed its sha256 check {attempts} times")
-            return
-        bundle_id = delivery.desired.bundle_id
-
-        def refetch() -> None:
-            if self.delivery is delivery and index not in delivery.received:
-                self._subscribe(topics.bundle_chunk(bundle_id, index))
-
-        self.env.call_later(float(2 ** (attempts - 1)), refetch)
+        self._start_activation(desired, model)
 
     # -- activation --------------------------------------------------------------------------------
     def _start_activation(self, desired: DesiredState, model: ActiveModel) -> None:
@@ -461,26 +454,14 @@ class SimDevice:
 
     def _end_delivery(self) -> None:
         delivery, self.delivery = self.delivery, None
-        if delivery is not None and delivery.subscriptions and self.connected:
-            self.client.unsubscribe(sorted(delivery.subscriptions))
-
-    def _subscribe(self, topic_filter: str) -> None:
-        if self.delivery is not None:
-            self.delivery.subscriptions.add(topic_filter)
-        if self.connected:
-            self.client.subscribe(topic_filter, qos=1)
+        if delivery is not None:
+            self._carry_out(delivery, delivery.close())
 
     # -- periodic work (called by the loop) --------------------------------------------------------
-    def check_stall(self, now: float) -> None:
-        delivery = self.delivery
-        if delivery is None or now - delivery.last_progress < STALL_S or not self.connected:
-            return
-        delivery.last_progress = now
-        bundle_id = delivery.desired.bundle_id
-        # re-subscribing makes the broker send the retained meta/chunks again
-        self.client.subscribe(
-            topics.bundle_meta(bundle_id) if delivery.meta is None else topics.bundle_chunks(bundle_id), qos=1
-        )
+    def tick(self) -> None:
+        """About once a second, like the agent: backoff refetches and stall reports of the delivery."""
+        if self.delivery is not None and self.connected:
+            self._carry_out(self.delivery, self.delivery.tick())
 
     def send_telemetry(self) -> None:
         interval = self.env.options.telemetry_interval_s
@@ -579,20 +560,3 @@ class SimDevice:
     ) -> None:
         if self.connected:
             self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-
-
-def _meta_problem(meta: BundleMeta, desired: DesiredState, profile: str) -> str | None:
-    if meta.bundle_id != desired.bundle_id:
-        return f"bundle meta names bundle {meta.bundle_id[:12]}, expected {desired.bundle_id[:12]}"
-    expected = -(-meta.size // meta.chunk_size)
-    if len(meta.chunk_sha256) != expected:
-        return (
-            f"bundle meta lists {len(meta.chunk_sha256)} chunk hashes; {meta.size} bytes in chunks of "
-            f"{meta.chunk_size} make {expected}"
-        )
-    if meta.profile != profile:
-        return (
-            f"bundle {meta.bundle_id[:12]} was built for profile '{meta.profile}', this device runs "
-            f"'{profile}'"
-        )
-    return None

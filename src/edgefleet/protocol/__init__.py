@@ -1,0 +1,1 @@
+"""Protocol logic shared by the agent and the fleet simulator, free of I/O (tested in-process)."""
