@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgefleet import __version__
 from edgefleet.contract.errors import EdgefleetError
+from edgefleet.contract.messages import DEFAULT_CHUNK_SIZE
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -100,6 +101,24 @@ def _add_broker_options(parser: argparse.ArgumentParser, required: bool = True) 
         dest="broker_password_file",
         metavar="FILE",
         help="file whose first line is the MQTT password",
+    )
+
+
+def _chunk_kib(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65536:
+        raise argparse.ArgumentTypeError("the chunk size must be 1 to 65536 KiB")
+    return value
+
+
+def _add_chunk_option(parser: argparse.ArgumentParser) -> None:
+    """Bundles travel as retained chunks of this size: keep it under the broker's message size limit."""
+    parser.add_argument(
+        "--chunk-kib",
+        type=_chunk_kib,
+        default=DEFAULT_CHUNK_SIZE // 1024,
+        help=f"chunk size in KiB (default {DEFAULT_CHUNK_SIZE // 1024}); managed brokers cap message sizes "
+        "(e.g. AWS IoT Core at 128 KB: use 96)",
     )
 
 
@@ -252,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument(
         "--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)"
     )
+    _add_chunk_option(deploy)
     deploy.set_defaults(handler=_lazy("edgefleet.fleet.deploy:run_deploy"))
 
     rollback = sub.add_parser("rollback", help="make a device run a version it keeps on disk (no download)")
@@ -394,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="where rollouts are kept (default ~/.edgefleet or $EDGEFLEET_STATE_DIR)",
     )
+    _add_chunk_option(rollout)
     rollout.add_argument("--rollback", action="store_true", help="abort: send touched devices back first")
     rollout.add_argument("--json", action="store_true", help="print the rollout state as JSON")
     rollout.set_defaults(handler=_lazy("edgefleet.fleet.rollout_cli:run_rollout"))

@@ -153,6 +153,24 @@ def test_cli_wait_prints_the_active_backend(broker, make_bundle, simulated_devic
     assert "device pi-hall: digits 2 active (backend onnxruntime 1.31.1" in out
 
 
+def test_the_chunk_size_is_a_setting_for_brokers_that_cap_message_size(
+    broker, make_bundle, simulated_device, capsys
+) -> None:
+    """Managed brokers cap payloads (AWS IoT Core: 128 KB): --chunk-kib 96 keeps every chunk under it, and
+    the device reassembles the bundle from the smaller chunks."""
+    simulated_device("pi-attic")
+    bundle = make_bundle(version="3", extra_bytes=300_000)
+    argv = ["deploy", str(bundle), "--device", "pi-attic", "--broker", broker.url, "--wait"]
+    assert main([*argv, "--chunk-kib", "96"]) == 0, capsys.readouterr().err
+    meta_topic = topics.bundle_meta(sha256_file(bundle))
+    retained = collect_retained(broker, [meta_topic], expect=1)
+    meta = BundleMeta.model_validate_json(retained[meta_topic].payload)
+    assert meta.chunk_size == 96 * 1024 and len(meta.chunk_sha256) == -(-meta.size // meta.chunk_size) > 3
+    with pytest.raises(SystemExit):
+        main([*argv, "--chunk-kib", "0"])
+    assert "1 to 65536 KiB" in capsys.readouterr().err
+
+
 def test_wait_fails_with_the_devices_reason(broker, make_bundle, simulated_device, capsys) -> None:
     reason = "manifest signature does not verify: the bundle was altered after signing"
     simulated_device("pi-garage", reject=reason)

@@ -348,7 +348,13 @@ def wait_until_active(
 def run_deploy(args: argparse.Namespace) -> int:
     """CLI entry point (edgefleet deploy)."""
     result = deploy_bundle(
-        args.broker, args.bundle, args.device, wait=args.wait, timeout=args.timeout, progress=True
+        args.broker,
+        args.bundle,
+        args.device,
+        wait=args.wait,
+        timeout=args.timeout,
+        progress=True,
+        chunk_size=args.chunk_kib * 1024,
     )
     if result.active and result.status is not None:
         backend = result.status.backend

@@ -22,6 +22,7 @@ from edgefleet.contract import topics
 from edgefleet.contract.errors import ProfileError
 from edgefleet.contract.messages import (
     CONTENT_JSON,
+    DEFAULT_CHUNK_SIZE,
     DesiredState,
     DeviceEvent,
     DeviceEventKind,
@@ -582,6 +583,7 @@ def start_rollout(
     min_healthy_s: float = DEFAULT_MIN_HEALTHY_S,
     stage_timeout_s: float = DEFAULT_STAGE_TIMEOUT_S,
     max_error_rate: float = 0.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     rollback_wait_s: float = DEFAULT_ROLLBACK_WAIT_S,
     state_dir: Path | None = None,
     console: Console | None = None,
@@ -604,7 +606,7 @@ def start_rollout(
         raise RolloutError("--max-error-rate must be between 0 and 1")
     parse_count(canary, 1, "--canary")  # syntax errors now, before anything connects
     parse_count(batch, 1, "--batch")
-    bundle = prepare_bundle(Path(bundle_path))
+    bundle = prepare_bundle(Path(bundle_path), chunk_size)
     store = RolloutStore(state_dir)
     for unfinished in store.unfinished():
         if unfinished.bundle.bundle_id == bundle.bundle_id and unfinished.options.selector == str(parsed):

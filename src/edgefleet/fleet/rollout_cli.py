@@ -137,6 +137,7 @@ def run_rollout(args: argparse.Namespace) -> int:
             min_healthy_s=args.min_healthy_seconds,
             stage_timeout_s=args.stage_timeout,
             max_error_rate=args.max_error_rate,
+            chunk_size=args.chunk_kib * 1024,
             state_dir=state_dir,
             console=progress,
         )
