@@ -37,9 +37,8 @@ from edgefleet.protocol.delivery import (
     DeliverySettings,
     Log,
     Reject,
-    Report,
-    Subscribe,
-    Unsubscribe,
+    carry_out,
+    wrong_profile,
 )
 
 if TYPE_CHECKING:
@@ -307,12 +306,9 @@ class Deployer:
             self.delivery.desired = desired
             return
         self._end_delivery()
-        if desired.profile != self.profile.name:
-            self._reject(
-                desired,
-                f"deployment is for profile '{desired.profile}', this device runs profile "
-                f"'{self.profile.name}'",
-            )
+        refusal = wrong_profile(desired, self.profile.name)
+        if refusal is not None:
+            self._reject(desired, refusal)
             return
         if self.store.is_installed(desired.bundle_id) and self._activate_installed(desired):
             return
@@ -353,24 +349,25 @@ class Deployer:
 
     def _carry_out(self, delivery: Delivery, actions: list[Action]) -> None:
         """Do what the delivery asked, in order; a rejection or the last chunk ends it."""
-        desired = delivery.desired
-        for action in actions:
-            if isinstance(action, Subscribe):
-                self.session.subscribe(action.topic_filter, resend_retained=True)
-            elif isinstance(action, Unsubscribe):
-                self.session.unsubscribe(action.topic_filter)
-            elif isinstance(action, Report):
-                fields = {"deployment_id": desired.deployment_id, "version": desired.version, **action.fields}
-                self._event(action.kind, action.detail, **fields)
-            elif isinstance(action, Log):
-                (log.warning if action.level == "warning" else log.info)(action.event, **action.fields)
-            elif isinstance(action, Reject):
-                self._reject(desired, action.reason)
-                return
-            else:
-                assert isinstance(action.store, ChunkAssembler)
-                self._finish(delivery, action.store)
-                return
+        end = carry_out(actions, delivery.desired, self)
+        if isinstance(end, Reject):
+            self._reject(delivery.desired, end.reason)
+        elif end is not None:
+            assert isinstance(end.store, ChunkAssembler)
+            self._finish(delivery, end.store)
+
+    # DeliveryIO
+    def subscribe(self, topic_filter: str) -> None:
+        self.session.subscribe(topic_filter, resend_retained=True)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        self.session.unsubscribe(topic_filter)
+
+    def report(self, kind: EventKind, detail: str, fields: dict[str, object]) -> None:
+        self._event(kind, detail, **fields)
+
+    def note(self, entry: Log) -> None:
+        (log.warning if entry.level == "warning" else log.info)(entry.event, **entry.fields)
 
     def _finish(self, delivery: Delivery, assembler: ChunkAssembler) -> None:
         self._set_status("activating")

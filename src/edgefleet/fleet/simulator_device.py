@@ -49,9 +49,8 @@ from edgefleet.protocol.delivery import (
     DeliverySettings,
     Log,
     Reject,
-    Report,
-    Subscribe,
-    Unsubscribe,
+    carry_out,
+    wrong_profile,
 )
 
 log = logging.getLogger(__name__)
@@ -292,12 +291,9 @@ class SimDevice:
             return
         self._activation = None
         self._end_delivery()
-        if desired.profile != self.profile.name:
-            self._reject(
-                desired,
-                f"deployment is for profile '{desired.profile}', this device runs profile "
-                f"'{self.profile.name}'",
-            )
+        refusal = wrong_profile(desired, self.profile.name)
+        if refusal is not None:
+            self._reject(desired, refusal)
             return
         if desired.bundle_id in self.installed:
             self._start_activation(desired, self.installed[desired.bundle_id])
@@ -314,25 +310,26 @@ class SimDevice:
     def _carry_out(self, delivery: Delivery, actions: list[Action]) -> None:
         """Do what the delivery asked (the agent's protocol core), in order; a rejection or the last chunk
         ends it."""
-        desired = delivery.desired
-        for action in actions:
-            if isinstance(action, Subscribe):
-                if self.connected:
-                    self.client.subscribe(action.topic_filter, qos=1)
-            elif isinstance(action, Unsubscribe):
-                if self.connected:
-                    self.client.unsubscribe(action.topic_filter)
-            elif isinstance(action, Report):
-                fields = {"deployment_id": desired.deployment_id, "version": desired.version, **action.fields}
-                self.event(action.kind, action.detail, **fields)
-            elif isinstance(action, Log):
-                log.debug("simulated device %s: %s %s", self.device_id, action.event, action.fields)
-            elif isinstance(action, Reject):
-                self._reject(desired, action.reason)
-                return
-            else:
-                self._assembled(desired, action.store)
-                return
+        end = carry_out(actions, delivery.desired, self)
+        if isinstance(end, Reject):
+            self._reject(delivery.desired, end.reason)
+        elif end is not None:
+            self._assembled(delivery.desired, end.store)
+
+    # DeliveryIO
+    def subscribe(self, topic_filter: str) -> None:
+        if self.connected:
+            self.client.subscribe(topic_filter, qos=1)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        if self.connected:
+            self.client.unsubscribe(topic_filter)
+
+    def report(self, kind: str, detail: str, fields: dict[str, object]) -> None:
+        self.event(kind, detail, **fields)
+
+    def note(self, entry: Log) -> None:
+        log.debug("simulated device %s: %s %s", self.device_id, entry.event, entry.fields)
 
     def _assembled(self, desired: DesiredState, store: ChunkStore) -> None:
         assert isinstance(store, _MemoryChunks)

@@ -78,6 +78,36 @@ class Assembled:
 Action = Subscribe | Unsubscribe | Report | Log | Reject | Assembled
 
 
+class DeliveryIO(Protocol):
+    """What a driver does for a delivery: the transport and the device's event and log streams."""
+
+    def subscribe(self, topic_filter: str) -> None: ...
+
+    def unsubscribe(self, topic_filter: str) -> None: ...
+
+    def report(self, kind: DeviceEventKind, detail: str, fields: dict[str, object]) -> None: ...
+
+    def note(self, entry: Log) -> None: ...
+
+
+def carry_out(actions: list[Action], desired: DesiredState, io: DeliveryIO) -> Reject | Assembled | None:
+    """Do the actions in order (reports carry the desired state's deployment id and version); stop at a
+    rejection or at the assembled bundle and return it: what follows is the driver's."""
+    for action in actions:
+        if isinstance(action, Subscribe):
+            io.subscribe(action.topic_filter)
+        elif isinstance(action, Unsubscribe):
+            io.unsubscribe(action.topic_filter)
+        elif isinstance(action, Report):
+            fields = {"deployment_id": desired.deployment_id, "version": desired.version, **action.fields}
+            io.report(action.kind, action.detail, fields)
+        elif isinstance(action, Log):
+            io.note(action)
+        else:
+            return action
+    return None
+
+
 # -- where chunks go ----------------------------------------------------------------------------------
 class ChunkStore(Protocol):
     """The chunks of one bundle, each checked against its sha256 in the meta before it counts."""
@@ -137,6 +167,13 @@ def check_meta(meta: BundleMeta, bundle_id: str, profile: str | None = None) -> 
         raise BundleError(
             f"bundle {bundle_id[:12]} was built for profile '{meta.profile}', this device runs '{profile}'"
         )
+
+
+def wrong_profile(desired: DesiredState, profile: str) -> str | None:
+    """Why a device running `profile` refuses this desired state before fetching anything, or None."""
+    if desired.profile == profile:
+        return None
+    return f"deployment is for profile '{desired.profile}', this device runs profile '{profile}'"
 
 
 def _first_error(exc: ValidationError) -> str:
