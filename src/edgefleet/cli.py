@@ -138,6 +138,82 @@ def _apply_broker_options(args: argparse.Namespace) -> None:
     args.broker = BrokerAddress.parse(args.broker).with_security(security).url
 
 
+ROLLOUT_COMMANDS = ("start", "status", "resume", "abort")
+
+
+def _add_rollout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rollout = sub.add_parser(
+        "rollout",
+        help="staged rollouts: `rollout start BUNDLE --select ...` (or just `rollout BUNDLE ...`), "
+        "`rollout status|resume|abort [ID]`",
+        description="Canary, then batches, each waiting until its devices run the bundle healthily; halts "
+        "and rolls back on failures. `edgefleet rollout BUNDLE ...` is short for "
+        "`edgefleet rollout start BUNDLE ...`.",
+    )
+    commands = rollout.add_subparsers(
+        dest="rollout_command", required=True, metavar="start|status|resume|abort"
+    )
+    handler = "edgefleet.fleet.rollout_cli:run_"
+
+    start = commands.add_parser("start", help="plan and run a rollout of a bundle to the selected devices")
+    start.add_argument("bundle", type=Path)
+    _add_broker_options(start, required=False)  # checked with a clear message, like --select
+    start.add_argument("--select", help="devices to roll out to, e.g. profile=rpi4,site=lab or 'id=pi-*'")
+    start.add_argument("--canary", default="10%", help="first stage: N devices or P%% (default 10%%)")
+    start.add_argument("--batch", default="25%", help="later stages: N devices or P%% (default 25%%)")
+    start.add_argument(
+        "--max-failures", type=int, default=0, help="halt and roll back when more fail (default 0)"
+    )
+    start.add_argument(
+        "--min-healthy-seconds",
+        type=float,
+        default=30.0,
+        help="how long each device must run the bundle healthily (default 30)",
+    )
+    start.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.0,
+        help="fail a device whose errors per request since activation exceed this (default 0: any error; "
+        "the profile's max_error_rate is what the agent's own probation allows)",
+    )
+    start.add_argument(
+        "--stage-timeout",
+        type=float,
+        default=300.0,
+        help="seconds an online device may take from desired state to healthy (default 300)",
+    )
+    _add_chunk_option(start)
+
+    status = commands.add_parser("status", help="show a rollout (default: the latest)")
+    resume = commands.add_parser("resume", help="continue an unfinished rollout (default: the latest)")
+    abort = commands.add_parser("abort", help="stop a rollout (default: the latest)")
+    abort.add_argument("--rollback", action="store_true", help="send the devices it touched back first")
+    for parser in (status, resume, abort):
+        parser.add_argument("rollout_id", nargs="?", metavar="ID", help="the rollout (default: the latest)")
+        _add_broker_options(parser, required=False)
+    for name, parser in (("start", start), ("status", status), ("resume", resume), ("abort", abort)):
+        parser.add_argument(
+            "--state-dir",
+            type=Path,
+            help="where rollouts are kept (default ~/.edgefleet or $EDGEFLEET_STATE_DIR)",
+        )
+        parser.add_argument("--json", action="store_true", help="print the rollout state as JSON")
+        parser.set_defaults(handler=_lazy(handler + name))
+
+
+def _expand_shorthands(argv: list[str]) -> list[str]:
+    """`rollout BUNDLE ...` is `rollout start BUNDLE ...`."""
+    if (
+        len(argv) > 1
+        and argv[0] == "rollout"
+        and argv[1] not in ROLLOUT_COMMANDS
+        and not argv[1].startswith("-")
+    ):
+        return [argv[0], "start", *argv[1:]]
+    return argv
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgefleet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
@@ -374,50 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     devices.set_defaults(handler=_lazy("edgefleet.fleet.inventory:run_devices"))
 
-    rollout = sub.add_parser(
-        "rollout",
-        help="staged rollout of a bundle to selected devices; `rollout status|resume|abort [ID]`",
-        description="edgefleet rollout BUNDLE --select SELECTOR --broker URL [options]: canary, then "
-        "batches, each waiting until its devices run the bundle healthily; halts and rolls back on failures. "
-        "edgefleet rollout status|resume|abort [ID]: show, continue or stop a rollout (default: the latest).",
-    )
-    rollout.add_argument("target", metavar="BUNDLE|status|resume|abort")
-    rollout.add_argument("rollout_id", nargs="?", metavar="ID", help="rollout id for status/resume/abort")
-    _add_broker_options(rollout, required=False)
-    rollout.add_argument("--select", help="devices to roll out to, e.g. profile=rpi4,site=lab or 'id=pi-*'")
-    rollout.add_argument("--canary", default="10%", help="first stage: N devices or P%% (default 10%%)")
-    rollout.add_argument("--batch", default="25%", help="later stages: N devices or P%% (default 25%%)")
-    rollout.add_argument(
-        "--max-failures", type=int, default=0, help="halt and roll back when more fail (default 0)"
-    )
-    rollout.add_argument(
-        "--min-healthy-seconds",
-        type=float,
-        default=30.0,
-        help="how long each device must run the bundle healthily (default 30)",
-    )
-    rollout.add_argument(
-        "--max-error-rate",
-        type=float,
-        default=0.0,
-        help="fail a device whose errors per request since activation exceed this (default 0: any error; "
-        "the profile's max_error_rate is what the agent's own probation allows)",
-    )
-    rollout.add_argument(
-        "--stage-timeout",
-        type=float,
-        default=300.0,
-        help="seconds an online device may take from desired state to healthy (default 300)",
-    )
-    rollout.add_argument(
-        "--state-dir",
-        type=Path,
-        help="where rollouts are kept (default ~/.edgefleet or $EDGEFLEET_STATE_DIR)",
-    )
-    _add_chunk_option(rollout)
-    rollout.add_argument("--rollback", action="store_true", help="abort: send touched devices back first")
-    rollout.add_argument("--json", action="store_true", help="print the rollout state as JSON")
-    rollout.set_defaults(handler=_lazy("edgefleet.fleet.rollout_cli:run_rollout"))
+    _add_rollout_parser(sub)
 
     simulate = sub.add_parser("simulate", help="N simulated devices speaking the real protocol (one process)")
     _add_broker_options(simulate)
@@ -467,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_expand_shorthands(list(sys.argv[1:] if argv is None else argv)))
     try:
         _apply_broker_options(args)
         return args.handler(args)

@@ -356,3 +356,18 @@ def test_the_events_that_fail_a_device_are_kinds_the_contract_defines() -> None:
 
     assert set(FAILURE_EVENTS) <= set(get_args(DeviceEventKind))
     assert {"rejected", "rolled_back", "error"} <= FAILURE_EVENTS
+
+
+def test_each_rollout_subcommand_owns_its_options(capsys) -> None:
+    """`rollout BUNDLE` is short for `rollout start BUNDLE`; status/resume/abort take no start options."""
+    from edgefleet.cli import _expand_shorthands, build_parser
+
+    assert _expand_shorthands(["rollout", "b.efb", "--select", "x=y"])[:3] == ["rollout", "start", "b.efb"]
+    assert _expand_shorthands(["rollout", "status"]) == ["rollout", "status"]
+    args = build_parser().parse_args(["rollout", "start", "b.efb", "--select", "site=lab", "--chunk-kib=8"])
+    assert (args.rollout_command, args.select, args.chunk_kib, args.canary) == ("start", "site=lab", 8, "10%")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["rollout", "status", "--canary", "5%"])
+    assert "unrecognized arguments: --canary" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["rollout", "resume", "--rollback"])

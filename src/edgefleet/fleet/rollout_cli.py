@@ -4,7 +4,6 @@ handling and the per-device progress table."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rich.console import Console, Group
 from rich.markup import escape
@@ -15,7 +14,6 @@ from edgefleet.fleet.inventory import format_age
 from edgefleet.fleet.rollout import abort_rollout, refresh_from_broker, resume_rollout, start_rollout
 from edgefleet.fleet.rollout_state import RolloutError, RolloutState, RolloutStore
 
-COMMANDS = ("status", "resume", "abort")
 TABLE_ALL_UP_TO = 100  # larger rollouts list only the devices that are not done and healthy
 STATE_STYLE = {
     "healthy": "green",
@@ -89,60 +87,65 @@ def _console() -> Console:
     return console if console.is_terminal else Console(width=200)
 
 
-def run_rollout(args: argparse.Namespace) -> int:
-    """CLI entry point (edgefleet rollout)."""
-    state_dir: Path | None = args.state_dir
-    progress = Console(stderr=True)
-    target: str = args.target
-    if target == "status":
-        store = RolloutStore(state_dir)
-        state = store.load(args.rollout_id) if args.rollout_id else store.latest()
-        if args.broker:
-            state = refresh_from_broker(state, args.broker)
-            store.save(state)
-        if args.json:
-            print(state.model_dump_json(indent=2))
-        else:
-            _console().print(render_rollout(state))
-        return 0
-    if target == "resume":
-        state = resume_rollout(args.rollout_id, state_dir=state_dir, broker_url=args.broker, console=progress)
-    elif target == "abort":
-        state = abort_rollout(
-            args.rollout_id,
-            state_dir=state_dir,
-            rollback=args.rollback,
-            broker_url=args.broker,
-            console=progress,
-        )
-    else:
-        if args.rollout_id:
-            raise RolloutError(
-                f"unexpected argument {args.rollout_id!r}: use `edgefleet rollout BUNDLE --select ...` or "
-                f"`edgefleet rollout {{{','.join(COMMANDS)}}} [ID]`"
-            )
-        if not args.select:
-            raise RolloutError(
-                "--select is required to start a rollout (e.g. --select profile=rpi4,site=lab)"
-            )
-        if not args.broker:
-            raise RolloutError("--broker is required to start a rollout (mqtt://HOST[:PORT])")
-        state = start_rollout(
-            args.broker,
-            Path(target),
-            args.select,
-            canary=args.canary,
-            batch=args.batch,
-            max_failures=args.max_failures,
-            min_healthy_s=args.min_healthy_seconds,
-            stage_timeout_s=args.stage_timeout,
-            max_error_rate=args.max_error_rate,
-            chunk_size=args.chunk_kib * 1024,
-            state_dir=state_dir,
-            console=progress,
-        )
-    if args.json:
+def _show(state: RolloutState, as_json: bool) -> None:
+    if as_json:
         print(state.model_dump_json(indent=2))
     else:
         _console().print(render_rollout(state))
+
+
+def run_start(args: argparse.Namespace) -> int:
+    """edgefleet rollout start BUNDLE (or rollout BUNDLE)."""
+    if not args.select:
+        raise RolloutError("--select is required to start a rollout (e.g. --select profile=rpi4,site=lab)")
+    if not args.broker:
+        raise RolloutError("--broker is required to start a rollout (mqtt://HOST[:PORT])")
+    state = start_rollout(
+        args.broker,
+        args.bundle,
+        args.select,
+        canary=args.canary,
+        batch=args.batch,
+        max_failures=args.max_failures,
+        min_healthy_s=args.min_healthy_seconds,
+        stage_timeout_s=args.stage_timeout,
+        max_error_rate=args.max_error_rate,
+        chunk_size=args.chunk_kib * 1024,
+        state_dir=args.state_dir,
+        console=Console(stderr=True),
+    )
+    _show(state, args.json)
+    return exit_code(state)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """edgefleet rollout status [ID]: the stored state, refreshed from the broker when one is given."""
+    store = RolloutStore(args.state_dir)
+    state = store.load(args.rollout_id) if args.rollout_id else store.latest()
+    if args.broker:
+        state = refresh_from_broker(state, args.broker)
+        store.save(state)
+    _show(state, args.json)
+    return 0
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    """edgefleet rollout resume [ID]."""
+    state = resume_rollout(
+        args.rollout_id, state_dir=args.state_dir, broker_url=args.broker, console=Console(stderr=True)
+    )
+    _show(state, args.json)
+    return exit_code(state)
+
+
+def run_abort(args: argparse.Namespace) -> int:
+    """edgefleet rollout abort [ID] [--rollback]."""
+    state = abort_rollout(
+        args.rollout_id,
+        state_dir=args.state_dir,
+        rollback=args.rollback,
+        broker_url=args.broker,
+        console=Console(stderr=True),
+    )
+    _show(state, args.json)
     return exit_code(state)
