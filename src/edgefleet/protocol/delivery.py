@@ -248,12 +248,12 @@ class Delivery:
         try:
             meta = BundleMeta.model_validate_json(payload)
             check_meta(meta, self.bundle_id, self.profile)
-        except ValidationError as exc:
-            problem = _first_error(exc)
-            detail = f"bundle meta for {self.bundle_id[:12]} is invalid ({problem}); waiting for a valid one"
+        except (ValidationError, BundleError) as exc:
+            # Anyone allowed to publish there may send junk: a meta that contradicts the desired state is
+            # ignored, never fatal (the retained one is asked for again when the delivery stalls).
+            problem = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            detail = f"bundle meta for {self.bundle_id[:12]} ignored ({problem}); waiting for a valid one"
             return [Log("warning", "meta_invalid", {"error": detail}), *self._warn(detail)]
-        except BundleError as exc:
-            return [Reject(str(exc))]
         return self._start_store(meta)
 
     def on_chunk(self, topic: str, payload: bytes, retained: bool) -> list[Action]:
@@ -460,10 +460,14 @@ class Delivery:
         # Only a bad *retained* copy counts towards giving up: that is what the broker holds. A bad live
         # message may be junk from anyone; the retained copy is fetched to check.
         attempts = self.bad_attempts.get(index, 0)
+        actions: list[Action] = []
         if retained:
             attempts = self.bad_attempts[index] = attempts + 1
             if attempts >= self.settings.max_bad_attempts:
                 return [Reject(f"bundle {self.bundle_id[:12]}: {problem} ({attempts} times)")]
+            # the meta we hold may be the junk (a live one that was never retained): ask for the retained
+            # meta again; a different one replaces ours and the delivery starts over with it
+            actions.append(self._subscribe(topics.bundle_meta(self.bundle_id)))
         # backoff from a tenth of the stall time (1 s by default): 1, 1, 2, 4 s before giving up
         delay = self.settings.stall_s / 10 * 2 ** max(attempts - 1, 0)
         self.refetch_at.setdefault(index, self._clock() + delay)
@@ -479,4 +483,4 @@ class Delivery:
                 "refetch_in_s": round(delay, 2),
             },
         )
-        return [log, *self._warn(f"{problem}; dropped, fetching it again in {delay:.1f} s")]
+        return [log, *actions, *self._warn(f"{problem}; dropped, fetching it again in {delay:.1f} s")]
