@@ -101,3 +101,19 @@ def test_key_pair_is_not_overwritten(tmp_path: Path) -> None:
     assert oct((tmp_path / "fleet.key").stat().st_mode & 0o777) == "0o600"
     with pytest.raises(EdgefleetError, match="refusing to overwrite"):
         create_key_pair(tmp_path)
+
+
+def test_a_member_name_twice_in_the_archive_is_refused(
+    bundle: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """zipfile reads the last of equal names, so a second `model.onnx` after the signed one would be what
+    gets unpacked; a bundle holding a name twice is refused before anything is read."""
+    doubled = tmp_path / "doubled.efb"
+    _rewrite(bundle, doubled, {})
+    with zipfile.ZipFile(doubled, "a") as archive, pytest.warns(UserWarning, match="Duplicate name"):
+        archive.writestr("model.onnx", b"not the signed model")
+    with pytest.raises(BundleError, match=r"more than one member named \['model.onnx'\]"):
+        verify_bundle(doubled, load_public_key(keys[1]))
+    with pytest.raises(BundleError, match="more than one member"):
+        extract_bundle(doubled, tmp_path / "out", load_public_key(keys[1]))
+    assert not (tmp_path / "out").exists()

@@ -90,6 +90,11 @@ def read_manifest_unverified(path: Path) -> BundleManifest:
 
 
 def _verified_manifest(archive: zipfile.ZipFile, path: Path, public_key: Ed25519PublicKey) -> BundleManifest:
+    names = archive.namelist()
+    if len(names) != len(set(names)):
+        # zipfile reads the last of equal names: what was verified might not be what gets unpacked
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise BundleError(f"bundle {path}: the archive holds more than one member named {twice}")
     try:
         manifest_bytes = archive.read(MANIFEST_NAME)
         record = json.loads(archive.read(SIGNATURE_NAME))
