@@ -85,6 +85,12 @@ def test_oip_endpoints_and_infer_match_the_mqtt_path(
     assert client.get("/v2/nothing/here")[0] == 404
     status, body = client.get("/v2/models/digits/infer")
     assert status == 405 and "takes POST" in body["error"]
+    for method in ("PATCH", "OPTIONS", "PUT"):  # JSON errors for every method, not the stdlib's HTML page
+        status, data, response = client.request(method, "/v2/health/ready")
+        assert status == 405 and response.getheader("Content-Type", "").startswith("application/json")
+        assert f"takes GET, not {method}" in json.loads(data)["error"]
+    status, data, response = client.request("HEAD", "/v2/models/digits")
+    assert status == 405 and data == b"" and int(response.getheader("Content-Length", "0")) > 0
 
     # the same request over both APIs gives the same numbers, bit for bit
     status, reply = client.infer("digits", {"image": images}, id="req-7")

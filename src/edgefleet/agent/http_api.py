@@ -319,7 +319,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
                 self.close_connection = True
             self.end_headers()
-            self.wfile.write(body)
+            if method != "HEAD":  # a HEAD reply has the headers of the reply, never a body
+                self.wfile.write(body)
         except OSError:
             self.close_connection = True  # the client went away; nothing to tell it
 
@@ -334,6 +335,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
+
+    # every other method gets the documented JSON 405 from the router, not the stdlib's HTML 501 page
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http_request", client=self.client_address[0], line=format % args)
