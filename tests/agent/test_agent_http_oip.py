@@ -274,3 +274,33 @@ def test_a_taken_port_is_an_error_event_and_mqtt_keeps_serving(
             if process.alive():
                 process.stop()
             observer.close()
+
+
+def test_connections_over_the_cap_get_a_json_503_and_a_freed_slot_serves_again(
+    tmp_path: Path, broker: MosquittoProcess, keys: Keys, profiles_dir: Path
+) -> None:
+    """Idle keep-alive connections each hold a thread and a file descriptor: past http_max_connections the
+    agent answers 503 at once and closes, instead of running out of descriptors."""
+    config = http_agent_config(tmp_path, broker.url, keys, http_max_connections=3)
+    process = AgentProcess(tmp_path, config, profiles_dir).start()
+    holders: list[OipClient] = []
+    try:
+        port = wait_http_port(process)
+        for _ in range(3):  # three keep-alive connections, each answered and left open
+            holder = OipClient(port)
+            assert holder.get("/v2/health/live") == (200, {"live": True})
+            holders.append(holder)
+        extra = OipClient(port)
+        status, body = extra.get("/v2/health/live")
+        assert status == 503 and "too many connections (at most 3)" in body["error"]
+        extra.close()
+        holders.pop().close()
+        deadline = time.monotonic() + 20  # the server thread sees the close and frees its slot
+        while (status := OipClient(port).get("/v2/health/live")[0]) == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status == 200
+        assert process.alive()
+    finally:
+        for holder in holders:
+            holder.close()
+        process.stop()

@@ -67,6 +67,12 @@ class AgentConfig(BaseModel):
         le=65535,
         description="HTTP API port; null: no HTTP API, 0: any free port (logged)",
     )
+    http_max_connections: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="open HTTP connections at most (each holds a thread and a file descriptor); more get 503",
+    )
     max_request_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=1024,

@@ -73,6 +73,7 @@ class Agent:
                 metrics_text=self._metrics_text,
                 max_request_bytes=config.max_request_bytes,
                 max_inflight=config.max_queued_requests,
+                max_connections=config.http_max_connections,
             )
             if config.http_port is not None
             else None

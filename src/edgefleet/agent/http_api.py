@@ -71,8 +71,10 @@ class HttpApi:
         metrics_text: Callable[[], str],
         max_request_bytes: int,
         max_inflight: int,
+        max_connections: int = 64,
     ) -> None:
         self.host = host
+        self.max_connections = max_connections
         self.requested_port = port
         self.service = service
         self.metrics_text = metrics_text
@@ -90,6 +92,7 @@ class HttpApi:
         server_cls = _Server6 if ":" in self.host else _Server
         self._server = server_cls((self.host, self.requested_port), _Handler)
         self._server.api = self
+        self._server.connection_slots = threading.BoundedSemaphore(self.max_connections)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True
         )
@@ -235,9 +238,43 @@ class HttpApi:
 
 
 class _Server(ThreadingHTTPServer):
+    """One thread per connection, at most `connection_slots` of them: a connection over the cap gets a
+    JSON 503 and is closed at once (idle keep-alive connections must not take every thread and file
+    descriptor of the device)."""
+
     daemon_threads = True
     request_queue_size = 128
     api: HttpApi
+    connection_slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.connection_slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connection_slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connection_slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        status, body, _, _ = _error(503, f"too many connections (at most {self.api.max_connections}); retry")
+        head = (
+            f"HTTP/1.1 {status} Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            request.settimeout(1.0)
+            request.sendall(head.encode() + body)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
 
 class _Server6(_Server):
