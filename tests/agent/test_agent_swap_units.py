@@ -129,3 +129,32 @@ def test_standby_model_and_swap_back(store: BundleStore, bundles: dict[str, Path
     assert v1.closed and slot.standby is None and slot.swap_back() is None
     slot.clear()
     assert v3.closed
+
+
+def test_a_batch_the_runtime_cannot_take_runs_one_sample_at_a_time_and_is_no_model_failure(
+    store: BundleStore, keys: Keys, tmp_path: Path
+) -> None:
+    """The manifest declares image [?,1,8,8] but the model file is fixed to batch 1 (as XNNPACK behaves on
+    some CPUs for any batch but 1): a client's batch of 3 must not count as three model failures (which
+    would roll a good model back in its probation); it is run sample by sample."""
+    import onnx
+
+    fixed = onnx.load(str(sqrt_model(tmp_path / "fixed.onnx")))
+    for value in (*fixed.graph.input, *fixed.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(fixed, str(tmp_path / "fixed.onnx"))
+    bundle = make_custom_bundle(tmp_path / "fixed.efb", tmp_path / "fixed.onnx", keys.private, "3")
+    model, _ = _loaded(store, bundle)
+    model.warm_up()
+    assert model.one_at_a_time and model.stats().runs == 0  # the probe is off the books
+    images = np.random.default_rng(1).uniform(0, 1, (3, 1, 8, 8)).astype(np.float32)
+    batch = model.run({"image": images})["logits"]
+    singles = [model.run({"image": images[i : i + 1]})["logits"] for i in range(3)]
+    assert batch.shape == (3, 10) and np.array_equal(batch, np.concatenate(singles))
+    assert model.stats().failures == 0 and model.stats().runs == 6
+
+    dynamic, _ = _loaded(
+        store, make_custom_bundle(tmp_path / "dyn.efb", sqrt_model(tmp_path / "d.onnx"), keys.private, "4")
+    )
+    dynamic.warm_up()
+    assert not dynamic.one_at_a_time

@@ -86,6 +86,11 @@ class LoadedModel:
         self._failures = 0
         self._bad_outputs = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        # True when the runtime turned out to take one sample at a time although the manifest declares a
+        # dynamic batch (warm_up probes it): larger batches are then run sample by sample
+        self.one_at_a_time = False
+        self._batched = all(len(spec.shape) > 0 and spec.shape[0] is None for spec in manifest.inputs)
+        self._probed = False
 
     @classmethod
     def load(
@@ -128,6 +133,10 @@ class LoadedModel:
 
         `record=False` (warm-up, health check) keeps the run out of the statistics the probation judges.
         """
+        if self.one_at_a_time:
+            batch = len(next(iter(feeds.values())))
+            if batch > 1 and all(len(array) == batch for array in feeds.values()):
+                return self._run_one_by_one(feeds, batch, record)
         same_names = self._same_names
         runtime_feeds = feeds if same_names else {self._inputs[name]: array for name, array in feeds.items()}
         with self._run_lock:
@@ -152,6 +161,36 @@ class LoadedModel:
                     self._bad_outputs += 1
         return outputs
 
+    def _run_one_by_one(
+        self, feeds: Mapping[str, np.ndarray], batch: int, record: bool
+    ) -> dict[str, np.ndarray]:
+        parts = [self.run({k: v[i : i + 1] for k, v in feeds.items()}, record) for i in range(batch)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def _probe_batch(self) -> None:
+        """A manifest may declare a dynamic batch that the runtime cannot take (XNNPACK fails to reshape on
+        some CPUs; a model file may be fixed to batch 1). Try batch 2 once, off the books: if it fails,
+        batches are run one sample at a time, so a client's batch never counts as a model failure."""
+        if not self._batched or self._probed:
+            return
+        self._probed = True
+        try:
+            self.run(self._zeros(2), record=False)
+        except Exception as exc:
+            self.one_at_a_time = True
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            log.info("batch_one_at_a_time", version=self.version, reason=reason)
+            self.run(self._zeros(1), record=False)  # back to the shapes that work
+
+    def _zeros(self, batch: int) -> dict[str, np.ndarray]:
+        feeds = {}
+        for spec in self.manifest.inputs:
+            shape = [1 if d is None else d for d in spec.shape]
+            if self._batched:
+                shape[0] = batch
+            feeds[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
+        return feeds
+
     def stats(self) -> RunStats:
         with self._run_lock:
             runs, failures, bad = self._runs, self._failures, self._bad_outputs
@@ -160,11 +199,10 @@ class LoadedModel:
         return RunStats(runs=runs, failures=failures, bad_outputs=bad, p95_ms=p95)
 
     def warm_up(self, runs: int = 3) -> float:
-        """Run zeros through the model (first runs allocate and plan); returns the last run's ms."""
-        feeds = {
-            spec.name: np.zeros([1 if d is None else d for d in spec.shape], dtype=np.dtype(spec.dtype))
-            for spec in self.manifest.inputs
-        }
+        """Run zeros through the model (first runs allocate and plan) and find out whether the runtime
+        takes a batch; returns the last batch-1 run's ms."""
+        self._probe_batch()
+        feeds = self._zeros(1)
         elapsed = 0.0
         for _ in range(runs):
             start = time.perf_counter()
