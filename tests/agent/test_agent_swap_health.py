@@ -246,3 +246,21 @@ def test_rollback_command_reactivates_a_kept_version_without_download(
         timeout=30,
         what="the damaged kept bundle to be fetched again",
     )
+
+
+def test_keep_bundles_holds_while_deployments_keep_arriving_within_probation(
+    tmp_path: Path, broker: MosquittoProcess, keys: Keys, profiles_dir: Path
+) -> None:
+    """Each new model replaces the one on probation before its window ends; bundles on disk must still stay
+    within keep_bundles (the active one and the version it would fall back to), not pile up on the SD card."""
+    config = agent_config(tmp_path, broker.url, keys, probation_s=60.0, keep_bundles=2)
+    with started_agent(tmp_path, broker, config, profiles_dir) as agent:
+        for version in ("1", "2", "3", "4", "5"):
+            model = sqrt_model(tmp_path / f"m{version}.onnx")
+            bundle = make_custom_bundle(tmp_path / f"v{version}.efb", model, keys.private, version)
+            publish_bundle(broker.url, DEVICE, bundle, f"d-{version}", version=version)
+            agent.observer.wait_active(version)
+        agent.observer.wait_for("status", lambda s: s["probation"] and s["probation"]["version"] == "5")
+        on_disk = sorted(p.name for p in (tmp_path / "state" / "bundles").iterdir() if p.is_dir())
+        kept = {file_sha256(tmp_path / "v5.efb"), file_sha256(tmp_path / "v4.efb")}
+        assert set(on_disk) == kept, on_disk

@@ -201,7 +201,8 @@ class Deployer:
                 log.info("probation_resumed", version=record.version, starts=record.starts)
             else:
                 self.ledger.set_probation(None)
-        self._refresh_kept()
+        # restarts must not leave more than keep_bundles behind either (the desired delivery resumes)
+        self._prune(resuming=desired.bundle_id if desired else None)
 
     def _restore(self, bundle_id: str) -> LoadedModel | None:
         try:
@@ -482,8 +483,9 @@ class Deployer:
         self._event("activated", detail, deployment_id=desired.deployment_id, version=model.version)
         for fallback in model.info.fallbacks:
             self._event("warning", fallback, deployment_id=desired.deployment_id, version=model.version)
-        if not watched:
-            self._prune()
+        # at every activation, probation or not (the watch protects the version it would fall back to):
+        # deployments arriving faster than probations end must not pile bundles up on the disk
+        self._prune()
 
     def _reject(self, desired: DesiredState, reason: str) -> None:
         log.warning(
@@ -503,7 +505,9 @@ class Deployer:
         self._set_status(None, last_error=reason)
         self._event("rejected", reason, deployment_id=desired.deployment_id, version=desired.version)
 
-    def _prune(self) -> None:
+    def _prune(self, resuming: str | None = None) -> None:
+        """Keep at most keep_bundles installed (the active one and a probation's fallback always), and
+        drop the part files of deliveries given up; `resuming`: the delivery a restart will pick up again."""
         protect = set()
         if self.watch is not None and self.watch.record.previous_bundle_id is not None:
             protect.add(self.watch.record.previous_bundle_id)
@@ -511,7 +515,7 @@ class Deployer:
             self.store.prune(
                 ranked=self._ranked(),
                 protect=protect,
-                delivery_in_progress=self.delivery.bundle_id if self.delivery else None,
+                delivery_in_progress=self.delivery.bundle_id if self.delivery else resuming,
             )
         except OSError as exc:
             log.warning("prune_failed", error=str(exc))
