@@ -6,7 +6,14 @@ import pytest
 from edgefleet.contract.errors import TensorError
 from edgefleet.contract.manifest import QuantParams, TensorSpec
 from edgefleet.contract.messages import CONTENT_NPY, CONTENT_NPZ
-from edgefleet.contract.tensors import decode_tensors, encode_npy, encode_npz, from_artifact, to_artifact
+from edgefleet.contract.tensors import (
+    decode_npz,
+    decode_tensors,
+    encode_npy,
+    encode_npz,
+    from_artifact,
+    to_artifact,
+)
 
 INT8_NHWC = TensorSpec(
     name="image",
@@ -68,3 +75,39 @@ def test_pickled_arrays_are_refused() -> None:
     np.save(buffer, obj, allow_pickle=True)
     with pytest.raises(TensorError):
         decode_tensors(buffer.getvalue(), CONTENT_NPY, ["image"])
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}".ljust(118) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+
+
+def test_hostile_tensor_payloads_are_client_errors_and_allocate_nothing() -> None:
+    """Each of these used to answer 'internal error' (or, for the negative dimension, be served)."""
+    import io
+    import zipfile
+
+    def npz(members: dict[str, bytes]) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+        return buffer.getvalue()
+
+    huge = _npy_header((1_000_000, 1_000_000, 128))  # 512 TB declared, nothing behind it
+    cases = {
+        "an .npy sent as .npz": (encode_npy(np.zeros((1, 1, 8, 8), np.float32)), CONTENT_NPZ),
+        "an .npz member that is not an .npy": (npz({"image.npy": b"not an npy"}), CONTENT_NPZ),
+        "a member that is not named .npy": (npz({"image.txt": b"x"}), CONTENT_NPZ),
+        "a huge header in an .npz": (npz({"image.npy": huge}), CONTENT_NPZ),
+        "a huge header in an .npy": (huge, CONTENT_NPY),
+        "a negative dimension": (_npy_header((-1, 1, 8, 8)) + bytes(256), CONTENT_NPY),
+    }
+    for what, (payload, content_type) in cases.items():
+        with pytest.raises(TensorError, match="not a valid"):
+            decode_tensors(payload, content_type, ["image"])
+            pytest.fail(f"{what} was accepted")
+    good = {"image": np.arange(64, dtype=np.float32).reshape(1, 1, 8, 8)}
+    assert np.array_equal(decode_tensors(encode_npz(good), CONTENT_NPZ, ["image"])["image"], good["image"])
+    reply = decode_npz(encode_npz(good))["image"]
+    reply[0, 0, 0, 0] = -1.0  # replies are the caller's to change

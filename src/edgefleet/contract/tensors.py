@@ -88,6 +88,8 @@ def _load_npy(payload: bytes) -> np.ndarray:
         shape, fortran_order, dtype = read(stream)
         if dtype.hasobject:
             raise ValueError("object arrays cannot be loaded when allow_pickle=False")
+        if any(d < 0 for d in shape):
+            raise ValueError(f"the header declares a negative dimension {tuple(shape)}")
         layout = (dtype, bool(fortran_order), tuple(shape))
         if len(_npy_layouts) < _HEADER_CACHE_SIZE:
             _npy_layouts[header] = layout
@@ -99,6 +101,21 @@ def _load_npy(payload: bytes) -> np.ndarray:
         )
     array = np.frombuffer(payload, dtype=dtype, count=count, offset=end)
     return array.reshape(shape[::-1]).transpose() if fortran_order else array.reshape(shape)
+
+
+def _load_npz(payload: bytes) -> dict[str, np.ndarray]:
+    """Every member of an .npz payload, each read like an .npy (so a header is never trusted beyond the
+    bytes that are there); ValueError or zipfile.BadZipFile if invalid."""
+    with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+        names = archive.namelist()
+        if len(names) != len(set(names)):
+            raise ValueError("the archive holds a member name twice")
+        tensors = {}
+        for name in names:
+            if not name.endswith(".npy"):
+                raise ValueError(f"member {name!r} is not an .npy file")
+            tensors[name[: -len(".npy")]] = _load_npy(archive.read(name))
+    return tensors
 
 
 def encode_npy(array: np.ndarray) -> bytes:
@@ -113,8 +130,7 @@ def decode_tensors(
     """Decode a request body: one .npy for a single-input model, or an .npz keyed by input name."""
     try:
         if content_type == CONTENT_NPZ or (content_type is None and payload[:2] == b"PK"):
-            with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-                tensors = {name: archive[name] for name in archive.files}
+            tensors = _load_npz(payload)
         elif content_type in (CONTENT_NPY, None):
             if len(input_names) != 1:
                 raise TensorError(
@@ -128,7 +144,7 @@ def decode_tensors(
             )
     except TensorError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise TensorError(f"payload is not a valid .npy/.npz tensor file ({exc})") from exc
     missing = [name for name in input_names if name not in tensors]
     extra = [name for name in tensors if name not in input_names]
@@ -138,10 +154,10 @@ def decode_tensors(
 
 
 def decode_npz(payload: bytes) -> dict[str, np.ndarray]:
+    """An .npz (a reply) as writable arrays of its own, like np.load gives them."""
     try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        return {name: np.array(array) for name, array in _load_npz(payload).items()}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise TensorError(f"payload is not a valid .npz tensor file ({exc})") from exc
 
 
