@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgefleet import __version__
 from edgefleet.contract.errors import EdgefleetError
-from edgefleet.contract.messages import DEFAULT_CHUNK_SIZE
+from edgefleet.contract.messages import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -106,8 +106,8 @@ def _add_broker_options(parser: argparse.ArgumentParser, required: bool = True) 
 
 def _chunk_kib(text: str) -> int:
     value = int(text)
-    if not 1 <= value <= 65536:
-        raise argparse.ArgumentTypeError("the chunk size must be 1 to 65536 KiB")
+    if not 1 <= value <= MAX_CHUNK_SIZE // 1024:
+        raise argparse.ArgumentTypeError(f"the chunk size must be 1 to {MAX_CHUNK_SIZE // 1024} KiB")
     return value
 
 

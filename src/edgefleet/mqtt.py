@@ -214,9 +214,11 @@ def new_client(client_id: str) -> mqtt.Client:
     return client
 
 
-def connect_properties(session_expiry_s: int) -> Properties:
+def connect_properties(session_expiry_s: int, max_packet_bytes: int | None = None) -> Properties:
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
     props.SessionExpiryInterval = session_expiry_s
+    if max_packet_bytes is not None:  # MQTT 5: the broker must not send us a larger packet (it drops it)
+        props.MaximumPacketSize = max_packet_bytes
     return props
 
 
@@ -235,6 +237,7 @@ def connect(
     keepalive: int = 30,
     clean_start: bool = True,
     session_expiry_s: int = 0,
+    max_packet_bytes: int | None = None,
 ) -> None:
     """Open the TCP connection, with TLS and credentials when the address has them (the MQTT handshake
     completes in the network loop)."""
@@ -245,7 +248,7 @@ def connect(
             address.port,
             keepalive=keepalive,
             clean_start=clean_start,
-            properties=connect_properties(session_expiry_s),
+            properties=connect_properties(session_expiry_s, max_packet_bytes),
         )
     except ssl.SSLError as exc:
         why = getattr(exc, "verify_message", None) or exc.reason or exc

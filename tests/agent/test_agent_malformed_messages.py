@@ -160,3 +160,30 @@ def test_corrupted_chunk_is_refetched_then_rejected_and_a_repaired_redeploy_comp
             process.stop()
         observer.close()
         print(process.log()[-5000:])
+
+
+def _peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def test_a_message_larger_than_any_request_or_chunk_never_reaches_the_agent(
+    running_agent: RunningAgent, bundles: dict[str, Path]
+) -> None:
+    """The agent tells the broker its maximum packet size (MQTT 5): a 100 MiB message to its request topic
+    is dropped by the broker instead of being read whole (it took the agent to 930 MiB before)."""
+    obs, url, process = running_agent.observer, running_agent.broker.url, running_agent.process
+    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
+    obs.wait_active("1")
+    assert process.process is not None
+    before = _peak_rss_mib(process.process.pid)
+    client = _connected_client(url, "flooder")
+    try:
+        info = client.publish(topics.infer(DEVICE), b"\0" * (100 * 2**20), qos=1)
+        info.wait_for_publish(timeout=60)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert obs.infer(IMAGES).status == "ok"  # sent after the big one: the agent is there and serving
+    assert _peak_rss_mib(process.process.pid) - before < 50
+    assert "request_rejected" not in process.log()  # it never saw the message at all

@@ -25,7 +25,7 @@ from edgefleet.agent.status import StatusReporter
 from edgefleet.agent.store import BundleStore
 from edgefleet.agent.telemetry import RequestMetrics, TelemetryCollector
 from edgefleet.contract import topics
-from edgefleet.contract.messages import Presence
+from edgefleet.contract.messages import MAX_CHUNK_SIZE, PACKET_HEADROOM, Presence
 from edgefleet.contract.profiles import load_profile
 from edgefleet.contract.signing import load_public_key
 from edgefleet.mqtt import BrokerError, publish_properties
@@ -51,6 +51,8 @@ class Agent:
             keepalive_s=config.keepalive_s,
             session_expiry_s=config.session_expiry_s,
             will=(topics.online(device), Presence(online=False).to_bytes()),
+            # nothing larger than a request or a bundle chunk is ever read: the broker drops it for us
+            max_packet_bytes=max(config.max_request_bytes, MAX_CHUNK_SIZE) + PACKET_HEADROOM,
         )
         self.reporter = StatusReporter(device, self.profile.name, self.slot, self._publish, config.tags)
         self.deployer = Deployer(

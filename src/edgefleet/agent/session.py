@@ -45,10 +45,12 @@ class MqttSession:
         keepalive_s: int,
         session_expiry_s: int,
         will: tuple[str, bytes],
+        max_packet_bytes: int | None = None,
     ) -> None:
         self.address = address
         self._keepalive = keepalive_s
         self._session_expiry = session_expiry_s
+        self._max_packet_bytes = max_packet_bytes
         self.client = new_client(client_id)
         self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.on_connect = self._on_connect
@@ -158,6 +160,7 @@ class MqttSession:
             keepalive=self._keepalive,
             clean_start=False,
             session_expiry_s=self._session_expiry,
+            max_packet_bytes=self._max_packet_bytes,
         )
         self.client.loop_start()
         if not self._connack.wait(timeout) or self._connack_reason is not None:

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgefleet.contract.ids import Sha256Hex, TopicSafeId
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
+MAX_CHUNK_SIZE = 64 * 1024**2  # a chunk is one MQTT message: devices refuse packets beyond this (+ headroom)
+PACKET_HEADROOM = 64 * 1024  # topic, properties and fixed header of a message around its payload
 
 # MQTT 5 content types used on the wire
 CONTENT_JSON = "application/json"

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from edgefleet.contract import ids, topics
 from edgefleet.contract.errors import EdgefleetError
+from edgefleet.contract.messages import MAX_CHUNK_SIZE, PACKET_HEADROOM
 from edgefleet.fleet.certs import (
     Issued,
     load_issued,
@@ -174,6 +175,9 @@ def render_mosquitto_conf(spec: BrokerConfigSpec, install_dir: Path) -> str:
         "set_tcp_nodelay true",
         "# Per-client queue: a slow subscriber loses QoS 1 messages beyond this (the default is 1000).",
         "max_queued_messages 10000",
+        "# The largest message edgefleet sends is a bundle chunk (at most 64 MiB, --chunk-kib): anything",
+        "# bigger is refused at the broker instead of being read whole by devices.",
+        f"max_packet_size {MAX_CHUNK_SIZE + PACKET_HEADROOM}",
         "persistence true",
         f"persistence_location {spec.data_dir}/",
         "autosave_interval 60",
