@@ -491,15 +491,17 @@ class Deployer:
         log.warning(
             "bundle_rejected", deployment_id=desired.deployment_id, version=desired.version, reason=reason
         )
-        self.ledger.add_verdict(
-            Verdict(
-                deployment_id=desired.deployment_id,
-                bundle_id=desired.bundle_id,
-                version=desired.version,
-                kind="rejected",
-                reason=reason,
-            )
+        verdict = Verdict(
+            deployment_id=desired.deployment_id,
+            bundle_id=desired.bundle_id,
+            version=desired.version,
+            kind="rejected",
+            reason=reason,
         )
+        try:
+            self.ledger.add_verdict(verdict)
+        except OSError as exc:  # e.g. out of descriptors or disk: the host still hears the verdict
+            log.error("verdict_not_saved", deployment_id=desired.deployment_id, error=str(exc))
         self._end_delivery()
         self._prune()
         self._set_status(None, last_error=reason)
