@@ -14,4 +14,4 @@ if [ "${1:-}" = "--fast" ]; then
 fi
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "${SELECT[@]}" "$@"
+.venv/bin/python -m pytest ${SELECT[@]+"${SELECT[@]}"} "$@"
