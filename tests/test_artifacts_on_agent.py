@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgefleet.agent.health import check_health
 from edgefleet.agent.inference import InferenceService
 from edgefleet.agent.model_slot import LoadedModel
 from edgefleet.agent.store import BundleStore
@@ -50,6 +51,11 @@ def test_agent_serves_the_accuracy_the_converter_measured(
     installed = store.install(result.bundle_path, bundle_id)
     model = LoadedModel.load(bundle_id, installed.manifest, installed.path, profile)
     try:
+        # the agent's runtime (its threads and delegates) gives the converter's reference numbers
+        health = check_health(model, installed.path, profile.latency_budget_ms)
+        reference = installed.manifest.health_reference
+        assert reference is not None and health.reference_sqnr_db is not None
+        assert health.reference_sqnr_db >= reference.min_sqnr_db
         evaluation = np.load(reference_dir / "eval.npz")
         predictions = [
             int(np.argmax(InferenceService.compute(model, encode_npy(x[None]), CONTENT_NPY)["logits"]))

@@ -396,6 +396,7 @@ def make_custom_bundle(
     version: str,
     *,
     health_samples: np.ndarray | None = None,
+    health_reference: tuple[np.ndarray, float] | None = None,
     padding_bytes: int = 0,
     profile: str = TEST_PROFILE,
 ) -> Path:
@@ -414,6 +415,16 @@ def make_custom_bundle(
         np.savez(samples, image=health_samples.astype(np.float32))
         files["health_samples.npz"] = samples
         manifest = manifest.model_copy(update={"health_samples": "health_samples.npz"})
+    if health_reference is not None:  # (logits of the samples, min SQNR dB)
+        from edgefleet.contract.manifest import HealthReference
+
+        reference = out.with_suffix(".reference.npz")
+        np.savez(reference, logits=health_reference[0].astype(np.float32))
+        files["health_reference.npz"] = reference
+        spec = HealthReference(
+            outputs="health_reference.npz", min_sqnr_db=health_reference[1], host_runtime="test"
+        )
+        manifest = manifest.model_copy(update={"health_reference": spec})
     if padding_bytes:
         padding = out.with_suffix(".padding")
         padding.write_bytes(os.urandom(padding_bytes))

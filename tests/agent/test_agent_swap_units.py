@@ -158,3 +158,45 @@ def test_a_batch_the_runtime_cannot_take_runs_one_sample_at_a_time_and_is_no_mod
     )
     dynamic.warm_up()
     assert not dynamic.one_at_a_time
+
+
+def test_the_health_check_refuses_numbers_that_differ_from_the_converters_reference(
+    store: BundleStore, keys: Keys, tmp_path: Path
+) -> None:
+    """Dtype, shape, finiteness and latency cannot see a miscompiled kernel; the converter's reference
+    outputs can: a model whose outputs on the health samples are not the reference's is refused, one that
+    matches passes and says how close it came."""
+    import onnxruntime as ort
+
+    from edgefleet.agent.health import describe_reference
+
+    model_file = sqrt_model(tmp_path / "ref.onnx")
+    samples = np.random.default_rng(3).uniform(0, 1, (4, 1, 8, 8)).astype(np.float32)
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"image": samples})[0]
+
+    good = make_custom_bundle(
+        tmp_path / "good.efb",
+        model_file,
+        keys.private,
+        "5",
+        health_samples=samples,
+        health_reference=(logits, 20.0),
+    )
+    model, path = _loaded(store, good)
+    report = check_health(model, path, 50.0)
+    assert report.reference_sqnr_db is not None and report.reference_sqnr_db > 60
+    assert "health samples" in describe_reference(report)
+
+    wrong = logits * 0.6  # a kernel with a wrong scale: plausible, finite, ordered alike, wrong numbers
+    bad = make_custom_bundle(
+        tmp_path / "bad.efb",
+        model_file,
+        keys.private,
+        "6",
+        health_samples=samples,
+        health_reference=(wrong, 20.0),
+    )
+    model, path = _loaded(store, bad)
+    with pytest.raises(HealthCheckFailed, match="not what the converter computed for this bundle: SQNR"):
+        check_health(model, path, 50.0)

@@ -37,8 +37,17 @@ def test_bundle_verifies_and_describes_the_artifact(
     )
     assert manifest.artifact == f"model.{expected.format.value}"
     alternatives = [alternative.path for alternative in manifest.alternatives]  # rpi4: + the INT8 ONNX
-    assert [f.path for f in manifest.files] == [manifest.artifact, *alternatives, "health_samples.npz"]
+    assert [f.path for f in manifest.files] == [
+        manifest.artifact,
+        *alternatives,
+        "health_samples.npz",
+        "health_reference.npz",
+    ]
     assert manifest.health_samples == "health_samples.npz"  # the agent's pre-swap health check runs them
+    # ... and compares their outputs with what the host runtime that scored the artifact computed
+    reference = manifest.health_reference
+    assert reference is not None and reference.outputs == "health_reference.npz"
+    assert 10.0 <= reference.min_sqnr_db <= 30.0 and reference.host_runtime
     assert manifest.converter_version == __version__
     assert manifest.inputs == result.inputs and manifest.outputs == result.outputs
     assert [spec.dtype for spec in manifest.inputs] == [expected.io_dtype]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from edgefleet.agent.delivery import ChunkAssembler
-from edgefleet.agent.health import HealthCheckFailed, check_health
+from edgefleet.agent.health import HealthCheckFailed, check_health, describe_reference
 from edgefleet.agent.ledger import Ledger, ProbationRecord, Verdict
 from edgefleet.agent.log import EventLog
 from edgefleet.agent.model_slot import LoadedModel, ModelSlot
@@ -477,7 +477,7 @@ class Deployer:
         )
         self._refresh_kept()
         self._set_status(None, clear=True)
-        detail = f"{model.manifest.name} v{model.version} is serving"
+        detail = f"{model.manifest.name} v{model.version} is serving{describe_reference(report)}"
         if watched and old is not None:
             detail += f" (on probation for {self.settings.probation_s:g} s; v{old.version} on standby)"
         self._event("activated", detail, deployment_id=desired.deployment_id, version=model.version)

@@ -1,11 +1,14 @@
 """The health check a new model must pass before it is swapped in: run the sample inputs the bundle
 carries (its manifest's `health_samples`, or zero inputs of the declared shape when it has none) on the
 loaded, warmed-up model, off the request path, and require outputs of the declared dtype and shape, all
-finite, with a median run time within the profile's latency budget.
+finite, with a median run time within the profile's latency budget; and, when the bundle carries the
+converter's reference outputs (`health_reference`), outputs that close to them: a device whose kernels
+compute wrong numbers must not serve them.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import zipfile
@@ -17,7 +20,7 @@ import numpy as np
 from edgefleet.agent.model_slot import LoadedModel
 from edgefleet.contract.errors import EdgefleetError, TensorError
 from edgefleet.contract.manifest import BundleManifest, TensorSpec
-from edgefleet.contract.tensors import shape_matches, to_artifact
+from edgefleet.contract.tensors import from_artifact, shape_matches, to_artifact
 
 MAX_SAMPLES = 16  # enough to catch a broken model; few enough to keep activation quick
 ZERO_INPUT_RUNS = 3
@@ -36,6 +39,7 @@ class HealthReport:
     samples: int
     median_ms: float
     max_ms: float
+    reference_sqnr_db: float | None = None  # the worst output against the converter's reference, if any
 
 
 def _fmt(shape: tuple[int, ...] | list[int | None]) -> str:
@@ -99,12 +103,55 @@ def _check_outputs(specs: list[TensorSpec], outputs: dict[str, np.ndarray], inde
             raise HealthCheckFailed(f"sample {index}: output '{spec.name}' has {bad} NaN/inf values")
 
 
+def _load_reference(manifest: BundleManifest, bundle_dir: Path, samples: int) -> dict[str, np.ndarray] | None:
+    reference = manifest.health_reference
+    if reference is None or manifest.health_samples is None:
+        return None
+    where = f"health reference {reference.outputs}"
+    if reference.outputs not in {entry.path for entry in manifest.files}:
+        raise HealthCheckFailed(f"the manifest names {where}, but the bundle does not list it")
+    try:
+        with np.load(bundle_dir / reference.outputs, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise HealthCheckFailed(f"{where}: not a readable .npz file ({exc})") from exc
+    for spec in manifest.outputs:
+        array = arrays.get(spec.name)
+        if array is None or array.ndim == 0 or len(array) < samples or array.dtype != np.dtype(spec.dtype):
+            wanted = f"{spec.dtype} reference for {samples} samples of '{spec.name}'"
+            raise HealthCheckFailed(f"{where}: no {wanted}")
+    return arrays
+
+
+def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+    signal = float(np.sum(np.square(reference, dtype=np.float64)))
+    noise = float(np.sum(np.square(actual.astype(np.float64) - reference, dtype=np.float64)))
+    if noise == 0.0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def _compare(spec: TensorSpec, output: np.ndarray, reference: np.ndarray, index: int, min_db: float) -> float:
+    got = from_artifact(spec, output, as_float=True)
+    want = from_artifact(spec, reference, as_float=True)
+    value = sqnr_db(want, got)
+    if value < min_db:
+        raise HealthCheckFailed(
+            f"sample {index}: output '{spec.name}' is not what the converter computed for this bundle: SQNR "
+            f"{value:.1f} dB against its reference, at least {min_db:g} dB wanted (the runtime or its "
+            "kernels on this device compute different numbers)"
+        )
+    return value
+
+
 def check_health(model: LoadedModel, bundle_dir: Path, latency_budget_ms: float) -> HealthReport:
     """Raise HealthCheckFailed (with the reason) unless the model passes; the runs are not recorded in the
     model's request statistics."""
     manifest = model.manifest
     feeds = load_samples(manifest, bundle_dir)
+    reference = _load_reference(manifest, bundle_dir, len(feeds))
     times: list[float] = []
+    worst = math.inf
     for index, sample in enumerate(feeds):
         started = time.perf_counter()
         try:
@@ -113,6 +160,11 @@ def check_health(model: LoadedModel, bundle_dir: Path, latency_budget_ms: float)
             raise HealthCheckFailed(f"sample {index}: the model failed to run ({exc})") from exc
         times.append((time.perf_counter() - started) * 1000)
         _check_outputs(manifest.outputs, outputs, index)
+        if reference is not None and manifest.health_reference is not None:
+            min_db = manifest.health_reference.min_sqnr_db
+            for spec in manifest.outputs:
+                want = reference[spec.name][index : index + 1]
+                worst = min(worst, _compare(spec, outputs[spec.name], want, index, min_db))
     median = statistics.median(times)
     # The median, not the maximum: one scheduling hiccup on a busy device must not reject a good model;
     # the probation then watches the p95 under real traffic.
@@ -122,4 +174,17 @@ def check_health(model: LoadedModel, bundle_dir: Path, latency_budget_ms: float)
             f"of {latency_budget_ms:g} ms"
         )
     source = manifest.health_samples or "zero inputs"
-    return HealthReport(source=source, samples=len(times), median_ms=median, max_ms=max(times))
+    compared = None if reference is None else worst  # inf: bit-identical to the reference
+    return HealthReport(
+        source=source, samples=len(times), median_ms=median, max_ms=max(times), reference_sqnr_db=compared
+    )
+
+
+def describe_reference(report: HealthReport) -> str:
+    """For the `activated` event: how the outputs compared with the converter's reference."""
+    if report.reference_sqnr_db is None:
+        return ""
+    if math.isinf(report.reference_sqnr_db):
+        return f"; outputs on {report.samples} health samples identical to the converter's"
+    worst = report.reference_sqnr_db
+    return f"; outputs on {report.samples} health samples at {worst:.1f} dB SQNR or better vs the converter's"

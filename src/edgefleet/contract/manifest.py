@@ -105,6 +105,21 @@ class ArtifactAlternative(_Model):
     )
 
 
+class HealthReference(_Model):
+    """What the health samples must give on the device: the artifact's own outputs on the host runtime that
+    measured it, and how close a device must come. A device whose kernels compute wrong numbers (a
+    miscompiled int8 path, a broken delegate) fails its health check instead of serving them."""
+
+    outputs: str = Field(
+        description="path of an .npz inside the bundle (listed in `files`): one array per output name, in "
+        "the artifact's form, first axis = the health samples in order"
+    )
+    min_sqnr_db: float = Field(
+        description="each output of each sample, dequantized, against the reference: at least this SQNR"
+    )
+    host_runtime: str = Field(description="what computed the reference")
+
+
 class BundleManifest(_Model):
     schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -123,6 +138,9 @@ class BundleManifest(_Model):
         default=None,
         description="path of an .npz inside the bundle (listed in `files`): a few inputs in the float form, "
         "one array per input name, first axis = samples; the agent runs them before it swaps the model in",
+    )
+    health_reference: HealthReference | None = Field(
+        default=None, description="the outputs `health_samples` must give (null: only finite, shaped outputs)"
     )
     alternatives: list[ArtifactAlternative] = Field(
         default_factory=list, description="other model files for this target; `artifact` is the preferred one"

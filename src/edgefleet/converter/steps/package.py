@@ -9,10 +9,17 @@ import numpy as np
 
 from edgefleet import __version__
 from edgefleet.contract.bundle import write_bundle
-from edgefleet.contract.manifest import BundleManifest
+from edgefleet.contract.manifest import BundleManifest, HealthReference
+from edgefleet.contract.tensors import to_artifact
 from edgefleet.converter.context import ConversionContext
+from edgefleet.converter.steps.evaluate import accuracy_scorer
 
 HEALTH_SAMPLES = "health_samples.npz"
+HEALTH_REFERENCE = "health_reference.npz"
+# A device's outputs on the health samples must be about as close to the host's as the artifact is to fp32
+# (the headline output's measured SQNR, less a margin), never required closer than 30 dB (int8 kernels
+# differ by a rounding step between CPUs) nor allowed further than 10 dB (wrong numbers, not rounding).
+REFERENCE_MARGIN_DB, REFERENCE_FLOOR_DB, REFERENCE_CEILING_DB, REFERENCE_DEFAULT_DB = 3.0, 10.0, 30.0, 20.0
 HEALTH_SAMPLES_COUNT = 8
 HEALTH_SAMPLES_MAX_BYTES = 1024**2  # big inputs (e.g. 224x224 images) ship fewer samples, at least one
 
@@ -33,6 +40,29 @@ def write_health_samples(ctx: ConversionContext) -> Path | None:
     return path
 
 
+def write_health_reference(ctx: ConversionContext, samples_path: Path) -> HealthReference:
+    """The artifact's outputs on the health samples, computed by the runtime that scored it on the host."""
+    artifact = ctx.need(ctx.artifact_path, "the artifact")
+    runner = accuracy_scorer(ctx, artifact)
+    with np.load(samples_path, allow_pickle=False) as archive:
+        samples = {name: archive[name] for name in archive.files}
+    count = len(samples[ctx.inputs[0].name])
+    outputs: dict[str, list[np.ndarray]] = {spec.name: [] for spec in ctx.outputs}
+    for index in range(count):  # one at a time: as the agent's health check runs them
+        feeds = [to_artifact(spec, samples[spec.name][index : index + 1])[0] for spec in ctx.inputs]
+        for spec, result in zip(ctx.outputs, runner.run(feeds), strict=True):
+            outputs[spec.name].append(result)
+    path = ctx.work_dir / HEALTH_REFERENCE
+    np.savez(path, **{name: np.concatenate(parts) for name, parts in outputs.items()})  # type: ignore[arg-type]
+    accuracy = ctx.metrics.accuracy if ctx.metrics is not None else None
+    measured = accuracy.sqnr_db if accuracy is not None else None
+    wanted = REFERENCE_DEFAULT_DB if measured is None else measured - REFERENCE_MARGIN_DB
+    min_sqnr = min(REFERENCE_CEILING_DB, max(REFERENCE_FLOOR_DB, wanted))
+    return HealthReference(
+        outputs=HEALTH_REFERENCE, min_sqnr_db=round(min_sqnr, 1), host_runtime=runner.label
+    )
+
+
 class Package:
     name = "package signed bundle"
 
@@ -42,8 +72,11 @@ class Package:
         member = f"model{artifact.suffix}"
         files = {member: artifact, **ctx.bundle_files}  # + alternatives, the Edge TPU-compiled model
         health_samples = write_health_samples(ctx)
+        reference = None
         if health_samples is not None:
             files[HEALTH_SAMPLES] = health_samples
+            reference = write_health_reference(ctx, health_samples)
+            files[HEALTH_REFERENCE] = ctx.work_dir / HEALTH_REFERENCE
         manifest = BundleManifest(
             name=request.name,
             version=request.version,
@@ -58,6 +91,7 @@ class Package:
             converter_version=__version__,
             created_at=datetime.now(timezone.utc),
             health_samples=HEALTH_SAMPLES if health_samples is not None else None,
+            health_reference=reference,
             alternatives=ctx.alternatives,
             target_checks=ctx.target_checks,
             report=ctx.report.model_dump(mode="json") if ctx.report is not None else None,
