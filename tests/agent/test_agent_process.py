@@ -226,6 +226,9 @@ def test_bad_requests_get_error_replies_and_do_not_disturb(
         assert reply is not None and reply.status == "error", what
         assert expected in reply.error(), (what, reply.error())
         assert reply.model_version == "1"
+    too_big = obs.request(b"\0" * (16 * 2**20 + 1), "application/x-npy")  # refused before it is queued
+    assert too_big is not None and too_big.status == "error" and "limit" in too_big.error()
+    assert too_big.model_version == "1"  # the model that would have served it, not an empty version
     obs.request(encode_npy(images), response_topic=False)  # cannot be answered; must not hurt
 
     # junk on every subscribed topic

@@ -117,3 +117,16 @@ def test_a_member_name_twice_in_the_archive_is_refused(
     with pytest.raises(BundleError, match="more than one member"):
         extract_bundle(doubled, tmp_path / "out", load_public_key(keys[1]))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_without_its_signature_names_what_is_missing(
+    bundle: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    unsigned = tmp_path / "unsigned.efb"
+    with zipfile.ZipFile(bundle) as zin, zipfile.ZipFile(unsigned, "w") as zout:
+        for name in zin.namelist():
+            if name != SIGNATURE_NAME:
+                zout.writestr(name, zin.read(name))
+    with pytest.raises(BundleError, match=f"no {SIGNATURE_NAME} inside; it was not made by") as info:
+        verify_bundle(unsigned, load_public_key(keys[1]))
+    assert "There is no item" not in str(info.value)

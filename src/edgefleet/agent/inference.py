@@ -174,7 +174,10 @@ class InferenceService:
         self.count_refused()
         if response_topic:
             body = ErrorReply(error=message).to_bytes()
-            self._reply(response_topic, envelope.prop("CorrelationData"), body, CONTENT_JSON, "error", "")
+            current = self.slot.current  # the model that would have served it ("" when none is active)
+            version = current.version if current is not None else ""
+            correlation = envelope.prop("CorrelationData")
+            self._reply(response_topic, correlation, body, CONTENT_JSON, "error", version)
 
     def _reply_error(self, topic: str, correlation: bytes | None, version: str, message: str) -> None:
         if len(message) > _MAX_ERROR_CHARS:

@@ -95,13 +95,13 @@ def _verified_manifest(archive: zipfile.ZipFile, path: Path, public_key: Ed25519
         # zipfile reads the last of equal names: what was verified might not be what gets unpacked
         twice = sorted({name for name in names if names.count(name) > 1})
         raise BundleError(f"bundle {path}: the archive holds more than one member named {twice}")
+    absent = [name for name in (MANIFEST_NAME, SIGNATURE_NAME) if name not in names]
+    if absent:
+        not_made = "it was not made by `edgefleet convert`"
+        raise BundleError(f"bundle {path}: no {' or '.join(absent)} inside; {not_made}")
     try:
         manifest_bytes = archive.read(MANIFEST_NAME)
         record = json.loads(archive.read(SIGNATURE_NAME))
-    except KeyError as exc:
-        raise BundleError(
-            f"bundle {path}: missing {exc.args[0]}; it was not made by `edgefleet convert`"
-        ) from exc
     except (ValueError, zipfile.BadZipFile, OSError) as exc:
         raise BundleError(f"bundle {path}: unreadable manifest or signature ({exc})") from exc
     if not isinstance(record, dict):
