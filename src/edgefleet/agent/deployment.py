@@ -475,7 +475,10 @@ class Deployer:
             replaced=old.version if old else None,
             probation_s=self.settings.probation_s if watched else None,
         )
-        self._refresh_kept()
+        # at every activation, probation or not (the watch protects the version it would fall back to):
+        # deployments arriving faster than probations end must not pile bundles up on the disk. Before the
+        # status goes out, so its `kept` list is what is on the disk.
+        self._prune()
         self._set_status(None, clear=True)
         detail = f"{model.manifest.name} v{model.version} is serving{describe_reference(report)}"
         if watched and old is not None:
@@ -483,9 +486,6 @@ class Deployer:
         self._event("activated", detail, deployment_id=desired.deployment_id, version=model.version)
         for fallback in model.info.fallbacks:
             self._event("warning", fallback, deployment_id=desired.deployment_id, version=model.version)
-        # at every activation, probation or not (the watch protects the version it would fall back to):
-        # deployments arriving faster than probations end must not pile bundles up on the disk
-        self._prune()
 
     def _reject(self, desired: DesiredState, reason: str) -> None:
         log.warning(
