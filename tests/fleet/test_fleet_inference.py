@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import time
 from typing import Any
 
@@ -21,6 +22,9 @@ from edgefleet.fleet.errors import InferenceError, InferenceTimeout
 from edgefleet.fleet.inference import InferenceClient
 
 pytestmark = pytest.mark.mqtt
+
+
+_NP_LOAD = threading.Lock()
 
 
 class EchoResponder:
@@ -64,6 +68,11 @@ class EchoResponder:
 
     @staticmethod
     def _run(payload: bytes, content_type: str | None) -> dict[str, np.ndarray]:
+        with _NP_LOAD:  # np.load parses headers with ast; see _HEADER_PARSE_LOCK in contract/tensors.py
+            return EchoResponder._decode_and_run(payload, content_type)
+
+    @staticmethod
+    def _decode_and_run(payload: bytes, content_type: str | None) -> dict[str, np.ndarray]:
         if content_type == CONTENT_NPY:
             x = np.load(io.BytesIO(payload), allow_pickle=False)
             if x.dtype != np.float32 or x.shape[1:] != (1, 8, 8):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import threading
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from edgefleet.contract.messages import CONTENT_NPY, CONTENT_NPZ
 _HEADER_CACHE_SIZE = 256
 _npy_headers: dict[tuple[str, tuple[int, ...]], bytes] = {}
 _npy_layouts: dict[bytes, tuple[np.dtype, bool, tuple[int, ...]]] = {}
+_HEADER_PARSE_LOCK = threading.Lock()
 _ZIP_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01, the zip epoch (np.savez writes the current time)
 
 
@@ -81,11 +83,15 @@ def _load_npy(payload: bytes) -> np.ndarray:
     if layout is None:
         stream = io.BytesIO(header)
         major, _ = np.lib.format.read_magic(stream)
-        if major not in (1, 2):
-            loaded: np.ndarray = np.load(io.BytesIO(payload), allow_pickle=False)
-            return loaded
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read(stream)
+        # numpy parses headers with ast.literal_eval, which failed with "SystemError: AST constructor
+        # recursion depth mismatch" when two threads parsed at once (CPython 3.11.7, seen in a test run under
+        # load): one parse at a time; only a header not seen before gets here
+        with _HEADER_PARSE_LOCK:
+            if major not in (1, 2):
+                loaded: np.ndarray = np.load(io.BytesIO(payload), allow_pickle=False)
+                return loaded
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read(stream)
         if dtype.hasobject:
             raise ValueError("object arrays cannot be loaded when allow_pickle=False")
         if any(d < 0 for d in shape):
