@@ -12,6 +12,7 @@ import math
 import statistics
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 from edgefleet.agent.model_slot import LoadedModel
 from edgefleet.contract.errors import EdgefleetError, TensorError
 from edgefleet.contract.manifest import BundleManifest, TensorSpec
-from edgefleet.contract.tensors import from_artifact, shape_matches, to_artifact
+from edgefleet.contract.tensors import from_artifact, read_npz, shape_matches, to_artifact
 
 MAX_SAMPLES = 16  # enough to catch a broken model; few enough to keep activation quick
 ZERO_INPUT_RUNS = 3
@@ -53,6 +54,14 @@ def _zero_feeds(specs: list[TensorSpec]) -> Feeds:
     }
 
 
+def _read_npz_file(path: Path, where: str) -> dict[str, np.ndarray]:
+    """An .npz of the bundle, read like a request's (header checks, one header parse at a time)."""
+    try:
+        return read_npz(path.read_bytes())
+    except (OSError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+        raise HealthCheckFailed(f"{where}: not a readable .npz file ({exc})") from exc
+
+
 def load_samples(manifest: BundleManifest, bundle_dir: Path) -> list[Feeds]:
     """The bundle's health samples in the artifact's form, one feed dict per sample (at most MAX_SAMPLES)."""
     name = manifest.health_samples
@@ -63,11 +72,7 @@ def load_samples(manifest: BundleManifest, bundle_dir: Path) -> list[Feeds]:
             f"the manifest names health samples {name!r}, but the bundle does not list it"
         )
     where = f"health samples {name}"
-    try:
-        with np.load(bundle_dir / name, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise HealthCheckFailed(f"{where}: not a readable .npz file ({exc})") from exc
+    arrays = _read_npz_file(bundle_dir / name, where)
     wanted = [spec.name for spec in manifest.inputs]
     if sorted(arrays) != sorted(wanted):
         raise HealthCheckFailed(f"{where}: arrays {sorted(arrays)} do not match the model inputs {wanted}")
@@ -110,11 +115,7 @@ def _load_reference(manifest: BundleManifest, bundle_dir: Path, samples: int) ->
     where = f"health reference {reference.outputs}"
     if reference.outputs not in {entry.path for entry in manifest.files}:
         raise HealthCheckFailed(f"the manifest names {where}, but the bundle does not list it")
-    try:
-        with np.load(bundle_dir / reference.outputs, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise HealthCheckFailed(f"{where}: not a readable .npz file ({exc})") from exc
+    arrays = _read_npz_file(bundle_dir / reference.outputs, where)
     for spec in manifest.outputs:
         array = arrays.get(spec.name)
         if array is None or array.ndim == 0 or len(array) < samples or array.dtype != np.dtype(spec.dtype):

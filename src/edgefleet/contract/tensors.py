@@ -109,7 +109,7 @@ def _load_npy(payload: bytes) -> np.ndarray:
     return array.reshape(shape[::-1]).transpose() if fortran_order else array.reshape(shape)
 
 
-def _load_npz(payload: bytes) -> dict[str, np.ndarray]:
+def read_npz(payload: bytes) -> dict[str, np.ndarray]:
     """Every member of an .npz payload, each read like an .npy (so a header is never trusted beyond the
     bytes that are there); ValueError or zipfile.BadZipFile if invalid."""
     with zipfile.ZipFile(io.BytesIO(payload)) as archive:
@@ -136,7 +136,7 @@ def decode_tensors(
     """Decode a request body: one .npy for a single-input model, or an .npz keyed by input name."""
     try:
         if content_type == CONTENT_NPZ or (content_type is None and payload[:2] == b"PK"):
-            tensors = _load_npz(payload)
+            tensors = read_npz(payload)
         elif content_type in (CONTENT_NPY, None):
             if len(input_names) != 1:
                 raise TensorError(
@@ -162,7 +162,7 @@ def decode_tensors(
 def decode_npz(payload: bytes) -> dict[str, np.ndarray]:
     """An .npz (a reply) as writable arrays of its own, like np.load gives them."""
     try:
-        return {name: np.array(array) for name, array in _load_npz(payload).items()}
+        return {name: np.array(array) for name, array in read_npz(payload).items()}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise TensorError(f"payload is not a valid .npz tensor file ({exc})") from exc
 
