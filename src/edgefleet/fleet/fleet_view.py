@@ -9,6 +9,7 @@ as garbage (which leaf, why) on the device of the topic, and never raises.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -70,6 +71,7 @@ class FleetView:
         self.devices: dict[str, KnownDevice] = {}
         self.messages = 0
         self.invalid_messages = 0
+        self.messages_by_leaf: Counter[str] = Counter()  # garbage included
 
     def feed(self, topic: str, payload: bytes) -> DeviceMessage | None:
         """Record one message; returns it parsed, or None for foreign topics and garbage (garbage is
@@ -82,6 +84,7 @@ class FleetView:
             return None
         now = self._clock()
         self.messages += 1
+        self.messages_by_leaf[leaf] += 1
         device = self.devices.get(device_id)
         if device is None:
             device = self.devices[device_id] = KnownDevice(device_id)

@@ -11,7 +11,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edgefleet.contract import topics
 from edgefleet.contract.messages import DeviceEvent, DeviceStatus, Telemetry
 from edgefleet.fleet.fleet_view import FleetView, KnownDevice
 
@@ -118,14 +117,10 @@ class FleetMonitor:
         self._view = FleetView(clock)
         self._counts: dict[str, _Counts] = {}
         self.started_at = clock()
-        self.telemetry_messages = 0  # garbage on a telemetry topic included
 
     def feed(self, topic: str, payload: bytes) -> Telemetry | None:
         """Record one message; returns the telemetry it carried when it was valid telemetry."""
         with self._lock:
-            parsed_topic = topics.parse_device_topic(topic)
-            if parsed_topic is not None and parsed_topic[1] == "telemetry":
-                self.telemetry_messages += 1
             received = self._view.feed(topic, payload)
             if received is None:
                 return None
@@ -137,6 +132,11 @@ class FleetMonitor:
                 counts.count_telemetry(message)
                 return message
             return None
+
+    @property
+    def telemetry_messages(self) -> int:
+        """Messages on telemetry topics, garbage included."""
+        return self._view.messages_by_leaf["telemetry"]
 
     def snapshot(self) -> FleetSnapshot:
         with self._lock:
