@@ -421,7 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="name or IP clients use for the broker; repeat for several (default localhost, 127.0.0.1)",
     )
-    broker_config.add_argument("--port", type=int, default=8883, help="TLS port (default 8883)")
+    broker_config.add_argument("--port", type=int, default=8883, help="devices' TLS port (default 8883)")
+    broker_config.add_argument(
+        "--operator-port", type=int, help="TLS port of host tools: admin, monitor (default --port + 1)"
+    )
     broker_config.add_argument("--bind", help="listen on this address only (default: all)")
     broker_config.add_argument("--admin-user", default="edgefleet-admin", help="identity allowed everything")
     broker_config.add_argument(

@@ -11,6 +11,7 @@ import queue
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from edgefleet.fleet.exporter import Exporter
 from edgefleet.fleet.local_agent import LocalAgent
 from edgefleet.fleet.passwords import hash_password, verify_password
 from edgefleet.fleet.session import BrokerSession
-from edgefleet.mqtt import BrokerAddress, BrokerError, BrokerSecurity
+from edgefleet.mqtt import BrokerAddress, BrokerError, BrokerSecurity, connect, new_client
 
 pytestmark = pytest.mark.mqtt
 
@@ -41,7 +42,8 @@ class SecureBroker:
     """mosquitto running the configuration `broker-config` wrote, unchanged."""
 
     def __init__(self, out: Path, auth: str) -> None:
-        self.port = free_port()
+        self.port = free_port()  # devices
+        self.operator_port = free_port()  # admin and monitor
         data = out / "data"
         data.mkdir(parents=True, exist_ok=True)
         self.spec = BrokerConfigSpec(
@@ -50,6 +52,7 @@ class SecureBroker:
             auth=auth,  # type: ignore[arg-type]
             hostnames=["localhost", "127.0.0.1"],
             port=self.port,
+            operator_port=self.operator_port,
             bind="127.0.0.1",
             data_dir=data,
             # As root, mosquitto would switch to the `mosquitto` account, which cannot read pytest's
@@ -66,22 +69,33 @@ class SecureBroker:
                 [find_mosquitto(), "-c", str(self.files.mosquitto_conf)], stdout=log, stderr=log
             )
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        waiting = {self.port, self.operator_port}
+        while waiting and time.monotonic() < deadline:
             assert self._process.poll() is None, self.log_path.read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"mosquitto did not open its TLS port: {self.log_path.read_text()}")
+            for port in sorted(waiting):
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        waiting.discard(port)
+                except OSError:
+                    time.sleep(0.05)
+        if waiting:
+            raise AssertionError(f"mosquitto did not open its TLS ports: {self.log_path.read_text()}")
+        return self
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
             self._process.wait(10)
 
-    def url(self, identity: str | None, *, host: str = "127.0.0.1", **override: str) -> str:
-        """The broker URL carrying `identity`'s credentials from the generated folders."""
+    def port_of(self, identity: str | None) -> int:
+        """The listener `identity` belongs on: operators' or devices'."""
+        return self.port if identity in DEVICES else self.operator_port
+
+    def url(
+        self, identity: str | None, *, host: str = "127.0.0.1", port: int | None = None, **override: str
+    ) -> str:
+        """The broker URL carrying `identity`'s credentials from the generated folders (on its own
+        listener unless `port` says otherwise)."""
         folder = self.files.clients[identity] if identity else self.files.clients["edgefleet-admin"]
         if identity is None:
             security = BrokerSecurity(ca_file=str(folder / "ca.crt"))
@@ -96,11 +110,14 @@ class SecureBroker:
                 key_file=str(folder / "client.key"),
             )
         security = security.merged(BrokerSecurity(**override))
-        return BrokerAddress.parse(f"mqtts://{host}:{self.port}").with_security(security).url
+        port = self.port_of(identity) if port is None else port
+        return BrokerAddress.parse(f"mqtts://{host}:{port}").with_security(security).url
 
-    def session(self, identity: str | None, **override: str) -> BrokerSession:
+    def session(self, identity: str | None, port: int | None = None, **override: str) -> BrokerSession:
         """A session as `identity` (not opened yet: use it in a `with` block or call `open()`)."""
-        return BrokerSession(self.url(identity, **override), identity or "anonymous", connect_timeout=5)
+        return BrokerSession(
+            self.url(identity, port=port, **override), identity or "anonymous", connect_timeout=5
+        )
 
 
 @pytest.fixture(scope="module")
@@ -142,12 +159,16 @@ def test_generated_files_are_private_and_complete(secure_broker: SecureBroker) -
     acl = files.acl.read_text()
     assert "user dev-a\ntopic write edgefleet/v1/devices/dev-a/online" in acl
     assert "topic read edgefleet/v1/devices/dev-b/desired" in acl
-    passwd = files.password_file.read_text() if files.password_file else ""
-    assert sorted(line.split(":")[0] for line in passwd.splitlines()) == sorted(
-        ["edgefleet-admin", "edgefleet-monitor", *DEVICES]
-    )
+    assert files.password_file is not None and files.operator_password_file is not None
+    assert files.operator_password_file.stat().st_mode & 0o077 == 0
+    # devices and operators log in on different listeners, each with its own password file
+    devices_passwd = files.password_file.read_text().splitlines()
+    assert sorted(line.split(":")[0] for line in devices_passwd) == DEVICES
+    operators_passwd = files.operator_password_file.read_text().splitlines()
+    assert sorted(line.split(":")[0] for line in operators_passwd) == ["edgefleet-admin", "edgefleet-monitor"]
     snippet = yaml.safe_load((files.clients["dev-a"] / "broker.yaml").read_text())
-    assert snippet["broker_username"] == "dev-a" and snippet["broker"].startswith("mqtts://")
+    assert snippet["broker_username"] == "dev-a" and snippet["mqtt_client_id"] == "dev-a"
+    assert snippet["broker"] == f"mqtts://localhost:{secure_broker.port}"
 
 
 def test_unauthenticated_and_wrong_credentials_are_refused(
@@ -169,7 +190,7 @@ def test_unauthenticated_and_wrong_credentials_are_refused(
         [
             "status",
             "--broker",
-            f"mqtts://127.0.0.1:{secure_broker.port}",
+            f"mqtts://127.0.0.1:{secure_broker.operator_port}",
             "--ca",
             str(admin / "ca.crt"),
             "--username",
@@ -221,6 +242,61 @@ def test_device_reads_only_its_own_commands_and_the_bundles(secure_broker: Secur
     )
 
 
+class RawDevice:
+    """A device's own MQTT connection with a chosen client id, recording every disconnect."""
+
+    def __init__(self, broker: SecureBroker, identity: str, client_id: str) -> None:
+        self.connected = threading.Event()
+        self.disconnects: list[str] = []
+        self.client = new_client(client_id)
+        self.client.on_connect = lambda *args: self.connected.set()
+        self.client.on_disconnect = lambda _c, _u, _f, reason, _p: self.disconnects.append(str(reason))
+        self.published = threading.Event()
+        self.client.on_publish = lambda *args: self.published.set()
+        connect(self.client, BrokerAddress.parse(broker.url(identity)))
+        self.client.loop_start()
+        assert self.connected.wait(10), f"{identity} did not connect"
+
+    def round_trip(self, topic: str) -> bool:
+        """A QoS 1 publish acknowledged by the broker (False when the connection is gone)."""
+        self.published.clear()
+        self.client.publish(topic, b"still here", qos=1)
+        return self.published.wait(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_a_device_cannot_take_over_another_devices_session(secure_broker: SecureBroker) -> None:
+    """Issue 10 item 2: dev-a, with its own valid password, connects with dev-b's client id. The device
+    listener makes every user name its client id, so dev-b stays connected."""
+    victim = RawDevice(secure_broker, "dev-b", "edgefleet-agent-dev-b")
+    try:
+        for forged in ("edgefleet-agent-dev-b", "dev-b"):
+            attacker = RawDevice(secure_broker, "dev-a", forged)
+            # The broker ends a taken-over session while it handles the new CONNECT, before the CONNACK:
+            # once the attacker is connected, a taken-over victim could no longer publish.
+            assert victim.round_trip(topics.status("dev-b")), forged
+            attacker.close()
+        assert victim.disconnects == []
+    finally:
+        victim.close()
+
+
+def test_operators_and_devices_each_log_in_on_their_own_listener(secure_broker: SecureBroker) -> None:
+    with pytest.raises(BrokerError, match="refused the connection: Not authorized"):
+        secure_broker.session("dev-a", port=secure_broker.operator_port).open()
+    with pytest.raises(BrokerError, match="refused the connection: Not authorized"):
+        secure_broker.session("edgefleet-admin", port=secure_broker.port).open()
+    # Operators keep free client ids: two admin tools at once both stay connected.
+    admin = "edgefleet-admin"
+    with secure_broker.session(admin) as first, secure_broker.session(admin) as second:
+        first.sync()
+        second.sync()
+        first.sync()
+
+
 def test_monitor_identity_reads_reports_through_a_shared_subscription_and_writes_nothing(
     secure_broker: SecureBroker,
 ) -> None:
@@ -244,6 +320,11 @@ def test_certificate_mode_uses_the_certificate_as_identity(tmp_path: Path) -> No
         # Without a client certificate the broker ends the TLS session before MQTT starts.
         with pytest.raises(BrokerError, match=r"closed the connection before accepting it.*--cert/--key"):
             broker.session(None).open()
+        # The operator listener trusts only the operators' CA: a device certificate does not open it.
+        with pytest.raises(BrokerError):
+            broker.session("dev-a", port=broker.operator_port).open()
+        with broker.session("edgefleet-admin") as admin:
+            admin.sync()
     finally:
         broker.stop()
 
@@ -299,7 +380,7 @@ def test_agent_deploy_status_and_exporter_over_tls(
     admin = secure_broker.files.clients["edgefleet-admin"]
     admin_flags = [
         "--broker",
-        f"mqtts://localhost:{secure_broker.port}",
+        f"mqtts://localhost:{secure_broker.operator_port}",
         "--ca",
         str(admin / "ca.crt"),
         "--username",

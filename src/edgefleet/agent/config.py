@@ -32,6 +32,12 @@ class AgentConfig(BaseModel):
     broker_password_file: Path | None = Field(
         default=None, description="file whose first line is the password"
     )
+    mqtt_client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="MQTT client id (default edgefleet-agent-DEVICE; broker-config writes the user name)",
+    )
     state_dir: Path = Field(description="bundles, the part files of deliveries and the `active` pointer")
     trusted_key: Path = Field(description="the fleet public key (PEM) bundles must be signed with")
     telemetry_interval_s: float = Field(default=5.0, gt=0)
@@ -100,6 +106,10 @@ class AgentConfig(BaseModel):
         except BrokerError as exc:
             raise ValueError(str(exc)) from exc
         return self
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt_client_id or f"edgefleet-agent-{self.device_id}"
 
     @property
     def broker_address(self) -> BrokerAddress:

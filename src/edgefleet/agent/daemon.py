@@ -46,7 +46,7 @@ class Agent:
         self.metrics = RequestMetrics(config.latency_window)
         device = config.device_id
         self.session = MqttSession(
-            f"edgefleet-agent-{device}",
+            config.client_id,
             config.broker_address,
             keepalive_s=config.keepalive_s,
             session_expiry_s=config.session_expiry_s,

@@ -8,6 +8,11 @@ What each identity may do (see `device_acl`):
 - the monitoring identity (watch, exporter, status) reads what devices report and nothing else;
 - the admin identity (deploy, rollout, the CLI) may do everything.
 
+Who may connect where: devices and operators (admin, monitor) have a listener each, with its own password
+file (or, with client certificates, its own CA). On the device listener the broker makes the user name the
+client id (`use_username_as_clientid`): a device cannot take over another device's session by connecting
+with its client id. Operators keep free client ids (several host tools run at once under one identity).
+
 Bundles are content-addressed (`bundles/{sha256}/...`) and shared by every device that runs them, so a
 static ACL cannot know which bundle a device will be told to fetch: every device may read every bundle,
 no device may write one. A device can therefore download a model meant for another device (it cannot
@@ -56,7 +61,10 @@ class BrokerConfigSpec(BaseModel):
     devices: list[str] = Field(min_length=1)
     auth: AuthMode = "password"
     hostnames: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"], min_length=1)
-    port: int = Field(default=DEFAULT_TLS_PORT, ge=1, le=65535)
+    port: int = Field(default=DEFAULT_TLS_PORT, ge=1, le=65535, description="the devices' listener")
+    operator_port: int | None = Field(
+        default=None, ge=1, le=65535, description="the admin/monitor listener (default: port + 1)"
+    )
     bind: str | None = Field(default=None, description="listen on this address only (default: all)")
     admin_user: str = ADMIN_USER
     monitor_user: str = MONITOR_USER
@@ -88,6 +96,10 @@ class BrokerConfigSpec(BaseModel):
 
     @model_validator(mode="after")
     def _distinct_identities(self) -> BrokerConfigSpec:
+        if self.operator_port is None:
+            self.operator_port = self.port + 1 if self.port < 65535 else self.port - 1
+        if self.operator_port == self.port:
+            raise ValueError("the device and operator listeners need different ports")
         if self.admin_user == self.monitor_user:
             raise ValueError("the admin and monitor identities must differ")
         clash = {self.admin_user, self.monitor_user} & set(self.devices)
@@ -100,7 +112,17 @@ class BrokerConfigSpec(BaseModel):
 
     @property
     def broker_url(self) -> str:
+        """Where devices connect."""
         return f"mqtts://{self.hostnames[0]}:{self.port}"
+
+    @property
+    def operator_url(self) -> str:
+        """Where host tools connect (admin and monitor identities)."""
+        return f"mqtts://{self.hostnames[0]}:{self.operator_port}"
+
+    @property
+    def operators(self) -> list[str]:
+        return [self.admin_user, self.monitor_user]
 
 
 class BrokerConfigFiles(BaseModel):
@@ -108,13 +130,16 @@ class BrokerConfigFiles(BaseModel):
 
     mosquitto_conf: Path
     acl: Path
-    password_file: Path | None
+    password_file: Path | None = Field(description="the devices' passwords (password mode)")
+    operator_password_file: Path | None = Field(description="the operators' passwords (password mode)")
     ca_cert: Path
     ca_key: Path
+    operator_ca_cert: Path | None = Field(description="the CA of operator client certificates (cert mode)")
     server_cert: Path
     server_key: Path
     clients: dict[str, Path] = Field(description="identity -> its folder (ca.crt + password or cert/key)")
     broker_url: str
+    operator_url: str
 
 
 def _acl_block(user: str, grants: list[topics.Grant], comment: str | None = None) -> list[str]:
@@ -141,35 +166,52 @@ def render_acl(spec: BrokerConfigSpec) -> str:
     return "\n\n".join("\n".join(block) for block in blocks) + "\n"
 
 
-def render_mosquitto_conf(spec: BrokerConfigSpec, install_dir: Path) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    listener = f"listener {spec.port}" + (f" {spec.bind}" if spec.bind else "")
+def _listener_lines(
+    spec: BrokerConfigSpec, install_dir: Path, port: int | None, password_file: str, client_ca: str
+) -> list[str]:
+    """One TLS listener with its own credentials (per_listener_settings is on)."""
     auth_lines = (
         [
             "# Clients prove who they are with a password (the broker's certificate still proves who it is).",
-            f"password_file {install_dir / 'passwd'}",
+            f"password_file {install_dir / password_file}",
             "require_certificate false",
         ]
         if spec.auth == "password"
         else [
-            "# Clients prove who they are with a certificate from our CA; its common name is the user name.",
+            "# Clients prove who they are with a certificate from this CA; its common name is the user name.",
             "require_certificate true",
             "use_identity_as_username true",
         ]
     )
-    lines = [
-        f"# mosquitto 2 configuration written by `edgefleet broker-config` on {now}",
-        f"# for {len(spec.devices)} device(s). TLS only, no anonymous clients, per-device ACL.",
-        "per_listener_settings false",
+    ca = "ca.crt" if spec.auth == "password" else client_ca
+    return [
+        f"listener {port}" + (f" {spec.bind}" if spec.bind else ""),
         "allow_anonymous false",
         f"acl_file {install_dir / 'acl'}",
-        "",
-        listener,
-        f"cafile {install_dir / 'ca.crt'}",
+        f"cafile {install_dir / ca}",
         f"certfile {install_dir / 'server.crt'}",
         f"keyfile {install_dir / 'server.key'}",
         "tls_version tlsv1.2",
         *auth_lines,
+    ]
+
+
+def render_mosquitto_conf(spec: BrokerConfigSpec, install_dir: Path) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# mosquitto 2 configuration written by `edgefleet broker-config` on {now}",
+        f"# for {len(spec.devices)} device(s). TLS only, no anonymous clients, per-device ACL.",
+        "# Devices and operators connect to different listeners, each with its own credentials.",
+        "per_listener_settings true",
+        "",
+        "# Devices (edgefleet agents). The broker uses the user name as the client id, so a device",
+        "# cannot take over another device's session by connecting with that device's client id.",
+        *_listener_lines(spec, install_dir, spec.port, "passwd", "ca.crt"),
+        "use_username_as_clientid true",
+        "",
+        "# Operators (admin and monitor identities: deploy, rollout, watch, exporter); several host tools",
+        "# may run at once under one identity, so client ids stay free here.",
+        *_listener_lines(spec, install_dir, spec.operator_port, "passwd-operators", "operators-ca.crt"),
         "",
         "# Request/response latency: no Nagle on the broker side either.",
         "set_tcp_nodelay true",
@@ -185,7 +227,8 @@ def render_mosquitto_conf(spec: BrokerConfigSpec, install_dir: Path) -> str:
     ]
     if spec.run_as:
         lines += [
-            "# The account the broker switches to when started as root; it must read passwd and server.key.",
+            "# The account the broker switches to when started as root; it must read the passwd files and",
+            "# server.key.",
             f"user {spec.run_as}",
         ]
     return "\n".join(lines) + "\n"
@@ -198,8 +241,8 @@ def _write_text(path: Path, text: str, private: bool = False) -> None:
         path.chmod(0o600)
 
 
-def _load_or_make_ca(out_dir: Path) -> Issued:
-    cert_path, key_path = out_dir / "ca.crt", out_dir / "private" / "ca.key"
+def _load_or_make_ca(out_dir: Path, name: str = "ca") -> Issued:
+    cert_path, key_path = out_dir / f"{name}.crt", out_dir / "private" / f"{name}.key"
     if cert_path.exists() and key_path.exists():
         # Keeping the CA keeps every certificate already on devices valid when devices are added.
         return load_issued(cert_path, key_path)
@@ -234,7 +277,8 @@ def _common_name(issued: Issued) -> str:
 
 
 def _agent_snippet(spec: BrokerConfigSpec, identity: str) -> str:
-    settings: dict[str, str] = {"broker": spec.broker_url, "broker_ca": "ca.crt"}
+    # the broker makes the user name the client id on the device listener: the agent asks for that one
+    settings: dict[str, str] = {"broker": spec.broker_url, "broker_ca": "ca.crt", "mqtt_client_id": identity}
     if spec.auth == "password":
         settings |= {"broker_username": identity, "broker_password_file": "password"}
     else:
@@ -256,46 +300,55 @@ def write_broker_config(spec: BrokerConfigSpec) -> BrokerConfigFiles:
     out.mkdir(parents=True, exist_ok=True)
     try:
         ca = _load_or_make_ca(out)
+        # With client certificates, operators get theirs from a CA of their own: the operator listener
+        # trusts only that one, so no device certificate opens it.
+        operator_ca = _load_or_make_ca(out, "operators-ca") if spec.auth == "certificate" else None
         make_server_cert(ca, spec.hostnames, spec.days).write(out / "server.crt", out / "server.key")
-        identities = [spec.admin_user, spec.monitor_user, *spec.devices]
-        password_lines: list[str] = []
+        passwords: dict[str, list[str]] = {"passwd": [], "passwd-operators": []}
         clients: dict[str, Path] = {}
-        for identity in identities:
+        for identity in [*spec.operators, *spec.devices]:
+            is_operator = identity in spec.operators
             folder = out / "clients" / identity
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(out / "ca.crt", folder / "ca.crt")
             if spec.auth == "password":
-                password_lines.append(password_file_line(identity, _client_password(folder)))
+                password_file_name = "passwd-operators" if is_operator else "passwd"
+                passwords[password_file_name].append(password_file_line(identity, _client_password(folder)))
             else:
-                _client_cert(ca, folder, identity, spec.days)
-            if identity in spec.devices:
+                issuer = operator_ca if is_operator and operator_ca is not None else ca
+                _client_cert(issuer, folder, identity, spec.days)
+            if not is_operator:
                 _write_text(folder / "broker.yaml", _agent_snippet(spec, identity))
             clients[identity] = folder
     except OSError as exc:
         raise BrokerConfigError(f"cannot write the broker configuration into {out}: {exc}") from exc
-    password_file = None
     if spec.auth == "password":
-        password_file = out / "passwd"
-        _write_text(password_file, "\n".join(password_lines) + "\n", private=True)
+        for name, lines in passwords.items():
+            _write_text(out / name, "\n".join(lines) + "\n", private=True)
     _write_text(out / "acl", render_acl(spec))
     _write_text(out / "mosquitto.conf", render_mosquitto_conf(spec, install_dir))
+    password_mode = spec.auth == "password"
     return BrokerConfigFiles(
         mosquitto_conf=out / "mosquitto.conf",
         acl=out / "acl",
-        password_file=password_file,
+        password_file=out / "passwd" if password_mode else None,
+        operator_password_file=out / "passwd-operators" if password_mode else None,
         ca_cert=out / "ca.crt",
         ca_key=out / "private" / "ca.key",
+        operator_ca_cert=None if password_mode else out / "operators-ca.crt",
         server_cert=out / "server.crt",
         server_key=out / "server.key",
         clients=clients,
         broker_url=spec.broker_url,
+        operator_url=spec.operator_url,
     )
 
 
 def host_connection_flags(files: BrokerConfigFiles, spec: BrokerConfigSpec, identity: str) -> str:
     """The CLI flags that connect as `identity` with the written credentials."""
     folder = files.clients[identity]
-    flags = f"--broker {spec.broker_url} --ca {folder / 'ca.crt'}"
+    url = spec.operator_url if identity in spec.operators else spec.broker_url
+    flags = f"--broker {url} --ca {folder / 'ca.crt'}"
     if spec.auth == "password":
         return flags + f" --username {identity} --password-file {folder / 'password'}"
     return flags + f" --cert {folder / 'client.crt'} --key {folder / 'client.key'}"
@@ -326,6 +379,7 @@ def run_broker_config(args: argparse.Namespace) -> int:
             auth=args.auth,
             hostnames=args.hostname or ["localhost", "127.0.0.1"],
             port=args.port,
+            operator_port=args.operator_port,
             bind=args.bind,
             admin_user=args.admin_user,
             monitor_user=args.monitor_user,
@@ -340,13 +394,18 @@ def run_broker_config(args: argparse.Namespace) -> int:
         raise BrokerConfigError(f"broker-config: {where}: {first['msg']}") from None
     files = write_broker_config(spec)
     print(f"wrote a mosquitto configuration for {len(spec.devices)} device(s) into {spec.out_dir}")
-    print(f"  broker:   mosquitto -c {files.mosquitto_conf}   (listens on {spec.broker_url})")
+    print(f"  broker:   mosquitto -c {files.mosquitto_conf}")
+    print(f"            devices connect to {spec.broker_url}, host tools to {spec.operator_url}")
     print(f"  ACL:      {files.acl}")
-    if files.password_file:
-        print(f"  passwords: {files.password_file}  (PBKDF2-SHA512; one password per identity)")
+    if files.password_file and files.operator_password_file:
+        print(
+            f"  passwords: {files.password_file} (devices), {files.operator_password_file} (operators); "
+            "PBKDF2-SHA512"
+        )
     print(f"  CA key:   {files.ca_key}  (not needed on the broker; keep it to add devices later)")
     account = spec.run_as or "mosquitto"
-    secrets_text = " and ".join(str(p) for p in (files.password_file, files.server_key) if p is not None)
+    secrets = (files.password_file, files.operator_password_file, files.server_key)
+    secrets_text = ", ".join(str(p) for p in secrets if p is not None)
     print(f"  the broker's account ({account}) must be able to read {secrets_text}")
     print(f"  devices:  {spec.out_dir / 'clients'}/DEVICE/ (copy to each device; see broker.yaml there)")
     print(f"  host:     edgefleet status {host_connection_flags(files, spec, spec.admin_user)}")
