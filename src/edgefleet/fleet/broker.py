@@ -39,6 +39,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# What the broker queues for one client beyond the messages in flight to it; mosquitto drops the rest
+# silently (default 1000). A device's requests in flight, summed over all its clients, must stay under it
+# (docs/protocol.md, "Requests in flight"): the agent answers every request it receives, but it never
+# sees one the broker dropped. broker-config writes the same figure.
+QUEUED_MESSAGES_PER_CLIENT = 100_000
+
+
 class MosquittoProcess:
     """Start with `start()` (or as a context manager); `kill()` is kill -9, `start()` again restarts it
     on the same port with the same persistence file."""
@@ -68,7 +75,7 @@ class MosquittoProcess:
                     "persistence true",
                     f"persistence_location {self.workdir}/",
                     f"autosave_interval {autosave_interval}",
-                    "max_queued_messages 10000",
+                    f"max_queued_messages {QUEUED_MESSAGES_PER_CLIENT}",
                     "log_dest stderr",
                     "log_type error",
                     "log_type warning",

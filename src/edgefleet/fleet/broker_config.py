@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from edgefleet.contract import ids, topics
 from edgefleet.contract.errors import EdgefleetError
 from edgefleet.contract.messages import MAX_CHUNK_SIZE, PACKET_HEADROOM
+from edgefleet.fleet.broker import QUEUED_MESSAGES_PER_CLIENT
 from edgefleet.fleet.certs import (
     Issued,
     load_issued,
@@ -215,8 +216,9 @@ def render_mosquitto_conf(spec: BrokerConfigSpec, install_dir: Path) -> str:
         "",
         "# Request/response latency: no Nagle on the broker side either.",
         "set_tcp_nodelay true",
-        "# Per-client queue: a slow subscriber loses QoS 1 messages beyond this (the default is 1000).",
-        "max_queued_messages 10000",
+        "# Per-client queue: beyond it mosquitto drops QoS 1 messages silently (its default is 1000).",
+        "# A device's inference requests in flight, summed over all its clients, must stay below it.",
+        f"max_queued_messages {QUEUED_MESSAGES_PER_CLIENT}",
         "# The largest message edgefleet sends is a bundle chunk (at most 64 MiB, --chunk-kib): anything",
         "# bigger is refused at the broker instead of being read whole by devices.",
         f"max_packet_size {MAX_CHUNK_SIZE + PACKET_HEADROOM}",
