@@ -84,10 +84,8 @@ PROFILE = "rpi4"
 REPLY_TIMEOUT_S = 30.0  # no reply by then: lost
 IN_FLIGHT = 8  # per valid MQTT client
 MQTT_CLIENTS, MQTT_RATE = 2, 100.0  # valid MQTT clients, requests/s each
-HTTP_CLIENTS, HTTP_RATE = (
-    4,
-    25.0,
-)  # valid HTTP keep-alive connections (one request in flight each), req/s each
+# valid HTTP keep-alive connections (one request in flight each: HTTP/1.1 without pipelining), req/s each
+HTTP_CLIENTS, HTTP_RATE = 4, 25.0
 HOSTILE_MQTT_RATE, HOSTILE_HTTP_RATE = 20.0, 10.0
 ATTACK_EVERY_S = 8.0  # one of the heavier attacks this often (they take turns)
 LARGE_HTTP_AT_ONCE = 4
@@ -96,14 +94,13 @@ OVER_PACKET_LIMIT_AT = 0.3  # the one MQTT message over the agent's packet limit
 BURST_SIZE, BURST_EVERY_S, BURST_FIRST_S = 3000, 20.0, 7.0
 IDLE_CONNECTIONS, IDLE_HOLD_S, IDLE_EVERY_S, IDLE_FIRST_S = 300, 20.0, 45.0, 30.0
 DEPLOY_TIMEOUT_S = 60.0
+REUSE_IDLE_S = 20.0  # a keep-alive connection idle longer is reopened (the agent closes idle ones at 30 s)
 UNIT_FILE = Path(__file__).resolve().parents[1] / "systemd" / "edgefleet-agent.service"
 DEFAULT_NOFILE = 1024  # the usual soft limit when the unit file cannot be read
 
 VALID_MQTT, VALID_HTTP = "valid mqtt", "valid http"
 HOSTILE_MQTT, HOSTILE_HTTP, BURST = "hostile mqtt", "hostile http", "burst mqtt"
 GROUPS = (VALID_MQTT, VALID_HTTP, HOSTILE_MQTT, HOSTILE_HTTP, BURST)
-# what a request can come to; only "lost" misses the target
-OUTCOMES = ("sent", "ok", "error", "overloaded", "lost", "refused", "silent")
 Kind = tuple[str, str]  # (group, what was sent)
 
 
@@ -111,7 +108,11 @@ Kind = tuple[str, str]  # (group, what was sent)
 
 
 class Counts:
-    """Outcomes per kind of request (thread-safe), the first reply text of each, and valid latencies."""
+    """Outcomes per kind of request (thread-safe), the first reply text of each, and valid latencies.
+
+    Every request is counted "sent", then once as one of: "ok", "error", "overloaded" (answered), "lost"
+    (no reply by its deadline: the only outcome that misses the target), "refused" (never accepted: the
+    TCP connection or the broker's PUBACK refused it) or "silent" (no reply, as expected)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -143,7 +144,9 @@ class Counts:
 
     def kinds(self, *groups: str) -> list[tuple[Kind, Counter[str]]]:
         with self._lock:
-            return sorted((k, Counter(t)) for k, t in self.tallies.items() if k[0] in groups)
+            return sorted(
+                ((k, Counter(t)) for k, t in self.tallies.items() if k[0] in groups), key=lambda kt: kt[0]
+            )
 
 
 def reply_outcome(ok: bool, text: str) -> str:
@@ -424,6 +427,8 @@ class MqttRequester:
             self._check_puback(info.mid, early)
 
     def _on_puback(self, _client: Any, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
+        if not (reason.is_failure or reason.value == 16):  # 16: no matching subscribers
+            return  # accepted: its reply, or its deadline, ends the request
         with self._lock:
             if mid not in self._by_mid:  # the PUBACK overtook publish() returning its mid
                 self._early_acks[mid] = reason
@@ -432,8 +437,8 @@ class MqttRequester:
 
     def _check_puback(self, mid: int, reason: Any) -> None:
         with self._lock:
-            corr = self._by_mid.pop(mid, None)
-        if corr is not None and (reason.is_failure or reason.value == 16):  # 16: no matching subscribers
+            corr = self._by_mid.get(mid)
+        if corr is not None:
             self._finish(corr, "refused", f"the broker answered PUBACK {reason}")
 
     def _on_reply(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -505,9 +510,7 @@ class HttpConnection:
 
     def exchange(self, raw: bytes) -> tuple[int, bytes]:
         """Send one request; (status, body) of the reply. NotConnected, or NoReply when none came."""
-        if (
-            self.sock is not None and time.monotonic() - self.last_used > 20
-        ):  # the agent drops idle ones at 30
+        if self.sock is not None and time.monotonic() - self.last_used > REUSE_IDLE_S:
             self.close()
         if self.sock is None:
             try:
@@ -892,7 +895,7 @@ class Deployments:
 
         at = gap()
         for action in plan:
-            if not soak.wait_until(at):
+            if at >= soak.duration or not soak.wait_until(at):
                 return
             self.done.append(self.perform(action, soak.elapsed(), rng))
             at = max(at + gap(), soak.elapsed() + 1)

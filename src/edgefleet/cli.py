@@ -469,10 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument(
         "--fail-mode",
-        choices=["errors", "reject", "rollback"],
+        choices=["errors", "reject", "rollback", "client_errors"],
         default="errors",
         help="errors: report errors and latency over budget; reject: refuse the bundle; rollback: go back "
-        "to the previous bundle during probation (default errors)",
+        "to the previous bundle during probation; client_errors: a healthy model, half its requests bad "
+        "ones from a hostile client (default errors)",
     )
     simulate.add_argument(
         "--probation-seconds",

@@ -169,6 +169,26 @@ def test_failures_up_to_the_threshold_are_tolerated(
     assert state.devices["a-0000"].failure.startswith("rejected: health check failed")
 
 
+def test_a_hostile_clients_bad_requests_do_not_fail_a_healthy_device(
+    broker: MosquittoProcess, simulators, make_bundle, tmp_path: Path
+) -> None:
+    """Issue 10 item 1: half the requests of these devices are malformed or refused (client errors in
+    their telemetry); the model is fine, so with no model error allowed the rollout still completes."""
+    _start(simulators, broker, 3, tags={"site": "lab"}, fail_fraction=1.0, fail_mode="client_errors")
+    _announced(broker, 3)
+    state = start_rollout(
+        broker.url,
+        make_bundle(profile="rpi4", version="2"),
+        "site=lab",
+        canary="1",
+        batch="100%",
+        max_failures=0,
+        state_dir=tmp_path,
+        **FAST,
+    )
+    assert state.status == "completed" and state.counts() == {"healthy": 3}, state.counts()
+
+
 def test_an_offline_device_gets_the_bundle_when_it_returns(
     broker: MosquittoProcess, simulators, make_bundle, tmp_path: Path, capsys
 ) -> None:

@@ -84,6 +84,12 @@ class AgentConfig(BaseModel):
         ge=1024,
         description="largest inference request (MQTT payload, HTTP body, or an .npz once unpacked)",
     )
+    request_memory_mb: int | None = Field(
+        default=None,
+        ge=1,
+        description="memory the requests in flight may hold, both APIs together (default: a quarter of "
+        "the profile's memory_budget_mb); a JSON body needs ~24x its size, a binary one ~3x",
+    )
 
     @field_validator("device_id")
     @classmethod
@@ -106,6 +112,11 @@ class AgentConfig(BaseModel):
         except BrokerError as exc:
             raise ValueError(str(exc)) from exc
         return self
+
+    def request_memory_bytes(self, memory_budget_mb: int) -> int:
+        """What requests in flight may hold: `request_memory_mb`, or a quarter of the profile's budget."""
+        megabytes = self.request_memory_mb or max(16, memory_budget_mb // 4)
+        return megabytes * 1024 * 1024
 
     @property
     def client_id(self) -> str:

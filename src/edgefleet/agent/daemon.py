@@ -19,6 +19,7 @@ from edgefleet.agent.inference import InferenceService
 from edgefleet.agent.log import EventLog
 from edgefleet.agent.model_slot import ModelSlot
 from edgefleet.agent.prometheus import render as render_metrics
+from edgefleet.agent.request_memory import RequestMemory
 from edgefleet.agent.sdnotify import SystemdNotifier
 from edgefleet.agent.session import Envelope, MqttSession
 from edgefleet.agent.status import StatusReporter
@@ -64,7 +65,11 @@ class Agent:
             DeploymentSettings.from_config(config),
         )
         self.inference = InferenceService(
-            self.slot, self.metrics, self._publish, max_request_bytes=config.max_request_bytes
+            self.slot,
+            self.metrics,
+            self._publish,
+            max_request_bytes=config.max_request_bytes,
+            memory=RequestMemory(config.request_memory_bytes(self.profile.memory_budget_mb)),
         )
         self.telemetry = TelemetryCollector(device, config.telemetry_interval_s, self.metrics, self.slot)
         self.http = (
@@ -105,9 +110,10 @@ class Agent:
         # network thread: only enqueue (or answer at once when we cannot take the request)
         if self._closing:
             self.inference.reply_shutting_down(envelope)
-        elif self.inference.reject_oversized(envelope):
+        elif not self.inference.admit(envelope):
             return
         elif not self.requests.submit(envelope):
+            self.inference.release(envelope)
             self.inference.reply_busy(envelope)
 
     def _on_connected(self) -> None:

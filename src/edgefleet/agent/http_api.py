@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
 from edgefleet import __version__
@@ -28,6 +28,7 @@ from edgefleet.agent.inference import InferenceService, RequestError, Unavailabl
 from edgefleet.agent.log import EventLog
 from edgefleet.agent.model_slot import LoadedModel
 from edgefleet.agent.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from edgefleet.agent.request_memory import OVERLOADED_MEMORY, request_cost
 from edgefleet.contract.errors import TensorError
 
 log = EventLog("http")
@@ -203,38 +204,59 @@ class HttpApi:
             return _error(503, "the agent is overloaded (too many requests in flight); retry later")
         try:
             try:
-                body = handler.read_body(self.max_request_bytes)
-                header_length = handler.json_header_length()
+                body, header_length, cost = self._read_within_memory(handler)
             except _ClosingError:
                 self.service.count_refused()
                 raise
-
-            def work(model: LoadedModel) -> tuple[bytes, int | None]:
-                problem = self._mismatch(model, name, version)
-                if problem is not None:
-                    raise oip.OipError(problem, 404)
-                request = oip.parse_request(body, header_length)
-                arrays = oip.input_arrays(request, model.manifest.inputs)
-                names = oip.requested_outputs(request, model.manifest.outputs)
-                outputs = self.service.compute_tensors(model, arrays)
-                binary = oip.binary_outputs(request, names)
-                return oip.infer_response(
-                    model.manifest.name, model.version, request.id, outputs, names, binary
-                )
-
             try:
-                payload, json_length = self.service.serve(work)
-                if json_length is None:
-                    return 200, payload, JSON, {}
-                return 200, payload, OCTET_STREAM, {HEADER_LENGTH: str(json_length)}
-            except oip.OipError as exc:
-                return _error(exc.status, str(exc))
-            except Unavailable as exc:
-                return _error(503, str(exc))
-            except (RequestError, TensorError) as exc:
-                return _error(400, str(exc))
+                return self._serve(body, header_length, name, version)
+            finally:
+                self.service.memory.release(cost)
         finally:
             self._slots.release()
+
+    def _read_within_memory(self, handler: _Handler) -> tuple[bytes, int | None, int]:
+        """Reserve what the request will hold (from its declared sizes), then read its body; returns the
+        body, where its JSON ends, and the reservation. A body that cannot fit is dropped unread with a
+        client error."""
+        length = handler.declared_length(self.max_request_bytes)
+        header_length = handler.json_header_length()
+        json_bytes = length if header_length is None else min(header_length, length)
+        cost = request_cost(length - json_bytes, json_bytes)
+        memory = self.service.memory
+        if not memory.fits_ever(cost):
+            handler.refuse_body(length, 400, memory.too_large(cost, "this request"))
+        if not memory.try_reserve(cost):
+            handler.refuse_body(length, 503, OVERLOADED_MEMORY)
+        try:
+            return handler.read_declared(length), header_length, cost
+        except BaseException:
+            memory.release(cost)
+            raise
+
+    def _serve(self, body: bytes, header_length: int | None, name: str, version: str | None) -> Response:
+        def work(model: LoadedModel) -> tuple[bytes, int | None]:
+            problem = self._mismatch(model, name, version)
+            if problem is not None:
+                raise oip.OipError(problem, 404)
+            request = oip.parse_request(body, header_length)
+            arrays = oip.input_arrays(request, model.manifest.inputs)
+            names = oip.requested_outputs(request, model.manifest.outputs)
+            outputs = self.service.compute_tensors(model, arrays)
+            binary = oip.binary_outputs(request, names)
+            return oip.infer_response(model.manifest.name, model.version, request.id, outputs, names, binary)
+
+        try:
+            payload, json_length = self.service.serve(work)
+        except oip.OipError as exc:
+            return _error(exc.status, str(exc))
+        except Unavailable as exc:
+            return _error(503, str(exc))
+        except (RequestError, TensorError) as exc:
+            return _error(400, str(exc))
+        if json_length is None:
+            return 200, payload, JSON, {}
+        return 200, payload, OCTET_STREAM, {HEADER_LENGTH: str(json_length)}
 
 
 class _Server(ThreadingHTTPServer):
@@ -298,7 +320,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ClosingError(_error(400, f"{HEADER_LENGTH} must be a byte count, got {text!r}"))
         return int(text)
 
-    def read_body(self, limit: int) -> bytes:
+    def declared_length(self, limit: int) -> int:
+        """The body's Content-Length, checked (identity encoding, within `limit`) before it is read."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise _ClosingError(_error(411, "chunked request bodies are not supported; send Content-Length"))
         text = self.headers.get("Content-Length")
@@ -307,13 +330,13 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(text)
         encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding != "identity":
-            self._discard(length)
-            raise _ClosingError(
-                _error(400, f"Content-Encoding {encoding} is not supported; send the body as is")
-            )
+            unsupported = f"Content-Encoding {encoding} is not supported; send the body as is"
+            self.refuse_body(length, 400, unsupported)
         if length > limit:
-            self._discard(length)
-            raise _ClosingError(_error(400, too_large(length, limit, "request body")))
+            self.refuse_body(length, 400, too_large(length, limit, "request body"))
+        return length
+
+    def read_declared(self, length: int) -> bytes:
         try:
             body = self.rfile.read(length)
         except OSError as exc:  # the client stalled past the socket timeout, or went away
@@ -321,6 +344,11 @@ class _Handler(BaseHTTPRequestHandler):
         if len(body) != length:
             raise _ClosingError(_error(400, f"the request body has {len(body)} of its {length} bytes"))
         return body
+
+    def refuse_body(self, length: int, status: int, message: str) -> NoReturn:
+        """Answer without reading the body into memory (it is read and dropped), then close."""
+        self._discard(length)
+        raise _ClosingError(_error(status, message))
 
     def _discard(self, length: int) -> None:
         """Read and drop a body we refuse, so the client gets our reply rather than a connection reset."""

@@ -16,9 +16,10 @@ import numpy as np
 
 from edgefleet.agent.log import EventLog
 from edgefleet.agent.model_slot import LoadedModel, ModelSlot
+from edgefleet.agent.request_memory import OVERLOADED_MEMORY, RequestMemory, request_cost
 from edgefleet.agent.session import Envelope
 from edgefleet.agent.telemetry import RequestMetrics
-from edgefleet.contract.errors import TensorError
+from edgefleet.contract.errors import ClientError, TensorError
 from edgefleet.contract.messages import CONTENT_JSON, CONTENT_NPZ, ErrorReply
 from edgefleet.contract.tensors import decode_tensors, encode_npz, from_artifact, to_artifact
 from edgefleet.mqtt import publish_properties
@@ -28,6 +29,7 @@ Publish = Callable[..., object]
 T = TypeVar("T")
 NO_MODEL = "no model is active"
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+DEFAULT_REQUEST_MEMORY = 128 * 1024 * 1024
 _MAX_ERROR_CHARS = 600
 
 
@@ -37,6 +39,16 @@ class RequestError(Exception):
 
 class Unavailable(RequestError):
     """The request was fine but cannot be served now (no model, overloaded, shutting down): retry later."""
+
+
+class ModelRunError(TensorError):
+    """The runtime raised on an input that passed validation: the model's failure, not the client's."""
+
+
+def is_client_error(exc: BaseException) -> bool:
+    """Errors the client caused or that refused it (bad input, no model, overloaded): never the model's.
+    A runtime raising on a validated input (ModelRunError) or anything unexpected counts against it."""
+    return isinstance(exc, (RequestError, ClientError)) and not isinstance(exc, ModelRunError)
 
 
 def too_large(size: int, limit: int, what: str = "request payload") -> str:
@@ -64,10 +76,12 @@ class InferenceService:
         metrics: RequestMetrics,
         publish: Publish,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        memory: RequestMemory | None = None,
     ) -> None:
         self.slot = slot
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.memory = memory if memory is not None else RequestMemory(DEFAULT_REQUEST_MEMORY)
         self._publish = publish
 
     # the serving path ----------------------------------------------------------------------------
@@ -82,7 +96,7 @@ class InferenceService:
         try:
             results = model.run(feeds)
         except Exception as exc:  # runtimes raise their own types for inputs they cannot take
-            raise TensorError(f"the model could not run on this input: {exc}") from exc
+            raise ModelRunError(f"the model could not run on this input: {exc}") from exc
         return {
             spec.name: from_artifact(spec, results[spec.name], as_float) for spec in model.manifest.outputs
         }
@@ -113,8 +127,8 @@ class InferenceService:
             if model is None:
                 raise Unavailable(NO_MODEL)
             result = work(model)
-        except BaseException:
-            self.metrics.record(False, None)
+        except BaseException as exc:
+            self.metrics.record(False, None, client_error=is_client_error(exc))
             raise
         finally:
             self.slot.unpin(model)
@@ -123,10 +137,17 @@ class InferenceService:
 
     def count_refused(self) -> None:
         """A request answered at once without being served (overloaded, shutting down, too large)."""
-        self.metrics.record(False, None)
+        self.metrics.record(False, None, client_error=True)
 
     # MQTT request/response -----------------------------------------------------------------------
     def handle(self, envelope: Envelope) -> None:
+        """Serve a request admitted by `admit` and give its memory back."""
+        try:
+            self._handle(envelope)
+        finally:
+            self.release(envelope)
+
+    def _handle(self, envelope: Envelope) -> None:
         response_topic = envelope.prop("ResponseTopic")
         correlation = envelope.prop("CorrelationData")
         content_type = envelope.prop("ContentType")
@@ -153,14 +174,26 @@ class InferenceService:
             return
         self._reply(response_topic, correlation, body, CONTENT_NPZ, "ok", pinned[0])
 
-    def reject_oversized(self, envelope: Envelope) -> bool:
-        """On the network thread: answer a request over the size limit at once (True) without queueing it."""
+    def admit(self, envelope: Envelope) -> bool:
+        """On the network thread, before queueing: reserve the request's memory (True), or answer it at
+        once (False) when it is over the size limit or cannot fit in the request memory, ever or now."""
         size = len(envelope.payload)
-        if size <= self.max_request_bytes:
-            return False
-        log.info("request_rejected", reason="too large", bytes=size)
-        self._refuse(envelope, too_large(size, self.max_request_bytes))
-        return True
+        cost = request_cost(size)
+        if size > self.max_request_bytes:
+            refusal = too_large(size, self.max_request_bytes)
+        elif not self.memory.fits_ever(cost):
+            refusal = self.memory.too_large(cost, "this request")
+        elif not self.memory.try_reserve(cost):
+            refusal = OVERLOADED_MEMORY
+        else:
+            return True
+        log.info("request_rejected", reason=refusal.split(" (")[0], bytes=size)
+        self._refuse(envelope, refusal)
+        return False
+
+    def release(self, envelope: Envelope) -> None:
+        """Give back what `admit` reserved for this request."""
+        self.memory.release(request_cost(len(envelope.payload)))
 
     def reply_busy(self, envelope: Envelope) -> None:
         self._refuse(envelope, "the agent is overloaded (request queue full); retry later")

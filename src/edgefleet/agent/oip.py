@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from edgefleet.contract.errors import ClientError
 from edgefleet.contract.manifest import BundleManifest, Dim, TensorSpec
 from edgefleet.contract.profiles import ArtifactFormat
 from edgefleet.contract.tensors import shape_matches
@@ -41,7 +42,7 @@ PLATFORMS = {ArtifactFormat.ONNX: "onnxruntime_onnx", ArtifactFormat.TFLITE: "li
 EXTENSIONS = ["binary_tensor_data"]
 
 
-class OipError(Exception):
+class OipError(ClientError):
     """A request answered with an OIP error body; `status` is the HTTP status."""
 
     def __init__(self, message: str, status: int = 400) -> None:

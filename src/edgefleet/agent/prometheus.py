@@ -84,6 +84,8 @@ def render(telemetry: Telemetry, totals: LatencyTotals, *, profile: str, ready: 
     out.metric("requests_total", "counter", "Inference requests answered since start.", [({}, t.requests)])
     errors_help = "Requests answered with an error since start."
     out.metric("request_errors_total", "counter", errors_help, [({}, t.errors)])
+    client_help = "Of the errors, those that were the client's (bad or refused requests), not the model's."
+    out.metric("request_client_errors_total", "counter", client_help, [({}, t.client_errors)])
     latency = t.latency_ms
     out.metric(
         "request_latency_seconds",

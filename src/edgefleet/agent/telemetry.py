@@ -39,14 +39,17 @@ class RequestMetrics:
         self._latencies: deque[float] = deque(maxlen=window)
         self.requests = 0
         self.errors = 0
+        self.client_errors = 0  # of `errors`: the client's (bad request, refused), not the model's
         self._latency_count = 0
         self._latency_sum_ms = 0.0
 
-    def record(self, ok: bool, latency_ms: float | None) -> None:
+    def record(self, ok: bool, latency_ms: float | None, client_error: bool = False) -> None:
         with self._lock:
             self.requests += 1
             if not ok:
                 self.errors += 1
+                if client_error:
+                    self.client_errors += 1
             if latency_ms is not None:
                 self._latencies.append(latency_ms)
                 self._latency_count += 1
@@ -163,6 +166,7 @@ class TelemetryCollector:
             backend=model.info if model else None,
             requests=requests,
             errors=errors,
+            client_errors=self.metrics.client_errors,
             latency_ms=latency,
             interval_requests=rates.requests if rates else None,
             interval_errors=rates.errors if rates else None,

@@ -13,5 +13,9 @@ class BundleError(EdgefleetError):
     """A bundle is malformed, tampered with, or signed by an untrusted key."""
 
 
-class TensorError(EdgefleetError):
+class ClientError(EdgefleetError):
+    """Something wrong in what a client sent (an inference request): answered, never the model's fault."""
+
+
+class TensorError(ClientError):
     """A tensor does not match what the model declares (dtype, shape, encoding)."""

@@ -115,6 +115,11 @@ class Telemetry(Message):
     model_version: str | None
     requests: int = Field(description="inference requests answered since the agent started")
     errors: int = Field(description="requests answered with an error since the agent started")
+    client_errors: int = Field(
+        default=0,
+        description="of `errors`, those that were the client's: malformed or too large requests, refusals "
+        "(overloaded, shutting down, no model); never counted against the model",
+    )
     latency_ms: LatencySummary = Field(description="model run time over the last `samples` requests")
     rss_mb: float
     cpu_percent: float = Field(description="process CPU over the last interval, 100 = one core")
@@ -131,6 +136,16 @@ class Telemetry(Message):
     soc_temp_c: float | None = Field(
         default=None, description="SoC temperature from /sys/class/thermal; null where there is none"
     )
+
+    @property
+    def model_errors(self) -> int:
+        """Requests the model failed (the runtime raised on a valid input): what health is judged on."""
+        return self.errors - self.client_errors
+
+    @property
+    def served(self) -> int:
+        """Requests that reached the model."""
+        return self.requests - self.client_errors
 
 
 class BundleMeta(Message):

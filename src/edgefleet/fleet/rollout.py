@@ -364,7 +364,9 @@ class RolloutRunner:
                 self._fail(progress, f"now runs {model.name} {model.version} (bundle {model.bundle_id[:12]})")
 
     def _on_telemetry(self, progress: DeviceProgress, telemetry: Telemetry) -> None:
-        if progress.baseline_errors is not None and telemetry.errors < progress.baseline_errors:
+        # judged on what the model did: a client's malformed or refused requests are not the model's errors
+        errors, served = telemetry.model_errors, telemetry.served
+        if progress.baseline_errors is not None and errors < progress.baseline_errors:
             # the agent restarted: its counters start again at zero
             progress.baseline_errors, progress.baseline_requests = 0, 0
         baseline_errors, baseline_requests = progress.baseline_errors, progress.baseline_requests
@@ -374,11 +376,10 @@ class RolloutRunner:
             or baseline_errors is None  # nothing known from before the activation: this report is the
             or baseline_requests is None  # baseline, the next one counts
         ):
-            progress.baseline_errors, progress.baseline_requests = telemetry.errors, telemetry.requests
+            progress.baseline_errors, progress.baseline_requests = errors, served
             return
-        requests = telemetry.requests - baseline_requests
         problem = self.state.options.health().problem(
-            requests, telemetry.errors - baseline_errors, telemetry.latency_ms.p95
+            served - baseline_requests, errors - baseline_errors, telemetry.latency_ms.p95
         )
         if problem is not None:
             self._fail(progress, f"inference errors or latency since activation: {problem}")

@@ -82,10 +82,10 @@ class DeviceProgress(BaseModel):
     healthy_at: datetime | None = None
     finished_at: datetime | None = None
     baseline_errors: int | None = Field(
-        default=None, description="the device's error counter before activation (telemetry)"
+        default=None, description="the model's error counter before activation (telemetry model_errors)"
     )
     baseline_requests: int | None = Field(
-        default=None, description="the device's request counter before activation (telemetry)"
+        default=None, description="requests served by the model before activation (telemetry served)"
     )
     reported_healthy: bool = Field(
         default=False, description="a telemetry report on the new version arrived after activation"

@@ -3,7 +3,8 @@ telemetry, desired state, chunked delivery verified per chunk, activation and re
 client that the simulator's selector loop drives. Inference is synthetic: telemetry reports made-up request
 counts and latencies around the profile's budget; a device marked failing reports errors and latencies over
 budget after activating a new bundle (or rejects it, `fail_mode="reject"`, or rolls back on its own during
-its probation like an agent, `fail_mode="rollback"`).
+its probation like an agent, `fail_mode="rollback"`). With `fail_mode="client_errors"` the model is fine
+but half the requests are bad ones a hostile client sent: errors that are the client's, not the model's.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from edgefleet.protocol.delivery import (
 
 log = logging.getLogger(__name__)
 
-FailMode = Literal["errors", "reject", "rollback"]
+FailMode = Literal["errors", "reject", "rollback", "client_errors"]
 State = DeviceState  # the contract's states, shared with the real agent
 
 KEEP_BUNDLES = 3  # like the agent's default keep_bundles: the previous versions stay installed
@@ -190,6 +191,7 @@ class SimDevice:
         self.rejected: set[tuple[str, str]] = set()
         self.requests = 0
         self.errors = 0
+        self.client_errors = 0
         self.connected = False
         self.dropped = False  # dropped on purpose (simulated power cut): do not reconnect on our own
         self.reconnect_delay = 1.0
@@ -477,6 +479,10 @@ class SimDevice:
         self.requests += served
         jitter = self.env.rng.uniform(0.9, 1.1)
         failed = max(1, served // 2) if unhealthy else 0
+        hostile = self.failing and self.env.options.fail_mode == "client_errors" and self.model is not None
+        refused = max(1, served // 2) if hostile else 0
+        self.client_errors += refused
+        failed += refused
         self.errors += failed
         if unhealthy:
             latency = LatencySummary(
@@ -500,6 +506,7 @@ class SimDevice:
             model_version=self.model.version if self.model else None,
             requests=self.requests,
             errors=self.errors,
+            client_errors=self.client_errors,
             latency_ms=latency,
             rss_mb=round(48.0 * jitter, 1),
             cpu_percent=round(4.0 * jitter, 1),
