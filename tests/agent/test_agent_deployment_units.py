@@ -3,6 +3,7 @@ reach with a real process."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,10 +16,12 @@ from edgefleet.agent.session import Envelope, MqttSession
 from edgefleet.agent.status import StatusReporter
 from edgefleet.agent.store import BundleStore
 from edgefleet.contract import topics
-from edgefleet.contract.messages import DesiredState
+from edgefleet.contract.messages import BundleMeta, DesiredState
 from edgefleet.contract.profiles import load_profile
 from edgefleet.contract.signing import load_public_key
 from edgefleet.mqtt import BrokerAddress
+
+MIB = 1024 * 1024
 
 
 def test_a_rejection_is_published_even_when_its_verdict_cannot_be_saved(
@@ -50,3 +53,75 @@ def test_a_rejection_is_published_even_when_its_verdict_cannot_be_saved(
     assert [e["kind"] for e in events] == ["rejected"] and "another-profile" in events[0]["detail"]
     status = json.loads([p for t, p in published if t == topics.status(DEVICE)][-1])
     assert "another-profile" in status["last_error"]
+
+
+class _Harness:
+    """A Deployer on a manual clock and a disk whose free space the test sets."""
+
+    def __init__(self, tmp_path: Path, keys: Keys) -> None:
+        self.now = 1000.0
+        self.free = 10 * MIB
+        self.published: list[tuple[str, bytes]] = []
+        slot = ModelSlot()
+        reporter = StatusReporter(
+            DEVICE, TEST_PROFILE, slot, lambda t, p, q, r: self.published.append((t, p))
+        )
+        session = MqttSession(
+            "unit", BrokerAddress.parse("mqtt://127.0.0.1:1"), keepalive_s=30, session_expiry_s=0,
+            will=(topics.online(DEVICE), b""),
+        )  # fmt: skip
+        store = BundleStore(
+            tmp_path / "state", load_public_key(keys.public), TEST_PROFILE, free_bytes=lambda _: self.free
+        )
+        self.deployer = Deployer(
+            store, slot, reporter, session, load_profile(TEST_PROFILE), clock=lambda: self.now
+        )
+        self.deployer.on_connected()
+
+    def events(self) -> list[dict[str, str]]:
+        """The events besides the delivery's progress."""
+        events = [json.loads(p) for t, p in self.published if t == topics.events(DEVICE)]
+        return [e for e in events if not e["kind"].startswith("delivery_")]
+
+    def send(self, route: str, topic: str, message: bytes) -> None:
+        self.deployer.handle(Envelope(route, topic, message, None, True))
+
+
+def test_a_full_disk_defers_the_deployment_and_it_is_tried_again_with_backoff(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """Issue 10: disk space is checked before a download starts; a deployment the device itself fails
+    (disk, descriptors, memory) gets no verdict: the retained desired state is tried again, 5 s then
+    doubling, until it succeeds."""
+    harness = _Harness(tmp_path, keys)
+    chunks = [b"x" * (4 * MIB)] * 3
+    bundle_id = hashlib.sha256(b"".join(chunks)).hexdigest()
+    meta = BundleMeta(
+        bundle_id=bundle_id, size=12 * MIB, chunk_size=4 * MIB,
+        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
+        name="digits", version="2", profile=TEST_PROFILE,
+    ).to_bytes()  # fmt: skip
+    desired = DesiredState(
+        deployment_id="d-2", bundle_id=bundle_id, name="digits", version="2", profile=TEST_PROFILE
+    ).to_bytes()
+    harness.send("desired", topics.desired(DEVICE), desired)
+    harness.send("meta", topics.bundle_meta(bundle_id), meta)  # 12 MiB, twice that needed: 10 MiB free
+    (error,) = harness.events()
+    assert error["kind"] == "error" and "not enough disk space" in error["detail"]
+    assert "trying again in 5 s (attempt 1)" in error["detail"]
+    assert harness.deployer.ledger.verdict_for("d-2", bundle_id) is None
+    assert harness.deployer.delivery is None
+    assert not (tmp_path / "state" / "incoming" / f"{bundle_id}.part").exists()  # not one byte written
+
+    harness.send("desired", topics.desired(DEVICE), desired)  # the retained desired again, too early
+    assert harness.deployer.delivery is None
+    harness.now += 5
+    harness.deployer.tick()  # due: tried again, the disk still full
+    harness.send("meta", topics.bundle_meta(bundle_id), meta)
+    assert "trying again in 10 s (attempt 2)" in harness.events()[-1]["detail"]
+    harness.now += 10
+    harness.free = 1024 * MIB  # room made
+    harness.deployer.tick()
+    harness.send("meta", topics.bundle_meta(bundle_id), meta)
+    assert harness.deployer.delivery is not None and harness.deployer.delivery.store is not None
+    assert [e["kind"] for e in harness.events()] == ["error", "error"]  # no rejection ever

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import json
 import zipfile
 from pathlib import Path
@@ -130,3 +131,20 @@ def test_a_bundle_without_its_signature_names_what_is_missing(
     with pytest.raises(BundleError, match=f"no {SIGNATURE_NAME} inside; it was not made by") as info:
         verify_bundle(unsigned, load_public_key(keys[1]))
     assert "There is no item" not in str(info.value)
+
+
+def test_a_full_disk_while_unpacking_is_the_machines_error_not_the_bundles(
+    bundle: Path, keys: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC stays an OSError (a device tries the deployment again later); a BundleError would be a
+    final verdict on a bundle that is fine."""
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("edgefleet.contract.bundle.os.fsync", disk_full)
+    dest = tmp_path / "out"
+    with pytest.raises(OSError) as caught:
+        extract_bundle(bundle, dest, load_public_key(keys[1]))
+    assert not isinstance(caught.value, BundleError) and caught.value.errno == errno.ENOSPC
+    assert not dest.exists()

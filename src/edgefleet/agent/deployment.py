@@ -13,6 +13,7 @@ the protocol core's (edgefleet.protocol.delivery); this module carries out what 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 log = EventLog("deployment")
 TICK_EVERY_S = 1.0
 MAX_PROBATION_STARTS = 3  # the agent starting this often while a model is on probation rolls it back
+RETRY_FIRST_S = 5.0  # a deployment the device itself failed is tried again after this, doubling each time
+RETRY_MAX_S = 300.0
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -70,6 +73,20 @@ class DeploymentSettings:
 
 
 @dataclass(frozen=True)
+class RetryPlan:
+    """A deployment that failed for the device's sake (disk, descriptors, memory), tried again at `due`."""
+
+    deployment_id: str
+    due: float  # clock time
+    attempts: int
+
+
+def device_trouble(exc: BaseException) -> bool:
+    """A failure of this device rather than of the bundle: worth trying again later."""
+    return isinstance(exc, (OSError, MemoryError))
+
+
+@dataclass(frozen=True)
 class ProbationWatch:
     record: ProbationRecord
     started: float  # monotonic
@@ -85,7 +102,9 @@ class Deployer:
         session: MqttSession,
         profile: DeviceProfile,
         settings: DeploymentSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self.store = store
         self.slot = slot
         self.reporter = reporter
@@ -101,8 +120,9 @@ class Deployer:
         self.watch: ProbationWatch | None = None
         self._connections = 0
         self._pending_events: list[tuple[EventKind, str, dict[str, object]]] = []
-        self._last_tick = time.monotonic()
+        self._last_tick = self._clock()
         self._kept: list[KeptVersion] = []
+        self._retry: RetryPlan | None = None
         reporter.deployment_fields = self.status_fields
 
     # status --------------------------------------------------------------------------------------
@@ -247,7 +267,7 @@ class Deployer:
             self.on_chunk(envelope)
         elif envelope.route == "connected":
             self.on_connected()
-        if time.monotonic() - self._last_tick >= TICK_EVERY_S:  # the idle tick does not run while busy
+        if self._clock() - self._last_tick >= TICK_EVERY_S:  # the idle tick does not run while busy
             self.tick()
 
     def on_connected(self) -> None:
@@ -286,7 +306,16 @@ class Deployer:
         )
         self._pursue(desired)
 
-    def _pursue(self, desired: DesiredState) -> None:
+    def _pursue(self, desired: DesiredState, retrying: bool = False) -> None:
+        retry = self._retry
+        if retry is not None and retry.deployment_id != desired.deployment_id:
+            self._retry = retry = None  # another deployment: its own attempts
+        if retry is not None and not retrying and self._clock() < retry.due and self.delivery is None:
+            self.ledger.set_desired(desired)
+            log.info(
+                "desired_deferred", deployment_id=desired.deployment_id, in_s=round(retry.due - self._clock())
+            )
+            return
         self.ledger.set_desired(desired)
         active = self.slot.current
         if active is not None and active.bundle_id == desired.bundle_id:
@@ -314,7 +343,7 @@ class Deployer:
         if self.store.is_installed(desired.bundle_id) and self._activate_installed(desired):
             return
         delivery = self.delivery = Delivery(
-            desired, self._open_chunk_store, time.monotonic, self.settings.delivery, self.profile.name
+            desired, self._open_chunk_store, self._clock, self.settings.delivery, self.profile.name
         )
         self._set_status("receiving")
         self._carry_out(delivery, delivery.start(saved_meta=self.store.load_meta(desired.bundle_id)))
@@ -329,10 +358,19 @@ class Deployer:
             self._carry_out(self.delivery, actions)
 
     def tick(self) -> None:
-        """Once a second: judge the probation, and let the delivery re-request chunks that failed their
-        hash (after their backoff) and report and re-request what stalled."""
-        self._last_tick = time.monotonic()
+        """Once a second: judge the probation, try again a deployment the device failed (when its backoff
+        is over), and let the delivery re-request chunks that failed their hash (after their backoff) and
+        report and re-request what stalled."""
+        self._last_tick = self._clock()
         self._check_probation()
+        retry = self._retry
+        if retry is not None and self.delivery is None and self._clock() >= retry.due:
+            desired = self.ledger.desired
+            if desired is None or desired.deployment_id != retry.deployment_id:
+                self._retry = None
+            else:
+                log.info("deployment_retry", deployment_id=retry.deployment_id, attempt=retry.attempts + 1)
+                self._pursue(desired, retrying=True)
         if self.delivery is not None:
             self._carry_out(self.delivery, self.delivery.tick())
 
@@ -342,6 +380,7 @@ class Deployer:
         bundle_id = meta.bundle_id
         if fresh:  # another chunking of the same bundle: the old chunk log names the wrong chunks
             self.store.chunk_log_path(bundle_id).unlink(missing_ok=True)
+        self.store.check_space(meta)  # before the first byte: a full disk is tried again later
         try:
             self.store.save_meta(meta)
         except OSError as exc:  # only costs the resume after a broker loss; the delivery goes on
@@ -351,7 +390,9 @@ class Deployer:
     def _carry_out(self, delivery: Delivery, actions: list[Action]) -> None:
         """Do what the delivery asked, in order; a rejection or the last chunk ends it."""
         end = carry_out(actions, delivery.desired, self)
-        if isinstance(end, Reject):
+        if isinstance(end, Reject) and end.transient:
+            self._retry_later(delivery.desired, end.reason)
+        elif isinstance(end, Reject):
             self._reject(delivery.desired, end.reason)
         elif end is not None:
             assert isinstance(end.store, ChunkAssembler)
@@ -377,7 +418,7 @@ class Deployer:
             installed = self.store.install(bundle_file, delivery.bundle_id, file_sha256=assembler.file_sha256)
         except Exception as exc:
             self.store.discard_part(delivery.bundle_id)
-            self._reject(delivery.desired, str(exc))
+            self._fail(delivery.desired, str(exc), exc)
             return
         self.store.discard_part(delivery.bundle_id)
         self._activate(installed, delivery.desired)
@@ -425,14 +466,14 @@ class Deployer:
         try:
             model = self._load(installed)
         except Exception as exc:
-            self._reject(desired, f"cannot load the model of bundle {installed.bundle_id[:12]}: {exc}")
+            self._fail(desired, f"cannot load the model of bundle {installed.bundle_id[:12]}: {exc}", exc)
             return
         try:
             report = check_health(model, installed.path, self.profile.latency_budget_ms)
         except Exception as exc:
             model.close()
             why = str(exc) if isinstance(exc, HealthCheckFailed) else f"{type(exc).__name__}: {exc}"
-            self._reject(desired, f"health check failed: {why}")
+            self._fail(desired, f"health check failed: {why}", exc)
             return
         log.info(
             "health_check_passed",
@@ -460,9 +501,10 @@ class Deployer:
         except OSError as exc:
             model.close()
             self.ledger.set_probation(None)
-            self._reject(desired, f"cannot write the active pointer in {self.store.state_dir}: {exc}")
+            self._fail(desired, f"cannot write the active pointer in {self.store.state_dir}: {exc}", exc)
             return
         self.ledger.record_activation(installed.bundle_id, model.manifest.name, model.version)
+        self._retry = None
         old = self.slot.swap(model, keep_previous=watched)
         self._end_delivery()
         if record is not None:
@@ -486,6 +528,36 @@ class Deployer:
         self._event("activated", detail, deployment_id=desired.deployment_id, version=model.version)
         for fallback in model.info.fallbacks:
             self._event("warning", fallback, deployment_id=desired.deployment_id, version=model.version)
+
+    def _fail(self, desired: DesiredState, reason: str, exc: BaseException) -> None:
+        """A deployment failed: for the bundle's sake (final verdict) or the device's (tried again)."""
+        if device_trouble(exc):
+            self._retry_later(desired, reason)
+        else:
+            self._reject(desired, reason)
+
+    def _retry_later(self, desired: DesiredState, reason: str) -> None:
+        """No verdict: the device (disk, descriptors, memory) failed, not the bundle. The desired state is
+        pursued again after a backoff (5 s, doubling up to 5 min), and the host hears an `error` event."""
+        previous = self._retry
+        attempts = (
+            previous.attempts + 1 if previous and previous.deployment_id == desired.deployment_id else 1
+        )
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (attempts - 1))
+        self._retry = RetryPlan(desired.deployment_id, self._clock() + delay, attempts)
+        log.warning(
+            "deployment_deferred",
+            deployment_id=desired.deployment_id,
+            version=desired.version,
+            reason=reason,
+            retry_in_s=delay,
+            attempt=attempts,
+        )
+        self._end_delivery()
+        self._prune()
+        message = f"{reason}; trying again in {delay:g} s (attempt {attempts})"
+        self._set_status(None, last_error=message)
+        self._event("error", message, deployment_id=desired.deployment_id, version=desired.version)
 
     def _reject(self, desired: DesiredState, reason: str) -> None:
         log.warning(
@@ -526,7 +598,7 @@ class Deployer:
     # probation -----------------------------------------------------------------------------------
     def _start_watch(self, record: ProbationRecord) -> None:
         ends_at = utc_now() + timedelta(seconds=self.settings.probation_s)
-        self.watch = ProbationWatch(record=record, started=time.monotonic(), ends_at=ends_at)
+        self.watch = ProbationWatch(record=record, started=self._clock(), ends_at=ends_at)
 
     def _end_watch(self) -> None:
         if self.watch is not None:
@@ -543,7 +615,7 @@ class Deployer:
             self._end_watch()
             return
         stats = model.stats()
-        judgement = judge(stats, time.monotonic() - watch.started, self.limits)
+        judgement = judge(stats, self._clock() - watch.started, self.limits)
         if judgement.outcome == "watching":
             return
         record = watch.record

@@ -8,10 +8,11 @@ active (the bundle_id to load at start, replaced with tmp file + fsync + os.repl
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,11 +57,21 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_path(path.parent)
 
 
+SPACE_MARGIN = 16 * 1024 * 1024  # kept free besides what a delivery needs (ledger, logs, the system)
+MIB = 1024 * 1024
+
+
 class BundleStore:
     def __init__(
-        self, state_dir: Path, public_key: Ed25519PublicKey, profile_name: str, keep: int = 3
+        self,
+        state_dir: Path,
+        public_key: Ed25519PublicKey,
+        profile_name: str,
+        keep: int = 3,
+        free_bytes: Callable[[Path], int] | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self._free_bytes = free_bytes or (lambda path: shutil.disk_usage(path).free)
         self.bundles_dir = state_dir / "bundles"
         self.incoming_dir = state_dir / "incoming"
         self.public_key = public_key
@@ -77,6 +88,20 @@ class BundleStore:
 
     def meta_path(self, bundle_id: str) -> Path:
         return self.incoming_dir / f"{bundle_id}.meta.json"
+
+    def check_space(self, meta: BundleMeta) -> None:
+        """Before a delivery starts: room for its part file and the unpacked bundle, with a margin, or
+        OSError(ENOSPC) naming what is needed (the deployment is tried again later, not rejected)."""
+        part = self.part_path(meta.bundle_id)
+        have = part.stat().st_size if part.exists() else 0  # a resumed delivery already holds this much
+        needed = 2 * meta.size - have + SPACE_MARGIN
+        free = self._free_bytes(self.state_dir)
+        if free < needed:
+            raise OSError(
+                errno.ENOSPC,
+                f"not enough disk space in {self.state_dir} for bundle {meta.bundle_id[:12]}: it needs "
+                f"{needed / MIB:.1f} MiB (the download and its unpacked copy), {free / MIB:.1f} MiB are free",
+            )
 
     def save_meta(self, meta: BundleMeta) -> None:
         """Keep the meta of a delivery in progress: after a restart the agent knows which chunks it lacks

@@ -4,6 +4,7 @@ manifest lists with their sha256. Nothing in a bundle is trusted until `verify_b
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -64,10 +65,20 @@ def write_bundle(
     return final
 
 
+# errors of the machine, not of the bundle: raised as they are, so a device can try again later
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC, errno.EDQUOT})
+
+
+def _is_resource_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS
+
+
 def _open(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
+        if _is_resource_error(exc):
+            raise
         raise BundleError(f"bundle {path}: not a readable bundle file ({exc})") from exc
 
 
@@ -139,11 +150,13 @@ def _copy_checked(archive: zipfile.ZipFile, entry: FileEntry, dest: Path | None,
                     break
                 digest.update(block)
                 if out is not None:
-                    out.write(block)
+                    out.write(block)  # a full disk is the machine's error: OSError, not BundleError
         if out is not None:
             out.flush()
             os.fsync(out.fileno())
     except (OSError, zipfile.BadZipFile) as exc:
+        if _is_resource_error(exc):
+            raise
         raise BundleError(f"bundle {where}: cannot read {entry.path} ({exc})") from exc
     finally:
         if out is not None:

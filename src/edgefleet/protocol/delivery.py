@@ -63,9 +63,12 @@ class Log:
 
 @dataclass(frozen=True)
 class Reject:
-    """Give up on the bundle: the driver records the verdict and ends the delivery."""
+    """Give up on the bundle: the driver records the verdict and ends the delivery. `transient`: the
+    device, not the bundle, failed (a full disk, no file descriptors): no verdict, the driver tries the
+    desired state again later."""
 
     reason: str
+    transient: bool = False
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,9 @@ class Delivery:
         try:
             problem = store.accept(index, payload)
         except OSError as exc:  # e.g. the disk is full: retrying every chunk would not help
-            return [Reject(f"cannot store chunk {index} of bundle {self.bundle_id[:12]}: {exc}")]
+            return [
+                Reject(f"cannot store chunk {index} of bundle {self.bundle_id[:12]}: {exc}", transient=True)
+            ]
         if problem is not None:
             return self._bad_chunk(index, problem, retained)
         actions: list[Action] = []
@@ -331,7 +336,7 @@ class Delivery:
         try:
             store = self.store = self._open_store(meta, fresh)
         except OSError as exc:
-            return [*actions, Reject(f"cannot store bundle {self.bundle_id[:12]}: {exc}")]
+            return [*actions, Reject(f"cannot store bundle {self.bundle_id[:12]}: {exc}", transient=True)]
         self.last_progress = self._clock()
         actions.append(
             Log(
