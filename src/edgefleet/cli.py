@@ -362,6 +362,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollback.set_defaults(handler=_lazy("edgefleet.fleet.rollback:run_rollback"))
 
+    floor = sub.add_parser(
+        "floor", help="sign a model's minimum version for devices (anti-rollback; agents opt in)"
+    )
+    _add_broker_options(floor)
+    floor.add_argument("--model", required=True, help="the model name, as in its bundles' manifest")
+    floor.add_argument("--min-version", help="bundles of the model below this are refused")
+    floor.add_argument("--clear", action="store_true", help="sign a floor without a minimum")
+    floor.add_argument("--device", action="append", help="a device id (repeatable)")
+    floor.add_argument("--select", help="devices matching e.g. profile=rpi4,site=lab (id/profile/tags)")
+    floor.add_argument("--signing-key", type=Path, help="fleet key (default ~/.edgefleet/keys/fleet.key)")
+    floor.set_defaults(handler=_lazy("edgefleet.fleet.floor:run_floor"))
+
     status = sub.add_parser("status", help="show the devices seen on a broker")
     _add_broker_options(status)
     status.add_argument("--json", action="store_true")

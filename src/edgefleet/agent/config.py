@@ -55,6 +55,11 @@ class AgentConfig(BaseModel):
         ge=1,
         description="requests a probation needs before it judges error rate and p95",
     )
+    anti_rollback: bool = Field(
+        default=False,
+        description="refuse bundles below the signed version floor of their model (`edgefleet floor`); "
+        "off by default because `edgefleet rollback` needs older versions",
+    )
     delivery_stall_s: float = Field(
         default=10.0, gt=0, description="no chunk for this long: report the missing ones and ask again"
     )

@@ -63,6 +63,7 @@ class Agent:
             self.session,
             self.profile,
             DeploymentSettings.from_config(config),
+            anti_rollback=config.anti_rollback,
         )
         self.inference = InferenceService(
             self.slot,
@@ -99,6 +100,7 @@ class Agent:
         self.session.route("meta", topics.ALL_BUNDLE_META, self.control.submit)
         self.session.route("chunk", topics.ALL_BUNDLE_CHUNKS, self.control.submit)
         self.session.route("infer", topics.infer(device), self._on_request)
+        self.session.route("floor", topics.floor(device), self.control.submit)
         self.session.on_connected = self._on_connected
 
     def _publish(
@@ -176,6 +178,8 @@ class Agent:
         self.requests.start()
         self.session.subscribe(topics.desired(self.config.device_id))
         self.session.subscribe(topics.infer(self.config.device_id))
+        if self.config.anti_rollback:
+            self.session.subscribe(topics.floor(self.config.device_id))
         try:
             self.session.start()
         except BrokerError as exc:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from edgefleet.agent.anti_rollback import AntiRollback
 from edgefleet.agent.delivery import ChunkAssembler
 from edgefleet.agent.health import HealthCheckFailed, check_health, describe_reference
 from edgefleet.agent.ledger import Ledger, ProbationRecord, Verdict
@@ -103,6 +104,7 @@ class Deployer:
         profile: DeviceProfile,
         settings: DeploymentSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
+        anti_rollback: bool = False,
     ) -> None:
         self._clock = clock
         self.store = store
@@ -116,6 +118,9 @@ class Deployer:
             health=HealthPolicy.of(profile, self.settings.probation_min_requests),
         )
         self.ledger = Ledger(store.state_dir)
+        self.floors = (
+            AntiRollback(self.ledger, store.public_key, reporter.device_id) if anti_rollback else None
+        )
         self.delivery: Delivery | None = None
         self.watch: ProbationWatch | None = None
         self._connections = 0
@@ -242,6 +247,9 @@ class Deployer:
         for bundle_id in self._ranked():
             if bundle_id in exclude or self.ledger.is_failed(bundle_id):
                 continue
+            manifest = self.store.read_manifest(bundle_id)
+            if manifest is not None and self._below_floor(manifest.name, manifest.version):
+                continue
             model = self._restore(bundle_id)
             if model is not None:
                 self.store.set_active(bundle_id)
@@ -267,6 +275,8 @@ class Deployer:
             self.on_chunk(envelope)
         elif envelope.route == "connected":
             self.on_connected()
+        elif envelope.route == "floor" and self.floors is not None:
+            self.floors.on_floor(envelope.payload)
         if self._clock() - self._last_tick >= TICK_EVERY_S:  # the idle tick does not run while busy
             self.tick()
 
@@ -336,7 +346,9 @@ class Deployer:
             self.delivery.desired = desired
             return
         self._end_delivery()
-        refusal = wrong_profile(desired, self.profile.name)
+        refusal = wrong_profile(desired, self.profile.name) or self._below_floor(
+            desired.name, desired.version
+        )
         if refusal is not None:
             self._reject(desired, refusal)
             return
@@ -463,6 +475,11 @@ class Deployer:
         return model
 
     def _activate(self, installed: InstalledBundle, desired: DesiredState) -> None:
+        signed = installed.manifest  # the desired state's name and version are not signed; these are
+        refusal = self._below_floor(signed.name, signed.version)
+        if refusal is not None:
+            self._reject(desired, refusal)
+            return
         try:
             model = self._load(installed)
         except Exception as exc:
@@ -528,6 +545,10 @@ class Deployer:
         self._event("activated", detail, deployment_id=desired.deployment_id, version=model.version)
         for fallback in model.info.fallbacks:
             self._event("warning", fallback, deployment_id=desired.deployment_id, version=model.version)
+
+    def _below_floor(self, model: str, version: str) -> str | None:
+        """Why anti-rollback refuses this version (None when it is off or the version is allowed)."""
+        return self.floors.refusal(model, version) if self.floors is not None else None
 
     def _fail(self, desired: DesiredState, reason: str, exc: BaseException) -> None:
         """A deployment failed: for the bundle's sake (final verdict) or the device's (tried again)."""
@@ -639,7 +660,11 @@ class Deployer:
         previous_id = record.previous_bundle_id
         standby = self.slot.standby
         target: LoadedModel | None = None
-        if standby is not None and standby.bundle_id == previous_id:
+        previous = self.store.read_manifest(previous_id) if previous_id is not None else None
+        floor_refusal = self._below_floor(previous.name, previous.version) if previous is not None else None
+        if floor_refusal is not None:
+            reason = f"{reason}; rolling back is not allowed ({floor_refusal})"
+        elif standby is not None and standby.bundle_id == previous_id:
             target = standby
         elif previous_id is not None:
             try:

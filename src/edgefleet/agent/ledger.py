@@ -1,6 +1,7 @@
 """The deployment ledger: what the agent must remember across restarts besides the bundles themselves -
 the desired state it follows, when each bundle was last activated, the deployments that failed (so a
-retained desired state does not make it retry them forever), and a probation in progress.
+retained desired state does not make it retry them forever), a probation in progress, and the version
+floors it verified (anti-rollback).
 
 One JSON file in the state directory, replaced atomically; a damaged file is set aside, never fatal.
 """
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgefleet.agent.log import EventLog
 from edgefleet.agent.store import write_atomic
 from edgefleet.contract.messages import DesiredState, utc_now
+from edgefleet.contract.version_floor import VersionFloor
 
 log = EventLog("ledger")
 LEDGER_FILE = "deployments.json"
@@ -61,6 +63,9 @@ class LedgerData(_Record):
     activations: list[Activation] = Field(default_factory=list)
     verdicts: list[Verdict] = Field(default_factory=list)
     probation: ProbationRecord | None = None
+    floors: dict[str, VersionFloor] = Field(
+        default_factory=dict, description="model name -> the newest verified version floor (anti-rollback)"
+    )
 
 
 class Ledger:
@@ -145,4 +150,12 @@ class Ledger:
 
     def set_probation(self, record: ProbationRecord | None) -> None:
         self.data.probation = record
+        self.save()
+
+    # version floors (anti-rollback) --------------------------------------------------------------
+    def floor(self, model: str) -> VersionFloor | None:
+        return self.data.floors.get(model)
+
+    def set_floor(self, floor: VersionFloor) -> None:
+        self.data.floors = {**self.data.floors, floor.model: floor}
         self.save()

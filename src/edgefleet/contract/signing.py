@@ -80,15 +80,17 @@ def sign(private_key: Ed25519PrivateKey, data: bytes) -> dict[str, str]:
     }
 
 
-def verify(public_key: Ed25519PublicKey, data: bytes, record: dict[str, str]) -> None:
+def verify(public_key: Ed25519PublicKey, data: bytes, record: dict[str, str], what: str = "bundle") -> None:
+    """Check a detached signature record over `data` (BundleError naming `what` otherwise)."""
     if record.get("algorithm") != "ed25519":
         raise BundleError(f"signature algorithm {record.get('algorithm')!r} is not supported (want ed25519)")
     if record.get("key_id") != key_id(public_key):
-        raise BundleError(
-            f"bundle was signed by key {record.get('key_id')}, "
-            f"but this device trusts key {key_id(public_key)}"
-        )
+        signer, trusted = record.get("key_id"), key_id(public_key)
+        raise BundleError(f"{what} was signed by key {signer}, but this device trusts key {trusted}")
     try:
         public_key.verify(base64.b64decode(record.get("signature", ""), validate=True), data)
     except (InvalidSignature, ValueError) as exc:
-        raise BundleError("manifest signature does not verify: the bundle was altered after signing") from exc
+        signed = "manifest" if what == "bundle" else what
+        raise BundleError(
+            f"{signed} signature does not verify: the {what} was altered after signing"
+        ) from exc

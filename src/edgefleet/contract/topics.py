@@ -43,6 +43,11 @@ def infer(device_id: str) -> str:
     return _device(device_id, "infer")
 
 
+def floor(device_id: str) -> str:
+    """Retained SignedFloor: the lowest model version this device may run (anti-rollback, optional)."""
+    return _device(device_id, "floor")
+
+
 # bundles, shared by every device that runs them (retained)
 def bundle_meta(bundle_id: str) -> str:
     return f"{PREFIX}/bundles/{check_bundle_id(bundle_id)}/meta"
@@ -70,7 +75,7 @@ def sync(client_id: str) -> str:
 
 # what devices publish, and what the agent listens to
 DEVICE_PUBLISHES = ("online", "status", "telemetry", "events")
-DEVICE_RECEIVES = ("desired", "infer")
+DEVICE_RECEIVES = ("desired", "infer", "floor")
 ALL_STATUS = f"{PREFIX}/devices/+/status"
 ALL_ONLINE = f"{PREFIX}/devices/+/online"
 ALL_TELEMETRY = f"{PREFIX}/devices/+/telemetry"
