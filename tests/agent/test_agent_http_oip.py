@@ -91,6 +91,11 @@ def test_oip_endpoints_and_infer_match_the_mqtt_path(
         assert f"takes GET, not {method}" in json.loads(data)["error"]
     status, data, response = client.request("HEAD", "/v2/models/digits")
     assert status == 405 and data == b"" and int(response.getheader("Content-Length", "0")) > 0
+    # a refused request's body is never read as the next request on the keep-alive connection
+    for method, path in (("PATCH", "/v2/models/digits/infer"), ("POST", "/v2/models/resnet/infer")):
+        status, data, response = client.request(method, path, b'{"inputs": []}')
+        assert status in (404, 405)
+        assert client.get("/v2/health/ready") == (200, {"ready": True})
 
     # the same request over both APIs gives the same numbers, bit for bit
     status, reply = client.infer("digits", {"image": images}, id="req-7")

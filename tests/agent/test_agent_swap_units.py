@@ -160,6 +160,37 @@ def test_a_batch_the_runtime_cannot_take_runs_one_sample_at_a_time_and_is_no_mod
     assert not dynamic.one_at_a_time
 
 
+def test_an_artifact_fixed_to_batch_1_takes_any_float_batch_sample_by_sample(
+    store: BundleStore, keys: Keys, tmp_path: Path
+) -> None:
+    """What the converters make for LiteRT: the artifact fixed to batch 1, the float form clients send
+    with any batch. The soak's 600 batch-2 requests in a second failed in the runtime and rolled a good
+    model back in its probation; they are served sample by sample, and no run fails."""
+    import onnx
+    from support_bundles import fp32_manifest
+
+    from edgefleet.agent.inference import InferenceService
+    from edgefleet.contract.bundle import write_bundle
+    from edgefleet.contract.signing import load_private_key
+
+    fixed = onnx.load(str(sqrt_model(tmp_path / "fixed.onnx")))
+    for value in (*fixed.graph.input, *fixed.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(fixed, str(tmp_path / "fixed.onnx"))
+    manifest = fp32_manifest(TEST_PROFILE, "5")
+    manifest.inputs[0] = manifest.inputs[0].model_copy(update={"shape": [1, 1, 8, 8]})
+    manifest.outputs[0] = manifest.outputs[0].model_copy(update={"shape": [1, 10]})
+    bundle = tmp_path / "fixed-batch.efb"
+    write_bundle(bundle, manifest, {"model.onnx": tmp_path / "fixed.onnx"}, load_private_key(keys.private))
+    model, _ = _loaded(store, bundle)
+    assert model.one_at_a_time
+    images = np.random.default_rng(2).uniform(0, 1, (2, 1, 8, 8)).astype(np.float32)
+    logits = InferenceService.compute_tensors(model, {"image": images})["logits"]
+    single = InferenceService.compute_tensors(model, {"image": images[1:]})["logits"]
+    assert logits.shape == (2, 10) and np.array_equal(logits[1:], single)
+    assert model.stats().failures == 0 and model.stats().runs == 3
+
+
 def test_the_health_check_refuses_numbers_that_differ_from_the_converters_reference(
     store: BundleStore, keys: Keys, tmp_path: Path
 ) -> None:

@@ -37,3 +37,9 @@ def test_a_rollout_judges_every_report_and_by_default_fails_on_any_error() -> No
     assert options.health().problem(1, 0, 1.0) is None
     tolerant = options.model_copy(update={"max_error_rate": 0.1})
     assert tolerant.health().problem(100, 10, 1.0) is None and tolerant.health().problem(100, 11, 1.0)
+
+
+def test_a_rate_just_over_the_limit_does_not_read_as_the_limit() -> None:
+    policy = HealthPolicy(max_error_rate=0.05, latency_budget_ms=None, min_requests=20)
+    problem = policy.problem(7794, 418, None)
+    assert problem == "418 of 7794 requests failed (5.4%; at most 5% allowed)"

@@ -310,6 +310,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = IDLE_TIMEOUT_S
     disable_nagle_algorithm = True  # headers and body go out as two writes; Nagle would hold the second
     server: _Server
+    body_read = False  # set per request: whether its body was read (or dropped) to its end
 
     def json_header_length(self) -> int | None:
         """Where the JSON ends in a body with binary tensor data (None: all JSON)."""
@@ -337,6 +338,7 @@ class _Handler(BaseHTTPRequestHandler):
         return length
 
     def read_declared(self, length: int) -> bytes:
+        self.body_read = True
         try:
             body = self.rfile.read(length)
         except OSError as exc:  # the client stalled past the socket timeout, or went away
@@ -362,8 +364,17 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass  # the connection is closed after the reply anyway
 
+    def _body_left_unread(self) -> bool:
+        """A body the reply did not need (a 404 or 405 to a POST...): its bytes would be read as the next
+        request on this keep-alive connection, so the connection is closed after the reply."""
+        if self.body_read:
+            return False
+        length = self.headers.get("Content-Length", "0").strip()
+        return "chunked" in self.headers.get("Transfer-Encoding", "").lower() or length not in ("", "0")
+
     def _dispatch(self, method: str) -> None:
         api = self.server.api
+        self.body_read = False
         close = False
         try:
             status, body, content_type, headers = api.handle(method, self.path, self)
@@ -372,6 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:
             log.exception("http_failed", exc, method=method, path=self.path)
             status, body, content_type, headers = _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        close = close or self._body_left_unread()
         if status >= 400:
             log.debug("http_error", method=method, path=self.path, status=status)
         try:

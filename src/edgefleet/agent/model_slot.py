@@ -86,9 +86,18 @@ class LoadedModel:
         self._failures = 0
         self._bad_outputs = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        # True when the runtime turned out to take one sample at a time although the manifest declares a
-        # dynamic batch (warm_up probes it): larger batches are then run sample by sample
-        self.one_at_a_time = False
+        # True when the runtime takes one sample at a time while the clients' form allows any batch: larger
+        # batches are then run sample by sample instead of failing in the runtime (and counting against the
+        # model). Known up front when the artifact is fixed to batch 1 under a float form with a free batch
+        # (what the converters make for LiteRT); found by warm_up's probe when the manifest declares a
+        # dynamic batch the runtime cannot take (XNNPACK on some CPUs).
+        self.one_at_a_time = all(
+            len(spec.shape) > 0
+            and spec.shape[0] == 1
+            and len(spec.float_shape) > 0
+            and spec.float_shape[0] is None
+            for spec in manifest.inputs
+        )
         self._batched = all(len(spec.shape) > 0 and spec.shape[0] is None for spec in manifest.inputs)
         self._probed = False
 

@@ -31,11 +31,19 @@ class HealthPolicy:
             return None
         rate = errors / requests
         if rate > self.max_error_rate:
-            allowed = f"{self.max_error_rate:.0%}"
-            return f"{errors} of {requests} requests failed ({rate:.0%}; at most {allowed} allowed)"
+            return (
+                f"{errors} of {requests} requests failed ({_percent(rate)}; at most "
+                f"{_percent(self.max_error_rate)} allowed)"
+            )
         if p95_ms is not None and self.latency_budget_ms is not None and p95_ms > self.latency_budget_ms:
             return (
                 f"p95 run time {p95_ms:.2f} ms over {requests} requests exceeds the profile's latency budget "
                 f"of {self.latency_budget_ms:g} ms"
             )
         return None
+
+
+def _percent(rate: float) -> str:
+    """10%, 5.4%, 0.1%: whole percents stay whole, a rate just over a limit never reads as the limit."""
+    text = f"{rate * 100:.1f}".rstrip("0").rstrip(".")
+    return f"{text}%"
