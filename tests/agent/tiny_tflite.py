@@ -56,7 +56,9 @@ def _buffer(data: bytes | None = None) -> schema.BufferT:
     return b
 
 
-def build_tiny_int8_model(path: Path, seed: int = 0) -> TinyInt8Model:
+def build_tiny_int8_model(path: Path, seed: int = 0, custom_op: str | None = None) -> TinyInt8Model:
+    """`custom_op`: make the layer that custom op instead (e.g. "edgetpu-custom-op", as the Edge TPU
+    compiler does): the model then loads only where a delegate implements it."""
     rng = np.random.default_rng(seed)
     weights = rng.integers(-127, 128, size=(10, 64), dtype=np.int8)
     bias = rng.integers(-500, 500, size=10).astype(np.int32)
@@ -85,6 +87,12 @@ def build_tiny_int8_model(path: Path, seed: int = 0) -> TinyInt8Model:
     code.builtinCode = schema.BuiltinOperator.FULLY_CONNECTED
     code.deprecatedBuiltinCode = schema.BuiltinOperator.FULLY_CONNECTED
     code.version = 4
+    if custom_op is not None:
+        code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+        code.customCode = custom_op
+        code.version = 1
+        op.builtinOptionsType = schema.BuiltinOptions.NONE
+        op.builtinOptions = None
     root = schema.ModelT()
     root.version = 3
     root.operatorCodes = [code]

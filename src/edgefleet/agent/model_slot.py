@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefleet.agent.artifact_choice import candidates
 from edgefleet.agent.backends import Backend, BackendError, TensorInfo, open_backend
 from edgefleet.agent.log import EventLog
 from edgefleet.contract.manifest import BundleManifest, TensorSpec
@@ -66,10 +67,20 @@ def _bind(kind: str, specs: list[TensorSpec], actual: list[TensorInfo]) -> dict[
 class LoadedModel:
     """A bundle's model loaded in its runtime; `run` is serialized because runtimes are not thread-safe."""
 
-    def __init__(self, bundle_id: str, manifest: BundleManifest, backend: Backend) -> None:
+    def __init__(
+        self,
+        bundle_id: str,
+        manifest: BundleManifest,
+        backend: Backend,
+        reference_outputs: list[TensorSpec] | None = None,
+    ) -> None:
         self.bundle_id = bundle_id
-        self.manifest = manifest
+        self.manifest = manifest  # of the model file running (an alternative's, when one runs)
         self.backend = backend
+        # the outputs the bundle's health reference is in the form of: the preferred artifact's
+        self.reference_outputs = reference_outputs if reference_outputs is not None else manifest.outputs
+        self.reference_slack_db = 0.0
+        self.notes: list[str] = []  # how this file came to run instead of a more preferred one
         self._run_lock = threading.Lock()
         self._inputs = _bind("input", manifest.inputs, backend.inputs())
         self._outputs = _bind("output", manifest.outputs, backend.outputs())
@@ -105,19 +116,35 @@ class LoadedModel:
     def load(
         cls, bundle_id: str, manifest: BundleManifest, bundle_dir: Path, profile: DeviceProfile
     ) -> LoadedModel:
-        if manifest.format is not profile.artifact.format:
+        """The bundle's most preferred model file that loads here (artifact_choice.py): an alternative
+        compiled for the profile's delegate, the preferred artifact, then the alternatives the profile
+        lists. Falling back is reported in `info.fallbacks`; none loading is a BackendError."""
+        choices = candidates(manifest, profile)
+        if not choices:
             raise BackendError(
                 f"the bundle holds a {manifest.format.value} artifact; profile '{profile.name}' runs "
                 f"{profile.artifact.format.value}"
             )
-        backend = open_backend(
-            manifest.format, bundle_dir / manifest.artifact, profile.runtime, manifest.precision
-        )
-        try:
-            return cls(bundle_id, manifest, backend)
-        except BaseException:
-            backend.close()
-            raise
+        failed: list[str] = []
+        for choice in choices:
+            chosen = choice.manifest
+            try:
+                backend = open_backend(
+                    chosen.format, bundle_dir / chosen.artifact, choice.runtime, chosen.precision
+                )
+                try:
+                    model = cls(bundle_id, chosen, backend, reference_outputs=manifest.outputs)
+                except BaseException:
+                    backend.close()
+                    raise
+            except BackendError as exc:
+                failed.append(f"{choice.label} could not load ({exc})")
+                continue
+            model.reference_slack_db = choice.reference_slack_db
+            if failed:
+                model.notes = [*failed, f"running {choice.label} ({chosen.artifact}) instead"]
+            return model
+        raise BackendError("; ".join(failed))
 
     @property
     def version(self) -> str:
@@ -125,7 +152,10 @@ class LoadedModel:
 
     @property
     def info(self) -> BackendInfo:
-        return self.backend.info
+        info = self.backend.info
+        if not self.notes:
+            return info
+        return info.model_copy(update={"fallbacks": [*self.notes, *info.fallbacks]})
 
     def describe(self) -> ActiveModel:
         m = self.manifest
