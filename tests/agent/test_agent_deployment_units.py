@@ -125,3 +125,16 @@ def test_a_full_disk_defers_the_deployment_and_it_is_tried_again_with_backoff(
     harness.send("meta", topics.bundle_meta(bundle_id), meta)
     assert harness.deployer.delivery is not None and harness.deployer.delivery.store is not None
     assert [e["kind"] for e in harness.events()] == ["error", "error"]  # no rejection ever
+
+
+def test_only_the_machine_running_out_of_something_is_worth_retrying() -> None:
+    """A bundle declaring a 233 TiB input raised MemoryError and was retried forever; a member path that
+    is a directory raised IsADirectoryError, likewise (found by fuzzing). Both are the bundle's fault."""
+    import errno
+
+    from edgefleet.agent.deployment import device_trouble
+
+    assert device_trouble(OSError(errno.ENOSPC, "No space left on device"))
+    assert device_trouble(OSError(errno.EMFILE, "Too many open files"))
+    assert not device_trouble(MemoryError("Unable to allocate 233. TiB"))
+    assert not device_trouble(IsADirectoryError(errno.EISDIR, "Is a directory"))

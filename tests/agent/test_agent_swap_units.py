@@ -231,3 +231,18 @@ def test_the_health_check_refuses_numbers_that_differ_from_the_converters_refere
     model, path = _loaded(store, bad)
     with pytest.raises(HealthCheckFailed, match="not what the converter computed for this bundle: SQNR"):
         check_health(model, path, 50.0)
+
+    # A reference of another shape is the bundle's fault, said so; it used to broadcast, or fail as
+    # "ValueError: operands could not be broadcast" (found by fuzzing).
+    for index, misshapen in enumerate((logits[:, :5], logits[:, :, None])):
+        odd = make_custom_bundle(
+            tmp_path / f"odd{index}.efb",
+            model_file,
+            keys.private,
+            f"7{index}",
+            health_samples=samples,
+            health_reference=(misshapen, 20.0),
+        )
+        model, path = _loaded(store, odd)
+        with pytest.raises(HealthCheckFailed, match=r"no float32 \(\?,10\) reference for 4 samples"):
+            check_health(model, path, 50.0)

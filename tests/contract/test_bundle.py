@@ -3,7 +3,9 @@ from __future__ import annotations
 import errno
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support_bundles import make_fp32_bundle
@@ -17,7 +19,7 @@ from edgefleet.contract.bundle import (
     verify_bundle,
 )
 from edgefleet.contract.errors import BundleError
-from edgefleet.contract.signing import create_key_pair, load_public_key
+from edgefleet.contract.signing import create_key_pair, key_id, load_private_key, load_public_key, sign
 
 
 @pytest.fixture
@@ -148,3 +150,59 @@ def test_a_full_disk_while_unpacking_is_the_machines_error_not_the_bundles(
         extract_bundle(bundle, dest, load_public_key(keys[1]))
     assert not isinstance(caught.value, BundleError) and caught.value.errno == errno.ENOSPC
     assert not dest.exists()
+
+
+def _resigned(bundle: Path, dst: Path, private: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """The bundle with its manifest edited and signed again with the trusted key (what a signer can do)."""
+    with zipfile.ZipFile(bundle) as archive:
+        manifest = json.loads(archive.read(MANIFEST_NAME))
+    edit(manifest)
+    text = json.dumps(manifest).encode()
+    signature = json.dumps(sign(load_private_key(private), text)).encode()
+    _rewrite(bundle, dst, {MANIFEST_NAME: text, SIGNATURE_NAME: signature})
+
+
+def test_zips_and_signatures_nobody_should_make_are_clear_bundle_errors(
+    bundle: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Found by fuzzing (issue 10 item 9): these leaked NotImplementedError, TypeError, RuntimeError."""
+    import struct
+
+    public = load_public_key(keys[1])
+    unknown_method = bytearray(bundle.read_bytes())
+    for signature, method_at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # the first member's headers
+        struct.pack_into("<H", unknown_method, unknown_method.index(signature) + method_at, 99)
+    (tmp_path / "method.efb").write_bytes(bytes(unknown_method))
+    with pytest.raises(BundleError, match="unreadable manifest or signature"):
+        verify_bundle(tmp_path / "method.efb", public)
+    record = {"algorithm": "ed25519", "key_id": key_id(public), "signature": 5}
+    _rewrite(bundle, tmp_path / "sig.efb", {SIGNATURE_NAME: json.dumps(record).encode()})
+    with pytest.raises(BundleError, match="signature does not verify"):
+        verify_bundle(tmp_path / "sig.efb", public)
+
+
+@pytest.mark.parametrize(
+    "path", ["./model.onnx", "a//model.onnx", "sub/./model.onnx", "manifest.json/x", "m" * 300]
+)
+def test_member_paths_are_written_one_way_only(
+    bundle: Path, keys: tuple[Path, Path], tmp_path: Path, path: str
+) -> None:
+    """`./model.onnx` next to `model.onnx` let one file replace the other on disk, `manifest.json/x` made
+    the unpacking fail on a directory, a 300-character name on the file system: refused up front."""
+
+    def alias(manifest: dict[str, Any]) -> None:
+        entry = next(f for f in manifest["files"] if f["path"] == "model.onnx")
+        manifest["files"].append({**entry, "path": path})
+
+    signed = tmp_path / "alias.efb"
+    _resigned(bundle, signed, keys[0], alias)
+    with zipfile.ZipFile(signed, "a") as archive:
+        archive.writestr(path, _member(bundle, "model.onnx"))
+    with pytest.raises(BundleError, match="unsafe member path"):
+        extract_bundle(signed, tmp_path / "out", load_public_key(keys[1]))
+    assert not (tmp_path / "out").exists()
+
+
+def _member(bundle: Path, name: str) -> bytes:
+    with zipfile.ZipFile(bundle) as archive:
+        return archive.read(name)

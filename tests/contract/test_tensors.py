@@ -111,3 +111,50 @@ def test_hostile_tensor_payloads_are_client_errors_and_allocate_nothing() -> Non
     assert np.array_equal(decode_tensors(encode_npz(good), CONTENT_NPZ, ["image"])["image"], good["image"])
     reply = decode_npz(encode_npz(good))["image"]
     reply[0, 0, 0, 0] = -1.0  # replies are the caller's to change
+
+
+def _patched_zip(
+    payload: bytes, *, version: int | None = None, method: int | None = None, flags: int = 0
+) -> bytes:
+    """An .npz with its first member's header fields rewritten (in the local and the central header)."""
+    import struct
+
+    data = bytearray(payload)
+    for signature, version_at, flags_at, method_at in ((b"PK\x03\x04", 4, 6, 8), (b"PK\x01\x02", 6, 8, 10)):
+        at = data.index(signature)
+        if version is not None:
+            struct.pack_into("<H", data, at + version_at, version)
+        if method is not None:
+            struct.pack_into("<H", data, at + method_at, method)
+        struct.pack_into("<H", data, at + flags_at, struct.unpack_from("<H", data, at + flags_at)[0] | flags)
+    return bytes(data)
+
+
+def test_zips_and_headers_nobody_should_send_are_client_errors_too() -> None:
+    """Found by fuzzing (issue 10 item 9): these answered 'internal error: NotImplementedError: ...' and
+    similar; a v3 header made the agent try a 32 TiB allocation."""
+    good = encode_npz({"image": np.zeros((1, 1, 8, 8), np.float32)})
+    v3_huge = (
+        b"\x93NUMPY\x03\x00"
+        + (76).to_bytes(4, "little")
+        + (b"{'descr': '<f4', 'fortran_order': False, 'shape': (137438953472, 1, 8, 8), }".ljust(75) + b"\n")
+    )
+    broken_header = _npy_header((3, 64)).replace(b"(3, 64)", b"(3, 64, ")
+    cases = {
+        "zip version 6.6": _patched_zip(good, version=66),
+        "an unknown compression method": _patched_zip(good, method=99),
+        "an encrypted member": _patched_zip(good, flags=0x1),
+        "a v3 header declaring 32 TiB (behind it, 64 bytes)": v3_huge + bytes(64),
+        "an unbalanced header": broken_header + bytes(64),
+    }
+    for what, payload in cases.items():
+        with pytest.raises(TensorError, match="not a valid"):
+            decode_tensors(payload, None, ["image"])
+            pytest.fail(f"{what} was accepted")
+
+
+def test_nan_in_the_artifacts_own_float_form_is_refused_too() -> None:
+    """NaN in gives NaN out, which probation counts against the model: a client must not be able to."""
+    fp32 = TensorSpec(name="image", dtype="float32", shape=[None, 1, 8, 8], float_shape=[None, 1, 8, 8])
+    with pytest.raises(TensorError, match="NaN or inf"):
+        to_artifact(fp32, np.full((1, 1, 8, 8), np.nan, np.float32))

@@ -30,6 +30,7 @@ from edgefleet.agent.probation import ProbationLimits, judge
 from edgefleet.agent.session import Envelope, MqttSession
 from edgefleet.agent.status import DeploymentFields, EventKind, State, StatusReporter
 from edgefleet.agent.store import BundleStore, InstalledBundle
+from edgefleet.contract.errors import is_resource_error
 from edgefleet.contract.health import DEFAULT_MIN_REQUESTS, HealthPolicy
 from edgefleet.contract.messages import BundleMeta, DesiredState, KeptVersion, ProbationStatus, utc_now
 from edgefleet.contract.profiles import DeviceProfile
@@ -83,8 +84,10 @@ class RetryPlan:
 
 
 def device_trouble(exc: BaseException) -> bool:
-    """A failure of this device rather than of the bundle: worth trying again later."""
-    return isinstance(exc, (OSError, MemoryError))
+    """A failure of this device rather than of the bundle (out of descriptors, disk space or memory, as
+    the OS says it): worth trying again later. A MemoryError is not: numpy raises it for the absurd shapes
+    a bundle may declare, and retrying those would never end."""
+    return is_resource_error(exc)
 
 
 @dataclass(frozen=True)

@@ -121,8 +121,14 @@ def _load_reference(
     arrays = _read_npz_file(bundle_dir / reference.outputs, where)
     for spec in specs:
         array = arrays.get(spec.name)
-        if array is None or array.ndim == 0 or len(array) < samples or array.dtype != np.dtype(spec.dtype):
-            wanted = f"{spec.dtype} reference for {samples} samples of '{spec.name}'"
+        if (
+            array is None
+            or array.ndim == 0
+            or len(array) < samples
+            or array.dtype != np.dtype(spec.dtype)
+            or not shape_matches((1, *array.shape[1:]), spec.shape)
+        ):
+            wanted = f"{spec.dtype} {_fmt(spec.shape)} reference for {samples} samples of '{spec.name}'"
             raise HealthCheckFailed(f"{where}: no {wanted}")
     return arrays
 
@@ -177,7 +183,16 @@ def check_health(model: LoadedModel, bundle_dir: Path, latency_budget_ms: float)
             min_db = manifest.health_reference.min_sqnr_db - model.reference_slack_db
             for spec, reference_spec in zip(manifest.outputs, model.reference_outputs, strict=True):
                 want = reference[reference_spec.name][index : index + 1]
-                worst = min(worst, _compare(spec, reference_spec, outputs[spec.name], want, index, min_db))
+                try:
+                    value = _compare(spec, reference_spec, outputs[spec.name], want, index, min_db)
+                except HealthCheckFailed:
+                    raise
+                except (ValueError, OverflowError, TypeError) as exc:  # specs that do not fit the arrays
+                    raise HealthCheckFailed(
+                        f"sample {index}: output '{spec.name}' cannot be compared with the reference: the "
+                        f"manifest's tensor description does not fit the model's output ({exc})"
+                    ) from exc
+                worst = min(worst, value)
     median = statistics.median(times)
     # The median, not the maximum: one scheduling hiccup on a busy device must not reject a good model;
     # the probation then watches the p95 under real traffic.

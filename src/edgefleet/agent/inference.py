@@ -65,7 +65,7 @@ def _npz_content_size(payload: bytes, content_type: str | None) -> int:
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:
             return sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, ValueError, OSError):
+    except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError):
         return 0  # decode_tensors reports the bad archive
 
 

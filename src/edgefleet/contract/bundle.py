@@ -4,18 +4,19 @@ manifest lists with their sha256. Nothing in a bundle is trusted until `verify_b
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
+import lzma
 import os
 import shutil
 import zipfile
-from pathlib import Path, PurePosixPath
+import zlib
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
-from edgefleet.contract.errors import BundleError
+from edgefleet.contract.errors import BundleError, is_resource_error
 from edgefleet.contract.manifest import BundleManifest, FileEntry
 from edgefleet.contract.signing import sign, verify
 
@@ -33,9 +34,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+MAX_MEMBER_NAME = 200  # characters: each path component must also fit the file system's 255 bytes
+
+
 def _safe_member(name: str) -> bool:
-    pure = PurePosixPath(name)
-    return bool(name) and not pure.is_absolute() and ".." not in pure.parts and "\\" not in name
+    """A plain relative path, written one way only: no absolute path, no `.`/`..`/empty components (so
+    `./model.onnx` cannot alias `model.onnx`), no backslash, not inside the manifest or signature names."""
+    parts = name.split("/")
+    return (
+        0 < len(name) <= MAX_MEMBER_NAME
+        and "\\" not in name
+        and all(part not in ("", ".", "..") for part in parts)
+        and parts[0] not in (MANIFEST_NAME, SIGNATURE_NAME)
+    )
 
 
 def write_bundle(
@@ -65,20 +76,25 @@ def write_bundle(
     return final
 
 
-# errors of the machine, not of the bundle: raised as they are, so a device can try again later
-_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC, errno.EDQUOT})
-
-
-def _is_resource_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS
+# What reading a damaged or hostile zip raises besides BadZipFile: unsupported compression or flags
+# (NotImplementedError), encryption (RuntimeError), corrupt compressed data (zlib, lzma, EOFError).
+_ZIP_ERRORS = (
+    OSError,
+    zipfile.BadZipFile,
+    NotImplementedError,
+    RuntimeError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+)
 
 
 def _open(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
-        if _is_resource_error(exc):
-            raise
+    except _ZIP_ERRORS as exc:
+        if is_resource_error(exc):
+            raise  # the machine's error (no descriptors...), not the bundle's: a device tries again later
         raise BundleError(f"bundle {path}: not a readable bundle file ({exc})") from exc
 
 
@@ -113,7 +129,9 @@ def _verified_manifest(archive: zipfile.ZipFile, path: Path, public_key: Ed25519
     try:
         manifest_bytes = archive.read(MANIFEST_NAME)
         record = json.loads(archive.read(SIGNATURE_NAME))
-    except (ValueError, zipfile.BadZipFile, OSError) as exc:
+    except (*_ZIP_ERRORS, ValueError, RecursionError) as exc:
+        if is_resource_error(exc):
+            raise
         raise BundleError(f"bundle {path}: unreadable manifest or signature ({exc})") from exc
     if not isinstance(record, dict):
         raise BundleError(f"bundle {path}: {SIGNATURE_NAME} is not a signature record")
@@ -139,10 +157,10 @@ def _verified_manifest(archive: zipfile.ZipFile, path: Path, public_key: Ed25519
 def _copy_checked(archive: zipfile.ZipFile, entry: FileEntry, dest: Path | None, where: Path) -> None:
     digest, size = hashlib.sha256(), 0
     out = None
-    if dest is not None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        out = dest.open("wb")
     try:
+        if dest is not None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            out = dest.open("wb")
         with archive.open(entry.path) as src:
             while block := src.read(_CHUNK):
                 size += len(block)
@@ -154,10 +172,10 @@ def _copy_checked(archive: zipfile.ZipFile, entry: FileEntry, dest: Path | None,
         if out is not None:
             out.flush()
             os.fsync(out.fileno())
-    except (OSError, zipfile.BadZipFile) as exc:
-        if _is_resource_error(exc):
+    except _ZIP_ERRORS as exc:
+        if is_resource_error(exc):
             raise
-        raise BundleError(f"bundle {where}: cannot read {entry.path} ({exc})") from exc
+        raise BundleError(f"bundle {where}: cannot unpack {entry.path} ({exc})") from exc
     finally:
         if out is not None:
             out.close()
@@ -187,8 +205,13 @@ def extract_bundle(path: Path, dest_dir: Path, public_key: Ed25519PublicKey) -> 
         try:
             for entry in manifest.files:
                 _copy_checked(archive, entry, dest_dir / entry.path, path)
-            (dest_dir / MANIFEST_NAME).write_bytes(archive.read(MANIFEST_NAME))
-            (dest_dir / SIGNATURE_NAME).write_bytes(archive.read(SIGNATURE_NAME))
+            try:
+                (dest_dir / MANIFEST_NAME).write_bytes(archive.read(MANIFEST_NAME))
+                (dest_dir / SIGNATURE_NAME).write_bytes(archive.read(SIGNATURE_NAME))
+            except _ZIP_ERRORS as exc:
+                if is_resource_error(exc):
+                    raise
+                raise BundleError(f"bundle {path}: cannot unpack its manifest ({exc})") from exc
         except BaseException:
             shutil.rmtree(dest_dir, ignore_errors=True)
             raise

@@ -1,5 +1,15 @@
 """Error types of the contract, each carrying a message a user can act on."""
 
+import errno
+
+# errors of the machine rather than of what it was given: out of descriptors, memory, disk space
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC, errno.EDQUOT})
+
+
+def is_resource_error(exc: BaseException) -> bool:
+    """An OSError that says the machine ran out of something (worth trying again later)."""
+    return isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS
+
 
 class EdgefleetError(Exception):
     """Base class: the message says what was wrong, where, and what to do."""

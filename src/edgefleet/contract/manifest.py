@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgefleet.contract.ids import Sha256Hex
 from edgefleet.contract.profiles import ArtifactFormat, Precision
@@ -14,6 +14,13 @@ from edgefleet.contract.target_checks import TargetChecks
 MANIFEST_SCHEMA_VERSION: Final = 1
 TensorDtype = Literal["float32", "float16", "int8", "uint8", "int32", "int64"]
 Dim = int | None  # None: dynamic (any size)
+MAX_DIM = 2**31 - 1
+_INTEGER_RANGES = {
+    "int8": (-128, 127),
+    "uint8": (0, 255),
+    "int32": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+}
 
 
 class _Model(BaseModel):
@@ -25,7 +32,7 @@ class _Model(BaseModel):
 class QuantParams(_Model):
     """real_value = scale * (quantized_value - zero_point)."""
 
-    scale: float = Field(gt=0)
+    scale: float = Field(gt=0, allow_inf_nan=False)
     zero_point: int
 
 
@@ -44,6 +51,28 @@ class TensorSpec(_Model):
     perm: list[int] | None = Field(
         default=None, description="artifact tensor = transpose(float tensor, perm); null: same layout"
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TensorSpec:
+        """What the agent relies on to convert between the two forms; a signed manifest can still say
+        anything, so nonsense is refused here, with a reason, rather than failing on a request."""
+        if any(d is not None and not 0 <= d <= MAX_DIM for d in (*self.shape, *self.float_shape)):
+            raise ValueError(f"'{self.name}': dimensions must be 0..{MAX_DIM} or null")
+        if len(self.shape) != len(self.float_shape):
+            raise ValueError(f"'{self.name}': shape and float_shape have different ranks")
+        if self.perm is not None and sorted(self.perm) != list(range(len(self.shape))):
+            raise ValueError(
+                f"'{self.name}': perm {self.perm} is not a permutation of its {len(self.shape)} axes"
+            )
+        if self.quantization is not None:
+            if self.dtype not in _INTEGER_RANGES:
+                raise ValueError(f"'{self.name}': quantization applies to integer tensors, not {self.dtype}")
+            low, high = _INTEGER_RANGES[self.dtype]
+            if not low <= self.quantization.zero_point <= high:
+                raise ValueError(
+                    f"'{self.name}': zero_point {self.quantization.zero_point} is outside {self.dtype}"
+                )
+        return self
 
 
 class FileEntry(_Model):
@@ -115,7 +144,8 @@ class HealthReference(_Model):
         "the artifact's form, first axis = the health samples in order"
     )
     min_sqnr_db: float = Field(
-        description="each output of each sample, dequantized, against the reference: at least this SQNR"
+        allow_inf_nan=False,
+        description="each output of each sample, dequantized, against the reference: at least this SQNR",
     )
     host_runtime: str = Field(description="what computed the reference")
 

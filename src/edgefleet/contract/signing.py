@@ -87,8 +87,11 @@ def verify(public_key: Ed25519PublicKey, data: bytes, record: dict[str, str], wh
     if record.get("key_id") != key_id(public_key):
         signer, trusted = record.get("key_id"), key_id(public_key)
         raise BundleError(f"{what} was signed by key {signer}, but this device trusts key {trusted}")
+    signature = record.get("signature", "")
     try:
-        public_key.verify(base64.b64decode(record.get("signature", ""), validate=True), data)
+        if not isinstance(signature, str):
+            raise ValueError("the signature is not a base64 string")
+        public_key.verify(base64.b64decode(signature, validate=True), data)
     except (InvalidSignature, ValueError) as exc:
         signed = "manifest" if what == "bundle" else what
         raise BundleError(

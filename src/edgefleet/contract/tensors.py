@@ -5,6 +5,7 @@ artifact's own form (layout permutation and INT8 quantization) described by a Te
 from __future__ import annotations
 
 import io
+import lzma
 import math
 import struct
 import threading
@@ -83,15 +84,21 @@ def _load_npy(payload: bytes) -> np.ndarray:
     if layout is None:
         stream = io.BytesIO(header)
         major, _ = np.lib.format.read_magic(stream)
+        if major not in (1, 2, 3):
+            raise ValueError(f".npy format version {major} is not supported")
+        # version 3 is version 2 with a UTF-8 header, which differs only for structured dtypes with
+        # non-latin-1 field names (not tensors): read alike, with the same size check before any allocation
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         # numpy parses headers with ast.literal_eval, which failed with "SystemError: AST constructor
         # recursion depth mismatch" when two threads parsed at once (CPython 3.11.7, seen in a test run under
         # load): one parse at a time; only a header not seen before gets here
         with _HEADER_PARSE_LOCK:
-            if major not in (1, 2):
-                loaded: np.ndarray = np.load(io.BytesIO(payload), allow_pickle=False)
-                return loaded
-            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, fortran_order, dtype = read(stream)
+            try:
+                shape, fortran_order, dtype = read(stream)
+            except ValueError:
+                raise
+            except Exception as exc:  # the header is Python literal syntax: a broken one raises anything
+                raise ValueError(f"the .npy header is not valid ({type(exc).__name__}: {exc})") from exc
         if dtype.hasobject:
             raise ValueError("object arrays cannot be loaded when allow_pickle=False")
         if any(d < 0 for d in shape):
@@ -112,7 +119,11 @@ def _load_npy(payload: bytes) -> np.ndarray:
 def read_npz(payload: bytes) -> dict[str, np.ndarray]:
     """Every member of an .npz payload, each read like an .npy (so a header is never trusted beyond the
     bytes that are there); ValueError or zipfile.BadZipFile if invalid."""
-    with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(payload))
+    except NotImplementedError as exc:  # e.g. "zip file version 6.6"
+        raise ValueError(f"not a readable .npz ({exc})") from exc
+    with archive:
         names = archive.namelist()
         if len(names) != len(set(names)):
             raise ValueError("the archive holds a member name twice")
@@ -120,7 +131,12 @@ def read_npz(payload: bytes) -> dict[str, np.ndarray]:
         for name in names:
             if not name.endswith(".npy"):
                 raise ValueError(f"member {name!r} is not an .npy file")
-            tensors[name[: -len(".npy")]] = _load_npy(archive.read(name))
+            try:
+                data = archive.read(name)
+            except (NotImplementedError, RuntimeError, EOFError, zlib.error, lzma.LZMAError) as exc:
+                # unsupported compression or flags, encryption, corrupt compressed data
+                raise ValueError(f"member {name!r} cannot be read ({exc})") from exc
+            tensors[name[: -len(".npy")]] = _load_npy(data)
     return tensors
 
 
@@ -208,6 +224,8 @@ def to_artifact(spec: TensorSpec, array: np.ndarray) -> tuple[np.ndarray, bool]:
     of the source model is permuted and quantized as the spec says. Anything else is a TensorError.
     """
     if array.dtype == np.dtype(spec.dtype) and shape_matches(array.shape, spec.shape):
+        if array.dtype.kind == "f" and not _all_finite(array):  # NaN in, NaN out: not the model's failure
+            raise TensorError(f"input '{spec.name}': contains NaN or inf")
         return array, spec.dtype == "float32"
     if array.dtype == np.float32 and shape_matches(array.shape, spec.float_shape):
         if not _all_finite(array):
