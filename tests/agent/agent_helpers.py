@@ -397,6 +397,7 @@ def make_custom_bundle(
     *,
     health_samples: np.ndarray | None = None,
     health_reference: tuple[np.ndarray, float] | None = None,
+    min_top1_agreement: float | None = None,
     padding_bytes: int = 0,
     profile: str = TEST_PROFILE,
 ) -> Path:
@@ -422,7 +423,10 @@ def make_custom_bundle(
         np.savez(reference, logits=health_reference[0].astype(np.float32))
         files["health_reference.npz"] = reference
         spec = HealthReference(
-            outputs="health_reference.npz", min_sqnr_db=health_reference[1], host_runtime="test"
+            outputs="health_reference.npz",
+            min_sqnr_db=health_reference[1],
+            host_runtime="test",
+            min_top1_agreement=min_top1_agreement,
         )
         manifest = manifest.model_copy(update={"health_reference": spec})
     if padding_bytes:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from agent_helpers import DEVICE, TEST_PROFILE, Keys
 
-from edgefleet.agent.deployment import Deployer
+from edgefleet.agent.deployment import Deployer, DeploymentSettings
 from edgefleet.agent.model_slot import ModelSlot
 from edgefleet.agent.session import Envelope, MqttSession
 from edgefleet.agent.status import StatusReporter
@@ -58,7 +58,7 @@ def test_a_rejection_is_published_even_when_its_verdict_cannot_be_saved(
 class _Harness:
     """A Deployer on a manual clock and a disk whose free space the test sets."""
 
-    def __init__(self, tmp_path: Path, keys: Keys) -> None:
+    def __init__(self, tmp_path: Path, keys: Keys, probation_s: float = 30.0) -> None:
         self.now = 1000.0
         self.free = 10 * MIB
         self.published: list[tuple[str, bytes]] = []
@@ -74,7 +74,13 @@ class _Harness:
             tmp_path / "state", load_public_key(keys.public), TEST_PROFILE, free_bytes=lambda _: self.free
         )
         self.deployer = Deployer(
-            store, slot, reporter, session, load_profile(TEST_PROFILE), clock=lambda: self.now
+            store,
+            slot,
+            reporter,
+            session,
+            load_profile(TEST_PROFILE),
+            DeploymentSettings(probation_s=probation_s),
+            clock=lambda: self.now,
         )
         self.deployer.on_connected()
 
@@ -138,3 +144,46 @@ def test_only_the_machine_running_out_of_something_is_worth_retrying() -> None:
     assert device_trouble(OSError(errno.EMFILE, "Too many open files"))
     assert not device_trouble(MemoryError("Unable to allocate 233. TiB"))
     assert not device_trouble(IsADirectoryError(errno.EISDIR, "Is a directory"))
+
+
+def test_a_model_whose_numbers_drift_during_probation_is_rolled_back(
+    tmp_path: Path, keys: Keys, reference_dir: Path
+) -> None:
+    """Issue 10: probation compares against the golden outputs too. v2 passes its health check, then its
+    runtime starts computing other numbers (as a kernel or delegate may under real traffic): at the end
+    of its probation the health samples no longer give the converter's outputs, and v1 serves again."""
+    import numpy as np
+    import onnxruntime as ort
+    from agent_helpers import make_bundle, make_custom_bundle
+
+    harness = _Harness(tmp_path, keys, probation_s=5)
+    harness.free = 1024 * MIB
+    deployer = harness.deployer
+    model_file = reference_dir / "digits_cnn_v2.onnx"
+    samples = np.load(reference_dir / "eval.npz")["image"][:8]
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"image": samples})[0]
+    bundles = {
+        "1": make_bundle(tmp_path / "v1.efb", reference_dir / "digits_cnn_v1.onnx", keys.private, "1"),
+        "2": make_custom_bundle(
+            tmp_path / "v2.efb", model_file, keys.private, "2",
+            health_samples=samples, health_reference=(logits, 30.0),
+        ),
+    }  # fmt: skip
+    for version, bundle in bundles.items():
+        installed = deployer.store.install(bundle, hashlib.sha256(bundle.read_bytes()).hexdigest())
+        desired = DesiredState(
+            deployment_id=f"d-{version}", bundle_id=installed.bundle_id, name="digits", version=version,
+            profile=TEST_PROFILE,
+        )  # fmt: skip
+        deployer._activate(installed, desired)
+    v2 = deployer.slot.current
+    assert v2 is not None and v2.version == "2" and deployer.watch is not None
+    real_run = v2.backend.run
+    v2.backend.run = lambda feeds: {k: v * 0.5 for k, v in real_run(feeds).items()}  # type: ignore[method-assign]
+    harness.now += 6
+    deployer.tick()
+    current = deployer.slot.current
+    assert current is not None and current.version == "1"
+    (rolled_back,) = [e for e in harness.events() if e["kind"] == "rolled_back"]
+    assert "at the end of its probation its outputs were no longer the converter's" in rolled_back["detail"]

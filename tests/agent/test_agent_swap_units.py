@@ -232,6 +232,30 @@ def test_the_health_check_refuses_numbers_that_differ_from_the_converters_refere
     with pytest.raises(HealthCheckFailed, match="not what the converter computed for this bundle: SQNR"):
         check_health(model, path, 50.0)
 
+    # Top-1 agreement: a reference whose best class differs on half the samples passes a lax SQNR floor
+    # (-50 dB) but not a required agreement of 100% (what the converter derives from its measurement).
+    swapped = logits.copy()
+    best = swapped.argmax(axis=1)
+    for row in range(0, len(swapped), 2):
+        other = (best[row] + 1) % swapped.shape[1]
+        swapped[row, [best[row], other]] = swapped[row, [other, best[row]]]
+    for index, (required, passes) in enumerate(((None, True), (1.0, False))):
+        lax = make_custom_bundle(
+            tmp_path / f"top1-{index}.efb",
+            model_file,
+            keys.private,
+            f"8{index}",
+            health_samples=samples,
+            health_reference=(swapped, -50.0),
+            min_top1_agreement=required,
+        )
+        model, path = _loaded(store, lax)
+        if passes:
+            assert check_health(model, path, 50.0).top1_agreed == (2, 4)
+        else:
+            with pytest.raises(HealthCheckFailed, match="top-1 class was the converter's on 2 of 4"):
+                check_health(model, path, 50.0)
+
     # A reference of another shape is the bundle's fault, said so; it used to broadcast, or fail as
     # "ValueError: operands could not be broadcast" (found by fuzzing).
     for index, misshapen in enumerate((logits[:, :5], logits[:, :, None])):

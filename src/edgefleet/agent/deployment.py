@@ -12,6 +12,7 @@ the protocol core's (edgefleet.protocol.delivery); this module carries out what 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -646,6 +647,10 @@ class Deployer:
         if judgement.outcome == "failed":
             self._roll_back(record, judgement.reason)
             return
+        drift = self._golden_drift(model)
+        if drift is not None:
+            self._roll_back(record, drift)
+            return
         self._end_watch()
         log.info("probation_passed", version=record.version, runs=stats.runs, detail=judgement.reason)
         self._event(
@@ -656,6 +661,18 @@ class Deployer:
         )
         self._prune()
         self.reporter.publish()
+
+    def _golden_drift(self, model: LoadedModel) -> str | None:
+        """Before a probation passes: the health samples again, against the converter's reference outputs,
+        now that the model has served real traffic (a kernel or delegate that goes wrong after warm-up).
+        Latency is the probation's p95 business, not judged here."""
+        if model.manifest.health_reference is None:
+            return None
+        try:
+            check_health(model, self.store.bundle_dir(model.bundle_id), math.inf)
+        except HealthCheckFailed as exc:
+            return f"at the end of its probation its outputs were no longer the converter's: {exc}"
+        return None
 
     def _roll_back(self, record: ProbationRecord, reason: str) -> bool:
         """Return to the previous version (the standby, else re-verified from disk); False if impossible."""

@@ -41,6 +41,7 @@ class HealthReport:
     median_ms: float
     max_ms: float
     reference_sqnr_db: float | None = None  # the worst output against the converter's reference, if any
+    top1_agreed: tuple[int, int] | None = None  # (samples whose top-1 class was the reference's, samples)
 
 
 def _fmt(shape: tuple[int, ...] | list[int | None]) -> str:
@@ -141,6 +142,16 @@ def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
+def _is_classification(spec: TensorSpec) -> bool:
+    """A float form [N, C] with C >= 2: logits or probabilities, whose top-1 class can be compared."""
+    shape = spec.float_shape
+    return len(shape) == 2 and shape[1] is not None and shape[1] >= 2
+
+
+def _top1(spec: TensorSpec, array: np.ndarray) -> int:
+    return int(np.argmax(from_artifact(spec, array, as_float=True).reshape(-1)))
+
+
 def _compare(
     spec: TensorSpec,
     reference_spec: TensorSpec,
@@ -171,6 +182,12 @@ def check_health(model: LoadedModel, bundle_dir: Path, latency_budget_ms: float)
     reference = _load_reference(manifest, model.reference_outputs, bundle_dir, len(feeds))
     times: list[float] = []
     worst = math.inf
+    classified = [
+        (spec, ref)
+        for spec, ref in zip(manifest.outputs, model.reference_outputs, strict=True)
+        if _is_classification(spec)
+    ]
+    agreed = 0
     for index, sample in enumerate(feeds):
         started = time.perf_counter()
         try:
@@ -193,6 +210,8 @@ def check_health(model: LoadedModel, bundle_dir: Path, latency_budget_ms: float)
                         f"manifest's tensor description does not fit the model's output ({exc})"
                     ) from exc
                 worst = min(worst, value)
+            want_top1 = [_top1(ref, reference[ref.name][index : index + 1]) for _, ref in classified]
+            agreed += [_top1(spec, outputs[spec.name]) for spec, _ in classified] == want_top1
     median = statistics.median(times)
     # The median, not the maximum: one scheduling hiccup on a busy device must not reject a good model;
     # the probation then watches the p95 under real traffic.
@@ -201,10 +220,22 @@ def check_health(model: LoadedModel, bundle_dir: Path, latency_budget_ms: float)
             f"median run time {median:.2f} ms over {len(times)} samples exceeds the profile's latency budget "
             f"of {latency_budget_ms:g} ms"
         )
+    top1 = (agreed, len(feeds)) if reference is not None and classified else None
+    wanted = manifest.health_reference.min_top1_agreement if manifest.health_reference is not None else None
+    if top1 is not None and wanted is not None and agreed < wanted * len(feeds):
+        raise HealthCheckFailed(
+            f"the top-1 class was the converter's on {agreed} of {len(feeds)} health samples, at least "
+            f"{wanted:.0%} wanted (the runtime or its kernels on this device compute different numbers)"
+        )
     source = manifest.health_samples or "zero inputs"
     compared = None if reference is None else worst  # inf: bit-identical to the reference
     return HealthReport(
-        source=source, samples=len(times), median_ms=median, max_ms=max(times), reference_sqnr_db=compared
+        source=source,
+        samples=len(times),
+        median_ms=median,
+        max_ms=max(times),
+        reference_sqnr_db=compared,
+        top1_agreed=top1,
     )
 
 
@@ -212,7 +243,12 @@ def describe_reference(report: HealthReport) -> str:
     """For the `activated` event: how the outputs compared with the converter's reference."""
     if report.reference_sqnr_db is None:
         return ""
+    top1 = (
+        f", top-1 the same on {report.top1_agreed[0]} of {report.top1_agreed[1]}"
+        if report.top1_agreed
+        else ""
+    )
     if math.isinf(report.reference_sqnr_db):
-        return f"; outputs on {report.samples} health samples identical to the converter's"
-    worst = report.reference_sqnr_db
-    return f"; outputs on {report.samples} health samples at {worst:.1f} dB SQNR or better vs the converter's"
+        return f"; outputs on {report.samples} health samples identical to the converter's{top1}"
+    worst = f"{report.reference_sqnr_db:.1f} dB SQNR or better"
+    return f"; outputs on {report.samples} health samples at {worst} vs the converter's{top1}"

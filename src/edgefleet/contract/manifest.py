@@ -148,6 +148,14 @@ class HealthReference(_Model):
         description="each output of each sample, dequantized, against the reference: at least this SQNR",
     )
     host_runtime: str = Field(description="what computed the reference")
+    min_top1_agreement: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="classification outputs (float form [N, C]): the share of samples whose top-1 class must "
+        "be the reference's; null: not required (still reported)",
+    )
 
 
 class BundleManifest(_Model):

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgefleet import __version__
 from edgefleet.contract.bundle import write_bundle
-from edgefleet.contract.manifest import BundleManifest, HealthReference
+from edgefleet.contract.manifest import AccuracyMetrics, BundleManifest, HealthReference
 from edgefleet.contract.tensors import to_artifact
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.steps.evaluate import accuracy_scorer
@@ -20,6 +20,7 @@ HEALTH_REFERENCE = "health_reference.npz"
 # (the headline output's measured SQNR, less a margin), never required closer than 30 dB (int8 kernels
 # differ by a rounding step between CPUs) nor allowed further than 10 dB (wrong numbers, not rounding).
 REFERENCE_MARGIN_DB, REFERENCE_FLOOR_DB, REFERENCE_CEILING_DB, REFERENCE_DEFAULT_DB = 3.0, 10.0, 30.0, 20.0
+TOP1_MARGIN, TOP1_FLOOR = 0.15, 0.5
 HEALTH_SAMPLES_COUNT = 8
 HEALTH_SAMPLES_MAX_BYTES = 1024**2  # big inputs (e.g. 224x224 images) ship fewer samples, at least one
 
@@ -59,8 +60,23 @@ def write_health_reference(ctx: ConversionContext, samples_path: Path) -> Health
     wanted = REFERENCE_DEFAULT_DB if measured is None else measured - REFERENCE_MARGIN_DB
     min_sqnr = min(REFERENCE_CEILING_DB, max(REFERENCE_FLOOR_DB, wanted))
     return HealthReference(
-        outputs=HEALTH_REFERENCE, min_sqnr_db=round(min_sqnr, 1), host_runtime=runner.label
+        outputs=HEALTH_REFERENCE,
+        min_sqnr_db=round(min_sqnr, 1),
+        host_runtime=runner.label,
+        min_top1_agreement=_min_top1_agreement(accuracy),
     )
+
+
+def _min_top1_agreement(accuracy: AccuracyMetrics | None) -> float | None:
+    """From the measured top-1 agreement of the artifact with fp32: a device running the same artifact
+    must agree with the host's outputs at least about as well (less a margin: the health samples are few)."""
+    if (
+        accuracy is None
+        or accuracy.metric != "top1_agreement"
+        or accuracy.measure not in (None, "top1_agreement")
+    ):
+        return None
+    return round(min(1.0, max(TOP1_FLOOR, accuracy.artifact / 100 - TOP1_MARGIN)), 3)
 
 
 class Package:
