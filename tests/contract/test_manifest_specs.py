@@ -31,7 +31,7 @@ def test_a_consistent_spec_is_accepted() -> None:
         ({"perm": [0, 0, 0, 0]}, "not a permutation"),
         ({"perm": [5, 6, 7, 8]}, "not a permutation"),
         ({"perm": [0, 1, 2]}, "not a permutation"),
-        ({"float_shape": [None, 64]}, "different ranks"),
+        ({"float_shape": [None, 64]}, "of different ranks"),
         ({"shape": [-1, 8, 8, 1]}, "dimensions must be"),
         ({"shape": [10**20, 8, 8, 1]}, "dimensions must be"),
         ({"quantization": {"scale": 0.02, "zero_point": 10**30}}, "outside int8"),

@@ -58,8 +58,8 @@ class TensorSpec(_Model):
         anything, so nonsense is refused here, with a reason, rather than failing on a request."""
         if any(d is not None and not 0 <= d <= MAX_DIM for d in (*self.shape, *self.float_shape)):
             raise ValueError(f"'{self.name}': dimensions must be 0..{MAX_DIM} or null")
-        if len(self.shape) != len(self.float_shape):
-            raise ValueError(f"'{self.name}': shape and float_shape have different ranks")
+        if self.perm is not None and len(self.shape) != len(self.float_shape):
+            raise ValueError(f"'{self.name}': a perm between shape and float_shape of different ranks")
         if self.perm is not None and sorted(self.perm) != list(range(len(self.shape))):
             raise ValueError(
                 f"'{self.name}': perm {self.perm} is not a permutation of its {len(self.shape)} axes"
