@@ -98,7 +98,10 @@ def _load_npy(payload: bytes) -> np.ndarray:
             except ValueError:
                 raise
             except Exception as exc:  # the header is Python literal syntax: a broken one raises anything
-                raise ValueError(f"the .npy header is not valid ({type(exc).__name__}: {exc})") from exc
+                raise ValueError(
+                    "the .npy header is not valid: it must be a dict like "
+                    "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 64)}"
+                ) from exc
         if dtype.hasobject:
             raise ValueError("object arrays cannot be loaded when allow_pickle=False")
         if any(d < 0 for d in shape):
