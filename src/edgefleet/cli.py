@@ -6,10 +6,13 @@ Each subcommand imports its side lazily so `--help` and the agent start fast.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, ClassVar, NoReturn
 
 from edgefleet import __version__
 from edgefleet.contract.errors import EdgefleetError
@@ -141,7 +144,7 @@ def _apply_broker_options(args: argparse.Namespace) -> None:
 ROLLOUT_COMMANDS = ("start", "status", "resume", "abort")
 
 
-def _add_rollout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_rollout_parser(sub: argparse._SubParsersAction[Any]) -> None:
     rollout = sub.add_parser(
         "rollout",
         help="staged rollouts: `rollout start BUNDLE --select ...` (or just `rollout BUNDLE ...`), "
@@ -214,8 +217,40 @@ def _expand_shorthands(argv: list[str]) -> list[str]:
     return argv
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with one line per mistake and a suggestion instead of the whole usage block."""
+
+    known_options: ClassVar[set[str]] = set()  # every option of every command, for "did you mean"
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        _Parser.known_options.update(action.option_strings)
+        return action
+
+    def error(self, message: str) -> NoReturn:
+        hint = _suggestion(message)
+        self.exit(2, f"{self.prog}: error: {message}{hint}\nrun '{self.prog} --help' for the options\n")
+
+
+def _suggestion(message: str) -> str:
+    """ "; did you mean ...?" for a mistyped command, choice or option, when one is close."""
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice is not None:
+        options = re.findall(r"'([^']*)'", choice.group(2))
+        close = difflib.get_close_matches(choice.group(1), options, n=1)
+    else:
+        unknown = re.search(r"unrecognized arguments: (\S+)", message)
+        word = unknown.group(1).split("=")[0] if unknown else ""
+        close = (
+            difflib.get_close_matches(word, sorted(_Parser.known_options), n=1)
+            if word.startswith("-")
+            else []
+        )
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgefleet", description=__doc__)
+    parser = _Parser(prog="edgefleet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -361,6 +396,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="seconds to wait with --wait (default 60)"
     )
     rollback.set_defaults(handler=_lazy("edgefleet.fleet.rollback:run_rollback"))
+
+    infer = sub.add_parser("infer", help="send one inference request to a device and print its outputs")
+    infer.add_argument("device", help="the device id")
+    _add_broker_options(infer)
+    infer.add_argument(
+        "--input", type=Path, required=True, help=".npy (a one-input model) or .npz keyed by input name"
+    )
+    infer.add_argument(
+        "--top-k", type=int, default=5, help="best classes shown per sample (default 5; 0: none)"
+    )
+    infer.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the reply (default 10)"
+    )
+    infer.add_argument("--save", type=Path, help="write the outputs to this .npz")
+    infer.add_argument("--json", action="store_true")
+    infer.set_defaults(handler=_lazy("edgefleet.fleet.infer_cli:run_infer"))
+
+    forget = sub.add_parser(
+        "forget", help="remove devices from the fleet's view (clears their retained presence and status)"
+    )
+    forget.add_argument("devices", nargs="+", metavar="DEVICE")
+    _add_broker_options(forget)
+    forget.set_defaults(handler=_lazy("edgefleet.fleet.forget:run_forget"))
 
     floor = sub.add_parser(
         "floor", help="sign a model's minimum version for devices (anti-rollback; agents opt in)"

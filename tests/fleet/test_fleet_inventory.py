@@ -159,3 +159,15 @@ def test_a_selector_that_matches_nothing_is_an_error(fleet: MosquittoProcess, ca
 def test_unreachable_broker_is_a_clear_error(capsys) -> None:
     assert main(["devices", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--listen", "0"]) == 2
     assert "cannot reach the MQTT broker" in capsys.readouterr().err
+
+
+@pytest.mark.mqtt
+def test_forget_removes_gone_devices_from_the_inventory(fleet: MosquittoProcess, capsys) -> None:
+    """A device cut off for good (pi-0002) and a garbage status (junk-1) stay listed forever; `forget`
+    clears what the broker keeps for them."""
+    assert main(["forget", "pi-0002", "junk-1", "--broker", fleet.url]) == 0
+    assert "forgot 2 device(s)" in capsys.readouterr().out
+    inventory, _ = collect_inventory(fleet.url, listen_s=0)
+    assert sorted(r.device_id for r in inventory.records()) == ["jn-0000", "jn-0001", "pi-0000", "pi-0001"]
+    assert main(["forget", "bad id", "--broker", fleet.url]) == 2
+    assert "device id 'bad id' is not valid" in capsys.readouterr().err

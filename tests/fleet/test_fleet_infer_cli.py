@@ -1,0 +1,84 @@
+"""`edgefleet infer`: one request from the command line to a real agent, outputs as the model computes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgefleet.cli import main
+from edgefleet.contract.profiles import PROFILES_PATH_ENV
+from edgefleet.contract.signing import create_key_pair
+from edgefleet.fleet.broker import MosquittoProcess
+from edgefleet.fleet.local_agent import LocalAgent
+
+pytestmark = pytest.mark.mqtt
+
+PROFILE_YAML = """\
+name: infer-test-onnx
+description: test profile, fp32 ONNX on the CPU
+artifact: {format: onnx, precision: fp32, io_dtype: float32}
+runtime: {engine: onnxruntime, threads: 1, providers: [CPUExecutionProvider]}
+memory_budget_mb: 512
+latency_budget_ms: 50
+"""
+
+
+def test_infer_prints_what_the_model_computes_and_saves_it(
+    broker: MosquittoProcess,
+    tmp_path: Path,
+    reference_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from support_bundles import make_fp32_bundle
+
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "infer-test-onnx.yaml").write_text(PROFILE_YAML)
+    monkeypatch.setenv(PROFILES_PATH_ENV, str(profiles))
+    private, public = create_key_pair(tmp_path / "keys")
+    model = reference_dir / "digits_cnn_v1.onnx"
+    bundle = make_fp32_bundle(tmp_path / "d.efb", model, private, version="1", profile="infer-test-onnx")
+    images = np.load(reference_dir / "eval.npz")["image"][:2]
+    np.save(tmp_path / "two.npy", images)
+    agent = LocalAgent(
+        tmp_path / "agent", device_id="dev-a", profile="infer-test-onnx", broker_url=broker.url,
+        trusted_key=public, env={PROFILES_PATH_ENV: str(profiles)},
+    )  # fmt: skip
+    with agent:
+        assert main(["deploy", str(bundle), "--device", "dev-a", "--broker", broker.url, "--wait"]) == 0
+        capsys.readouterr()
+        saved = tmp_path / "out.npz"
+        flags = ["--broker", broker.url, "--input", str(tmp_path / "two.npy")]
+        assert main(["infer", "dev-a", *flags, "--top-k", "3", "--json", "--save", str(saved)]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert main(["infer", "dev-a", *flags]) == 0
+        text = capsys.readouterr().out
+        assert main(["infer", "nobody", *flags, "--timeout", "2"]) == 2
+        assert "device nobody" in capsys.readouterr().err
+    expected = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
+        None, {"image": images}
+    )[0]
+    logits = result["outputs"]["logits"]
+    assert logits["shape"] == [2, 10] and logits["dtype"] == "float32"
+    assert [row[0][0] for row in logits["top_k"]] == expected.argmax(axis=1).tolist()
+    assert all(len(row) == 3 for row in logits["top_k"])
+    with np.load(saved) as archive:
+        np.testing.assert_allclose(archive["logits"], expected, rtol=1e-5, atol=1e-5)
+    assert "logits: float32 [2, 10]" in text and "sample 1: top-5" in text
+
+
+def test_an_input_that_cannot_be_sent_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "x.txt").write_text("1 2 3")
+    for path, message in (
+        (tmp_path / "none.npy", "cannot read --input"),
+        (tmp_path / "x.txt", "give an .npy"),
+    ):
+        assert main(["infer", "dev-a", "--broker", "mqtt://127.0.0.1:1", "--input", str(path)]) == 2
+        assert message in capsys.readouterr().err

@@ -1,0 +1,31 @@
+"""The command line's own mistakes: one line saying what was wrong, and the likely intended word."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgefleet.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["covnert", "model.onnx"], "did you mean 'convert'?"),
+        (["profiles", "lst"], "did you mean 'list'?"),
+        (["status", "--broker", "mqtt://127.0.0.1:1", "--jsn"], "did you mean '--json'?"),
+    ],
+)
+def test_a_typo_gets_a_suggestion_and_no_usage_block(
+    argv: list[str], hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and hint in err
+    assert "usage:" not in err and len(err.splitlines()) == 2
+
+
+def test_nothing_is_suggested_when_nothing_is_close(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["xyzzy"])
+    assert "did you mean" not in capsys.readouterr().err
