@@ -1,5 +1,6 @@
-"""Helpers for the fleet tests: plain paho clients (not edgefleet code) and a simulated device that
-follows docs/protocol.md: it fetches the chunks itself, checks them, then reports."""
+"""Helpers for the fleet tests: plain paho clients (not edgefleet code), a simulated device that follows
+docs/protocol.md (it fetches the chunks itself, checks them, then reports), and what a real agent process
+needs: an fp32 ONNX profile and a signed bundle of the digits model."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,6 +24,8 @@ from edgefleet.contract.messages import (
     DeviceStatus,
     Presence,
 )
+from edgefleet.contract.profiles import PROFILES_PATH_ENV
+from edgefleet.contract.signing import create_key_pair
 from edgefleet.fleet.broker import MosquittoProcess
 
 
@@ -162,3 +166,29 @@ class SimulatedDevice:
             status = device_status(self.device_id, self.profile, model, swaps=1)
             self.client.publish(topics.status(self.device_id), status.to_bytes(), qos=1, retain=True)
         self.done.set()
+
+
+ONNX_PROFILE = "fleet-test-onnx"
+ONNX_PROFILE_YAML = f"""\
+name: {ONNX_PROFILE}
+description: test profile, fp32 ONNX on the CPU
+artifact: {{format: onnx, precision: fp32, io_dtype: float32}}
+runtime: {{engine: onnxruntime, threads: 1, providers: [CPUExecutionProvider]}}
+memory_budget_mb: 512
+latency_budget_ms: 50
+"""
+
+
+def digits_for_a_real_agent(tmp_path: Path, reference_dir: Path) -> tuple[Path, Path, dict[str, str]]:
+    """For a real agent process: the profile folder (its path in the returned environment, which the
+    test also sets for itself), a signed bundle of the digits CNN v1 for that profile, and the public key.
+    Returns (bundle, public key, env)."""
+    from support_bundles import make_fp32_bundle
+
+    profiles = tmp_path / "profiles"
+    profiles.mkdir(exist_ok=True)
+    (profiles / f"{ONNX_PROFILE}.yaml").write_text(ONNX_PROFILE_YAML)
+    private, public = create_key_pair(tmp_path / "keys")
+    model = reference_dir / "digits_cnn_v1.onnx"
+    bundle = make_fp32_bundle(tmp_path / "digits-1.efb", model, private, version="1", profile=ONNX_PROFILE)
+    return bundle, public, {PROFILES_PATH_ENV: str(profiles)}

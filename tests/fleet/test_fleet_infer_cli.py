@@ -8,23 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from fleet_helpers import ONNX_PROFILE, digits_for_a_real_agent
 
 from edgefleet.cli import main
-from edgefleet.contract.profiles import PROFILES_PATH_ENV
-from edgefleet.contract.signing import create_key_pair
 from edgefleet.fleet.broker import MosquittoProcess
 from edgefleet.fleet.local_agent import LocalAgent
 
 pytestmark = pytest.mark.mqtt
-
-PROFILE_YAML = """\
-name: infer-test-onnx
-description: test profile, fp32 ONNX on the CPU
-artifact: {format: onnx, precision: fp32, io_dtype: float32}
-runtime: {engine: onnxruntime, threads: 1, providers: [CPUExecutionProvider]}
-memory_budget_mb: 512
-latency_budget_ms: 50
-"""
 
 
 def test_infer_prints_what_the_model_computes_and_saves_it(
@@ -34,20 +24,15 @@ def test_infer_prints_what_the_model_computes_and_saves_it(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from support_bundles import make_fp32_bundle
-
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    (profiles / "infer-test-onnx.yaml").write_text(PROFILE_YAML)
-    monkeypatch.setenv(PROFILES_PATH_ENV, str(profiles))
-    private, public = create_key_pair(tmp_path / "keys")
+    bundle, public, env = digits_for_a_real_agent(tmp_path, reference_dir)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     model = reference_dir / "digits_cnn_v1.onnx"
-    bundle = make_fp32_bundle(tmp_path / "d.efb", model, private, version="1", profile="infer-test-onnx")
     images = np.load(reference_dir / "eval.npz")["image"][:2]
     np.save(tmp_path / "two.npy", images)
     agent = LocalAgent(
-        tmp_path / "agent", device_id="dev-a", profile="infer-test-onnx", broker_url=broker.url,
-        trusted_key=public, env={PROFILES_PATH_ENV: str(profiles)},
+        tmp_path / "agent", device_id="dev-a", profile=ONNX_PROFILE, broker_url=broker.url,
+        trusted_key=public, env=env,
     )  # fmt: skip
     with agent:
         assert main(["deploy", str(bundle), "--device", "dev-a", "--broker", broker.url, "--wait"]) == 0

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fleet_helpers import ONNX_PROFILE, digits_for_a_real_agent
 
 from edgefleet.cli import main
 from edgefleet.contract import topics
-from edgefleet.contract.profiles import PROFILES_PATH_ENV
-from edgefleet.contract.signing import create_key_pair
 from edgefleet.fleet.broker import find_mosquitto, free_port
 from edgefleet.fleet.broker_config import BrokerConfigFiles, BrokerConfigSpec, write_broker_config
 from edgefleet.fleet.exporter import Exporter
@@ -329,16 +328,6 @@ def test_certificate_mode_uses_the_certificate_as_identity(tmp_path: Path) -> No
         broker.stop()
 
 
-TEST_PROFILE_YAML = """\
-name: tls-test-onnx
-description: test profile, fp32 ONNX on the CPU
-artifact: {format: onnx, precision: fp32, io_dtype: float32}
-runtime: {engine: onnxruntime, threads: 1, providers: [CPUExecutionProvider]}
-memory_budget_mb: 512
-latency_budget_ms: 50
-"""
-
-
 @pytest.mark.slow
 def test_agent_deploy_status_and_exporter_over_tls(
     secure_broker: SecureBroker,
@@ -347,31 +336,20 @@ def test_agent_deploy_status_and_exporter_over_tls(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from support_bundles import make_fp32_bundle
-
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    (profiles / "tls-test-onnx.yaml").write_text(TEST_PROFILE_YAML)
-    monkeypatch.setenv(PROFILES_PATH_ENV, str(profiles))
-    private, public = create_key_pair(tmp_path / "keys")
-    bundle = make_fp32_bundle(
-        tmp_path / "digits-1.efb",
-        reference_dir / "digits_cnn_v1.onnx",
-        private,
-        version="1",
-        profile="tls-test-onnx",
-    )
+    bundle, public, env = digits_for_a_real_agent(tmp_path, reference_dir)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     # The device gets exactly what broker-config made for it: its folder next to agent.yaml.
     agent_dir = tmp_path / "agent"
     shutil.copytree(secure_broker.files.clients["dev-a"], agent_dir)
     agent = LocalAgent(
         agent_dir,
         device_id="dev-a",
-        profile="tls-test-onnx",
+        profile=ONNX_PROFILE,
         broker_url="mqtt://placeholder",
         trusted_key=public,
         telemetry_interval_s=0.5,
-        env={PROFILES_PATH_ENV: str(profiles)},
+        env=env,
     )
     config = yaml.safe_load(agent.config_path.read_text())
     config.update(yaml.safe_load((agent_dir / "broker.yaml").read_text()))
@@ -408,7 +386,7 @@ def test_agent_deploy_status_and_exporter_over_tls(
                 text = response.read().decode()
     assert 'edgefleet_device_online{device_id="dev-a"} 1' in text
     assert (
-        'edgefleet_device_info{device_id="dev-a",profile="tls-test-onnx",model="digits",model_version="1"'
+        'edgefleet_device_info{device_id="dev-a",profile="fleet-test-onnx",model="digits",model_version="1"'
         in text
     )
     assert 'edgefleet_device_telemetry_messages_total{device_id="dev-a"}' in text
