@@ -5,25 +5,13 @@ Same figures as the MQTT telemetry, in Prometheus units: latency in seconds, mem
 
 from __future__ import annotations
 
-import math
-
 from edgefleet.agent.telemetry import LatencyTotals
 from edgefleet.contract.messages import Telemetry
+from edgefleet.prometheus_text import CONTENT_TYPE, family
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+__all__ = ["CONTENT_TYPE", "render"]
+
 PREFIX = "edgefleet_agent_"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float | int | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "NaN"
-    if isinstance(value, float) and math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 class _Exposition:
@@ -38,15 +26,7 @@ class _Exposition:
         samples: list[tuple[dict[str, str], float | int | None]],
         suffixes: dict[str, float | int] | None = None,
     ) -> None:
-        full = PREFIX + name
-        self.lines.append(f"# HELP {full} {help_text}")
-        self.lines.append(f"# TYPE {full} {kind}")
-        for labels, value in samples:
-            label_text = ",".join(f'{key}="{_escape(val)}"' for key, val in labels.items())
-            name = f"{full}{{{label_text}}}" if labels else full
-            self.lines.append(f"{name} {_number(value)}")
-        for suffix, value in (suffixes or {}).items():
-            self.lines.append(f"{full}{suffix} {_number(value)}")
+        self.lines += family(PREFIX + name, kind, help_text, list(samples), dict(suffixes or {}))
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"

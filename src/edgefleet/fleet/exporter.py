@@ -11,7 +11,6 @@ dashboards take `max by (device_id)` across exporters, or the freshest by
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import threading
 import time
@@ -28,25 +27,13 @@ from edgefleet.fleet.history import parse_duration
 from edgefleet.fleet.monitor import FleetMonitor, FleetSnapshot, telemetry_extra
 from edgefleet.fleet.stop_signals import stop_on_signals
 from edgefleet.fleet.telemetry_store import HistoryRecorder, default_history_path
+from edgefleet.prometheus_text import CONTENT_TYPE, family
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_BIND = "127.0.0.1:9479"
 
 
 class ExporterError(EdgefleetError):
     """The exporter cannot start as configured."""
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _value(number: float) -> str:
-    if math.isnan(number):
-        return "NaN"
-    if math.isinf(number):
-        return "+Inf" if number > 0 else "-Inf"
-    return repr(float(number)) if not float(number).is_integer() else str(int(number))
 
 
 @dataclass
@@ -63,15 +50,9 @@ class MetricFamily:
     def render(self) -> Iterable[str]:
         if not self.samples:
             return
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} {self.kind}"
-        for labels, value in self.samples:
-            label_text = ",".join(f'{key}="{_escape(str(val))}"' for key, val in labels.items())
-            yield (
-                f"{self.name}{{{label_text}}} {_value(value)}"
-                if label_text
-                else f"{self.name} {_value(value)}"
-            )
+        yield from family(
+            self.name, self.kind, self.help, [(labels, value) for labels, value in self.samples]
+        )
 
 
 @dataclass(frozen=True)
@@ -188,7 +169,7 @@ def render_metrics(snapshot: FleetSnapshot, stats: ExporterStats) -> str:
         add("edgefleet_device_latency_samples", who, tele.latency_ms.samples)
         add("edgefleet_device_requests_total", who, tele.requests)
         add("edgefleet_device_errors_total", who, tele.errors)
-        add("edgefleet_device_resident_memory_bytes", who, tele.rss_mb * 1024 * 1024)
+        add("edgefleet_device_resident_memory_bytes", who, round(tele.rss_mb * 1024 * 1024))
         add("edgefleet_device_cpu_usage_ratio", who, tele.cpu_percent / 100)
         add("edgefleet_device_soc_temperature_celsius", who, telemetry_extra(tele, "soc_temp_c"))
         add("edgefleet_device_throughput_requests_per_second", who, telemetry_extra(tele, "throughput_rps"))
