@@ -314,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
         "mask IoU, CTC string equality (default: the profile's max_accuracy_drop_points)",
     )
     accuracy.add_argument(
+        "--allow-low-accuracy",
+        action="store_true",
+        help="convert even when the fp32 model scores no better than chance against the labels `y` (by "
+        "default that stops the conversion: the labels are likely off by one or in another order)",
+    )
+    accuracy.add_argument(
         "--min-sqnr",
         type=float,
         metavar="DB",

@@ -149,3 +149,22 @@ def test_a_budget_finer_than_one_evaluation_sample_is_said() -> None:
     (said,) = notes(64, 0.5)  # jetson-nano's budget: one string of 64 is 1.56 points
     assert "worth 1.56 points" in said and "at least 201 samples" in said
     assert notes(256, 0.5) == []
+
+
+def test_labels_that_cannot_be_right_stop_the_conversion() -> None:
+    """Issue 11: labels off by one gave 'fp32 0.00% -> artifact 0.00%', a green report and exit 0."""
+    rng = np.random.default_rng(4)
+    scores = rng.normal(size=(40, 10)).astype(np.float32)
+    truth = scores.argmax(axis=1)
+    assert measure_output("logits", "classification", scores, scores, truth).fp32 == 100.0
+    with pytest.raises(ConversionError, match=r"labels `y` run from 1 to 10, but output 'logits' has 10"):
+        measure_output("logits", "classification", scores, scores, truth + 1)
+    shifted = (truth + 1) % 10  # in range, every one wrong
+    with pytest.raises(
+        ConversionError, match=r"scores 0.00% top-1 .* \(0 of 40 samples\), no better than chance"
+    ):
+        measure_output("logits", "classification", scores, scores, shifted)
+    allowed = measure_output("logits", "classification", scores, scores, shifted, allow_low_accuracy=True)
+    assert allowed.fp32 == 0.0
+    with pytest.raises(ConversionError, match="whole class indices"):
+        measure_output("logits", "classification", scores, scores, truth + 0.5)

@@ -34,6 +34,7 @@ def request_from_args(args: argparse.Namespace) -> ConversionRequest:
             version=args.model_version,
             key=args.key,
             max_drop=args.max_drop,
+            allow_low_accuracy=args.allow_low_accuracy,
             output_kinds=parse_output_kinds(args.output_kinds),
             min_sqnr=args.min_sqnr,
             metric=args.metric,

@@ -54,6 +54,10 @@ class ConversionRequest(BaseModel):
     min_sqnr: float | None = Field(
         default=None, description="floor in dB for outputs judged by SQNR; null: the precision's default"
     )
+    allow_low_accuracy: bool = Field(
+        default=False,
+        description="convert even when the fp32 model scores no better than chance against the labels",
+    )
     metric: str | None = Field(
         default=None,
         pattern=USER_CODE_SPEC.pattern,

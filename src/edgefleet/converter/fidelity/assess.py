@@ -20,6 +20,7 @@ class FidelityPlan:
     kinds: dict[str, tuple[OutputKind, KindSource]]  # every output, in the source model's order
     budget: FidelityBudget
     hook: tuple[str, MetricHook] | None = None  # (`package.module:function`, the callable)
+    allow_low_accuracy: bool = False  # fp32 at or below chance against the labels: a note, not an error
 
 
 def plan_fidelity(
@@ -36,7 +37,7 @@ def plan_fidelity(
 def assess(
     plan: FidelityPlan, fp32: dict[str, np.ndarray], artifact: dict[str, np.ndarray], data: EvalData
 ) -> Judgement:
-    outputs = measure_outputs(plan.kinds, fp32, artifact, data.labels)
+    outputs = measure_outputs(plan.kinds, fp32, artifact, data.labels, plan.allow_low_accuracy)
     custom = None
     if plan.hook is not None:
         custom = run_metric_hook(plan.hook[0], plan.hook[1], fp32, artifact, data)

@@ -59,8 +59,11 @@ def measure_output(
     artifact: np.ndarray,
     labels: np.ndarray | None = None,
     source: KindSource = "shape",
+    allow_low_accuracy: bool = False,
 ) -> OutputMetrics:
-    """`labels` apply to classification outputs only (top-1 vs labels instead of agreement)."""
+    """`labels` apply to classification outputs only (top-1 vs labels instead of agreement); labels that
+    cannot be class indices of this output, or an fp32 model at or below chance against them (unless
+    `allow_low_accuracy`), are a ConversionError: every figure after would be meaningless."""
     if fp32.shape != artifact.shape:
         raise ConversionError(
             f"output '{name}': the artifact gives shape {artifact.shape}, fp32 {fp32.shape}; they cannot be "
@@ -87,7 +90,16 @@ def measure_output(
         agreement = top1_agreement(fp32, artifact)
         update = {"metric": "top1_agreement", "artifact": agreement, "drop_points": round(100 - agreement, 2)}
         if labels is not None:
+            check_labels(name, labels, fp32.shape[-1])
             acc_fp32, acc_artifact = top1_accuracy(fp32, labels), top1_accuracy(artifact, labels)
+            chance = 100.0 / fp32.shape[-1]
+            if acc_fp32 <= chance and not allow_low_accuracy:
+                raise ConversionError(
+                    f"output '{name}': the fp32 model itself scores {acc_fp32:.2f}% top-1 against the labels "
+                    f"`y` ({_count(acc_fp32, len(labels))} samples), no better than chance "
+                    f"({chance:.2f}% for {fp32.shape[-1]} classes): the labels are likely off by one or in "
+                    "another class order. Fix them, or pass --allow-low-accuracy to convert anyway"
+                )
             update = {
                 "metric": "top1",
                 "fp32": acc_fp32,
@@ -111,17 +123,42 @@ def measure_output(
     )
 
 
+def _count(percent: float, samples: int) -> str:
+    return f"{round(percent * samples / 100)} of {samples}"
+
+
+def check_labels(name: str, labels: np.ndarray, classes: int) -> None:
+    """Labels `y` must be whole class indices 0..classes-1 of the output they score."""
+    values = labels.reshape(-1)
+    if values.size and (not np.all(np.isfinite(values)) or not np.all(values == np.round(values))):
+        raise ConversionError(
+            f"labels `y` for output '{name}' must be whole class indices, got {values.dtype} values"
+        )
+    if values.size and (values.min() < 0 or values.max() >= classes):
+        raise ConversionError(
+            f"labels `y` run from {values.min():g} to {values.max():g}, but output '{name}' has {classes} "
+            f"classes (0..{classes - 1}): are the labels 1-based, or for another model?"
+        )
+
+
 def measure_outputs(
     kinds: Mapping[str, tuple[OutputKind, KindSource]],
     fp32: Mapping[str, np.ndarray],
     artifact: Mapping[str, np.ndarray],
     labels: np.ndarray | None,
+    allow_low_accuracy: bool = False,
 ) -> list[OutputMetrics]:
     """Every output in the source model's order; labels score the first classification output."""
     labelled = next((name for name, (kind, _) in kinds.items() if kind == "classification"), None)
     return [
         measure_output(
-            name, kind, fp32[name], artifact[name], labels if name == labelled else None, source=source
+            name,
+            kind,
+            fp32[name],
+            artifact[name],
+            labels if name == labelled else None,
+            source=source,
+            allow_low_accuracy=allow_low_accuracy,
         )
         for name, (kind, source) in kinds.items()
     ]

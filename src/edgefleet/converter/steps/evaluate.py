@@ -6,6 +6,7 @@ thread each), feeding the artifact through the manifest's TensorSpecs exactly as
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,8 @@ def _hook(ctx: ConversionContext) -> tuple[str, MetricHook] | None:
 
 
 def fidelity_plan(ctx: ConversionContext, reference: dict[str, np.ndarray]) -> FidelityPlan:
-    return plan_fidelity(ctx.request.output_kinds, reference, budget_for(ctx), _hook(ctx))
+    plan = plan_fidelity(ctx.request.output_kinds, reference, budget_for(ctx), _hook(ctx))
+    return replace(plan, allow_low_accuracy=ctx.request.allow_low_accuracy)
 
 
 def fidelity_notes(plan: FidelityPlan, judgement: Judgement, data: TensorSet) -> list[str]:
