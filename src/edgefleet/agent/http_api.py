@@ -7,7 +7,8 @@ POST /v2/models/{name}[/versions/{v}]/infer
 GET  /metrics
 Tensor data as JSON or as Triton's binary tensor data extension (see oip.py). Errors are the OIP error
 body {"error": "..."}: 400 for a bad request (shape, datatype, size, JSON), 404 for an unknown model or
-path, 503 while no model is active, when overloaded or shutting down.
+path, 500 when the model failed on a valid request, 503 while no model is active, when overloaded or
+shutting down.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from edgefleet import __version__
 from edgefleet.agent import oip
-from edgefleet.agent.inference import InferenceService, RequestError, Unavailable, too_large
+from edgefleet.agent.inference import InferenceService, ModelRunError, RequestError, Unavailable, too_large
 from edgefleet.agent.log import EventLog
 from edgefleet.agent.model_slot import LoadedModel
 from edgefleet.agent.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -252,6 +253,8 @@ class HttpApi:
             return _error(exc.status, str(exc))
         except Unavailable as exc:
             return _error(503, str(exc))
+        except ModelRunError as exc:  # a valid request the model failed on: the server's error
+            return _error(500, str(exc))
         except (RequestError, TensorError) as exc:
             return _error(400, str(exc))
         if json_length is None:

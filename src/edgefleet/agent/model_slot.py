@@ -241,15 +241,16 @@ class LoadedModel:
         """Run zeros through the model (first runs allocate and plan) and find out whether the runtime
         takes a batch; returns the last batch-1 run's ms."""
         try:
-            self._probe_batch()
             feeds = self._zeros(1)
+        except (ValueError, MemoryError) as exc:  # numpy: shapes the manifest declares cannot be made
+            raise BackendError(f"the manifest's input shapes cannot be allocated ({exc})") from exc
+        try:
+            self._probe_batch()
             elapsed = 0.0
             for _ in range(runs):
                 start = time.perf_counter()
                 self.run(feeds, record=False)
                 elapsed = (time.perf_counter() - start) * 1000
-        except (ValueError, MemoryError) as exc:  # numpy: shapes the manifest declares cannot be made
-            raise BackendError(f"the manifest's input shapes cannot be allocated ({exc})") from exc
         except Exception as exc:  # the runtime's own types, for shapes its model does not take
             shapes = ", ".join(
                 f"{s.name} {[1 if d is None else d for d in s.shape]}" for s in self.manifest.inputs
