@@ -18,7 +18,7 @@ from fleet_helpers import device_status, plain_client, publish_wait
 from edgefleet.cli import main
 from edgefleet.contract import topics
 from edgefleet.contract.messages import ActiveModel, LatencySummary, Presence, Telemetry
-from edgefleet.fleet.broker import MosquittoProcess
+from edgefleet.fleet.broker import MosquittoProcess, free_port
 from edgefleet.fleet.exporter import Exporter, render_metrics
 from edgefleet.fleet.telemetry_store import query_metric
 
@@ -209,3 +209,23 @@ def test_grafana_dashboard_uses_only_metrics_the_exporter_serves() -> None:
     used = {name for expr in exprs for name in re.findall(r"\bedgefleet_[a-z_]+", expr)}
     assert used, "the dashboard queries no edgefleet metric"
     assert used <= served, f"the dashboard uses metrics the exporter does not serve: {sorted(used - served)}"
+
+
+@pytest.mark.mqtt
+def test_an_exporter_started_before_its_broker_serves_disconnected_then_connects(tmp_path: Path) -> None:
+    """Issue 11: the exporter exited when the broker was down at start. It serves broker_connected 0 and
+    connects when the broker comes up (a Prometheus target that is up says the broker is not)."""
+    port = free_port()
+    with Exporter(f"mqtt://127.0.0.1:{port}", bind="127.0.0.1:0", reconnect_s=0.1) as exporter:
+        assert (
+            exporter.waiting_for_broker is not None
+            and "cannot reach the MQTT broker" in exporter.waiting_for_broker
+        )
+        with urllib.request.urlopen(exporter.url, timeout=5) as response:
+            assert "edgefleet_exporter_broker_connected 0" in response.read().decode()
+        with MosquittoProcess(tmp_path / "late-broker", port=port):
+            deadline = time.monotonic() + 30
+            while exporter.waiting_for_broker is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert exporter.waiting_for_broker is None
+            assert "edgefleet_exporter_broker_connected 1" in exporter.metrics_text()

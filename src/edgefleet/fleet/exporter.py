@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Iterable
@@ -27,9 +28,11 @@ from edgefleet.fleet.history import parse_duration
 from edgefleet.fleet.monitor import FleetMonitor, FleetSnapshot, telemetry_extra
 from edgefleet.fleet.stop_signals import stop_on_signals
 from edgefleet.fleet.telemetry_store import HistoryRecorder, default_history_path
+from edgefleet.mqtt import BrokerError
 from edgefleet.prometheus_text import CONTENT_TYPE, family
 
 DEFAULT_BIND = "127.0.0.1:9479"
+RECONNECT_S = 5.0  # a broker not there at start is tried again this often
 
 
 class ExporterError(EdgefleetError):
@@ -207,15 +210,21 @@ class Exporter:
         share_group: str | None = None,
         history: Path | None = None,
         retention_s: float | None = None,
+        reconnect_s: float = RECONNECT_S,
     ) -> None:
         self.monitor = FleetMonitor()
         self.recorder = HistoryRecorder(history, retention_s=retention_s) if history else None
-        self.feed = FleetFeed(
+        self._new_feed = lambda: FleetFeed(
             broker_url, "exporter", self.monitor, recorder=self.recorder, share_group=share_group
         )
+        self.feed = self._new_feed()
         self._bind = parse_bind(bind)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._reconnect_s = reconnect_s
+        self._stopping = threading.Event()
+        self._waiting: threading.Thread | None = None
+        self.waiting_for_broker: str | None = None  # why the first connection has not been made yet
 
     @property
     def url(self) -> str:
@@ -243,7 +252,7 @@ class Exporter:
         try:
             if self.recorder is not None:
                 self.recorder.start()
-            self.feed.open()
+            self._open_feed()
         except BaseException:
             self._server.server_close()
             if self.recorder is not None:
@@ -253,7 +262,36 @@ class Exporter:
         self._thread.start()
         return self
 
+    def _open_feed(self) -> None:
+        """Connect; a broker that is not there (yet) is waited for in the background while /metrics says
+        `broker_connected 0`. A broker that refuses us (credentials, TLS) is an error at once."""
+        try:
+            self.feed.open()
+        except BrokerError as exc:
+            if not isinstance(exc.__cause__, OSError) or isinstance(exc.__cause__, ssl.SSLError):
+                raise
+            self.waiting_for_broker = str(exc)
+            self._waiting = threading.Thread(
+                target=self._wait_for_broker, name="exporter-connect", daemon=True
+            )
+            self._waiting.start()
+
+    def _wait_for_broker(self) -> None:
+        while not self._stopping.wait(self._reconnect_s):
+            feed = self._new_feed()
+            try:
+                feed.open()
+            except BrokerError as exc:
+                self.waiting_for_broker = str(exc)
+                continue
+            self.feed, self.waiting_for_broker = feed, None
+            print(f"exporter: connected to {feed.address}", flush=True)
+            return
+
     def stop(self) -> None:
+        self._stopping.set()
+        if self._waiting is not None:
+            self._waiting.join(timeout=10)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -302,6 +340,12 @@ def run_exporter(args: argparse.Namespace) -> int:
     with stop_on_signals(stop, signal.SIGTERM, signal.SIGINT), exporter:
         group = f" (share group {args.share_group})" if args.share_group else ""
         print(f"exporter: serving {exporter.url} from {exporter.feed.address}{group}", flush=True)
+        if exporter.waiting_for_broker is not None:
+            print(
+                f"exporter: {exporter.waiting_for_broker}; serving broker_connected 0 and trying again "
+                f"every {RECONNECT_S:g} s",
+                flush=True,
+            )
         if history is not None:
             print(f"exporter: recording telemetry history in {history}", flush=True)
         deadline = None if args.duration is None else time.monotonic() + args.duration
