@@ -31,8 +31,16 @@ def test_valid_config_with_defaults_and_relative_paths(tmp_path: Path) -> None:
     [
         ("device_id: 'a b'\nprofile: p\nbroker: x\nstate_dir: s\ntrusted_key: k\n", "device_id"),
         ("device_id: a\nprofile: p\nbroker: 'http://x'\nstate_dir: s\ntrusted_key: k\n", "broker"),
-        ("device_id: a\nprofile: p\nbroker: x\nstate_dir: s\ntrusted_key: k\ncolour: red\n", "colour"),
-        ("device_id: a\nprofile: p\nbroker: x\nstate_dir: s\n", "trusted_key"),
+        (
+            "device_id: a\nprofile: p\nbroker: x\nstate_dir: s\ntrusted_key: k\ncolour: red\n",
+            "unknown key 'colour'$",
+        ),
+        (
+            "device_id: a\nprofile: p\nbroker: x\nstate_dir: s\ntrusted_key: k\nkeep_bundle: 2\n",
+            r"unknown key 'keep_bundle' \(did you mean 'keep_bundles'\?\)",
+        ),
+        ("device_id: a\nprofile: p\nbroker: x\nstate_dir: s\n", "'trusted_key' is required"),
+        ("device_id: a\nprofile: p\n  broker: x\n", "not valid YAML: line 3, column 9: mapping values"),
         (
             "device_id: a\nprofile: p\nbroker: x\nstate_dir: s\ntrusted_key: k\ntelemetry_interval_s: 0\n",
             "telemetry",

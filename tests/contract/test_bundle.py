@@ -206,3 +206,12 @@ def test_member_paths_are_written_one_way_only(
 def _member(bundle: Path, name: str) -> bytes:
     with zipfile.ZipFile(bundle) as archive:
         return archive.read(name)
+
+
+def test_a_missing_trusted_key_says_where_it_comes_from(tmp_path: Path) -> None:
+    from edgefleet.contract.errors import EdgefleetError
+
+    with pytest.raises(
+        EdgefleetError, match=r"does not exist: copy the fleet's public key there \(fleet.pub"
+    ):
+        load_public_key(tmp_path / "fleet.pub")

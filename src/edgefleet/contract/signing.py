@@ -64,6 +64,11 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 def load_public_key(path: Path) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise EdgefleetError(
+            f"trusted key {path} does not exist: copy the fleet's public key there ({PUBLIC_KEY_FILE}, "
+            "next to the signing key; `edgefleet keys init` made both)"
+        ) from exc
     except (OSError, ValueError) as exc:
         raise EdgefleetError(f"trusted key {path}: cannot load it ({exc})") from exc
     if not isinstance(key, Ed25519PublicKey):
