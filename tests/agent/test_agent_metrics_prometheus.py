@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from agent_helpers import DEVICE, OTHER_PROFILE, AgentProcess, Keys, Observer, make_bundle, publish_bundle
 from agent_http_client import OipClient, http_agent_config, wait_http_port
+from prometheus_lint import problems
 
 from edgefleet.agent.prometheus import render
 from edgefleet.agent.telemetry import LatencyTotals, soc_temperature_c
@@ -66,6 +67,7 @@ def test_exposition_is_valid_and_escapes_labels() -> None:
         rollbacks=1,
     )
     text = render(telemetry, LatencyTotals(count=9, sum_ms=18.0), profile="rpi4", ready=True)
+    assert problems(text) == []  # what promtool's checks would refuse
     samples = parse_exposition(text)
     assert r'name="we\"ird\\name\n"' in text
     assert samples[("edgefleet_agent_request_latency_seconds", (("quantile", "0.95"),))] == 0.002
@@ -179,7 +181,7 @@ def test_telemetry_and_metrics_report_the_same_figures_and_the_backend(
     assert 0 < metric("request_latency_seconds_sum") < 30 * settled["latency_ms"]["p99"] / 1000 + 1e-9
     # rates are over the last closed interval: the scrape reports the telemetry published with it
     assert metric("throughput_requests_per_second") == 0
-    assert metric("cpu_percent") in [t["cpu_percent"] for t in around_scrape]
+    assert any(metric("cpu_usage_ratio") == pytest.approx(t["cpu_percent"] / 100) for t in around_scrape)
     rss = [t["rss_mb"] * 1024 * 1024 for t in around_scrape]
     assert min(rss) * 0.9 <= metric("resident_memory_bytes") <= max(rss) * 1.1
     (info,) = [labels for name, labels in scraped if name == "edgefleet_agent_model_info"]

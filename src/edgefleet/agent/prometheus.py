@@ -87,8 +87,8 @@ def render(telemetry: Telemetry, totals: LatencyTotals, *, profile: str, ready: 
         )
     rss_bytes = int(t.rss_mb * 1024 * 1024)
     out.metric("resident_memory_bytes", "gauge", "Resident set size of the agent process.", [({}, rss_bytes)])
-    cpu_help = "Agent process CPU over the last telemetry interval; 100 = one core."
-    out.metric("cpu_percent", "gauge", cpu_help, [({}, t.cpu_percent)])
+    cpu_help = "Agent process CPU over the last telemetry interval; 1 = one core (as the exporter's)."
+    out.metric("cpu_usage_ratio", "gauge", cpu_help, [({}, t.cpu_percent / 100)])
     if t.soc_temp_c is not None:
         temp_help = "SoC temperature from /sys/class/thermal."
         out.metric("soc_temperature_celsius", "gauge", temp_help, [({}, t.soc_temp_c)])

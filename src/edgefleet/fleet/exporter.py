@@ -159,14 +159,16 @@ def render_metrics(snapshot: FleetSnapshot, stats: ExporterStats) -> str:
         if tele is None:
             continue
         add("edgefleet_device_silent", who, 1 if device.stale(now) else 0)
-        for quantile, ms in (
-            ("0.5", tele.latency_ms.p50),
-            ("0.95", tele.latency_ms.p95),
-            ("0.99", tele.latency_ms.p99),
+        # a gauge per percentile: `quantile` is reserved for summaries, which need a _sum and _count the
+        # device's telemetry does not carry
+        for percentile, ms in (
+            ("p50", tele.latency_ms.p50),
+            ("p95", tele.latency_ms.p95),
+            ("p99", tele.latency_ms.p99),
         ):
             add(
                 "edgefleet_device_latency_seconds",
-                {**who, "quantile": quantile},
+                {**who, "percentile": percentile},
                 None if ms is None else ms / 1000,
             )
         add("edgefleet_device_latency_samples", who, tele.latency_ms.samples)
