@@ -214,7 +214,10 @@ def test_grafana_dashboard_uses_only_metrics_the_exporter_serves() -> None:
     assert used, "the dashboard queries no edgefleet metric"
     assert used <= served, f"the dashboard uses metrics the exporter does not serve: {sorted(used - served)}"
     # the profile and device variables filter every per-device panel (issue 11: the top row ignored them)
-    unfiltered = [e for e in exprs if "edgefleet_device_" in e and "$device" not in e and "$profile" not in e]
+    panels = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    unfiltered = [
+        e for e in panels if "edgefleet_device_" in e and "$device" not in e and "$profile" not in e
+    ]
     assert unfiltered == [], unfiltered
 
 
