@@ -301,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=D1,D2,...",
         help="fix an input's dynamic dimensions, e.g. image=1,3,96,96 (? keeps one dynamic); repeatable",
     )
+    convert.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show the toolchains' own log output (TensorFlow, LiteRT)",
+    )
     accuracy = convert.add_argument_group(
         "accuracy budget and reports",
         "over budget, the layers that lose the most are kept in float where the target allows it; a budget "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 
 from pydantic import ValidationError
 
@@ -15,6 +16,7 @@ from edgefleet.converter.fidelity.kinds import parse_output_kinds
 from edgefleet.converter.fidelity.outputs import MEASURE_LABELS
 from edgefleet.converter.inputs.images import preprocessing_from_flags
 from edgefleet.converter.inputs.sources import default_name
+from edgefleet.converter.native_output import native_stderr_to_log
 from edgefleet.converter.pipeline import ConversionResult, convert
 from edgefleet.converter.progress_display import conversion_progress
 from edgefleet.converter.report import report_lines
@@ -118,12 +120,19 @@ def format_summary(result: ConversionResult) -> str:
 def run_convert(args: argparse.Namespace) -> int:
     request = request_from_args(args)
     print(f"converting {request.model} for profile '{request.profile}'", file=sys.stderr, flush=True)
+    quiet = nullcontext(None) if args.verbose else native_stderr_to_log()
     try:
-        with conversion_progress() as display:
+        with quiet as native_log, conversion_progress() as display:
             result = convert(request, progress=display.step_done, status=display.status)
     except TargetRefusedError as exc:
         show_refusal(exc)
         raise
+    except BaseException:
+        if native_log is not None and native_log.exists():
+            print(f"the toolchains' own output is in {native_log}", file=sys.stderr)
+        raise
+    if native_log is not None:
+        native_log.unlink(missing_ok=True)
     print(format_summary(result))
     warn_if_not_compiled(result.target_checks)
     return 0

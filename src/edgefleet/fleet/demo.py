@@ -24,6 +24,7 @@ from rich.table import Table
 from edgefleet.contract.errors import EdgefleetError
 from edgefleet.contract.signing import create_key_pair
 from edgefleet.converter.context import ConversionRequest
+from edgefleet.converter.native_output import native_stderr_to_log
 from edgefleet.converter.pipeline import ConversionResult, convert
 from edgefleet.fleet.broker import MosquittoProcess, find_mosquitto
 from edgefleet.fleet.deploy import deploy_bundle
@@ -216,7 +217,9 @@ class Demo:
         results = []
         for version in VERSIONS:
             for profile in PROFILES:
-                with self.say.status(f"converting digits v{version} for {profile}"):
+                # the toolchains' native log lines go to a log file, not through the display
+                status = self.say.status(f"converting digits v{version} for {profile}")
+                with native_stderr_to_log() as native_log, status:
                     result = convert(
                         ConversionRequest(
                             model=models / f"digits_cnn_v{version}.onnx",
@@ -229,6 +232,7 @@ class Demo:
                             key=self.workdir / "keys" / "fleet.key",
                         )
                     )
+                native_log.unlink(missing_ok=True)
                 acc = result.metrics.accuracy
                 self.say.log(
                     f"converted v{version} for {profile}: {_artifact_label(result)}, "
@@ -304,7 +308,7 @@ def render_fallbacks(result: DemoResult) -> list[str]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
+    console = Console(stderr=True, log_path=False)  # no source locations in what a user reads
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
     try:
         result = Demo(workdir.resolve(), console).run()
