@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from edgefleet.cli import main
@@ -29,3 +31,13 @@ def test_nothing_is_suggested_when_nothing_is_close(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         main(["xyzzy"])
     assert "did you mean" not in capsys.readouterr().err
+
+
+def test_commands_a_script_calls_print_json(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profiles", "list", "--json"]) == 0
+    names = [p["name"] for p in json.loads(capsys.readouterr().out)]
+    assert "rpi4" in names and "jetson-orin-nano" in names
+    assert main(["profiles", "show", "rpi4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["memory_budget_mb"] == 512
+    assert main(["keys", "init", "--dir", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["public_key"] == str(tmp_path / "fleet.pub")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -65,6 +67,9 @@ def _profiles_list(args: argparse.Namespace) -> int:
         )
         for p in list_profiles()
     ]
+    if args.json:
+        print(json.dumps([p.model_dump(mode="json") for p in list_profiles()], indent=2))
+        return 0
     width = max((len(r[0]) for r in rows), default=4)
     for name, artifact, engine, description in rows:
         print(f"{name:<{width}}  {artifact:<12} {engine:<12} {description}")
@@ -76,7 +81,11 @@ def _profiles_show(args: argparse.Namespace) -> int:
 
     from edgefleet.contract.profiles import load_profile
 
-    print(yaml.safe_dump(load_profile(args.name).model_dump(mode="json"), sort_keys=False), end="")
+    data = load_profile(args.name).model_dump(mode="json")
+    print(
+        json.dumps(data, indent=2) if args.json else yaml.safe_dump(data, sort_keys=False),
+        end="\n" if args.json else "",
+    )
     return 0
 
 
@@ -84,6 +93,9 @@ def _keys_init(args: argparse.Namespace) -> int:
     from edgefleet.contract.signing import create_key_pair, default_key_dir
 
     private, public = create_key_pair(args.dir or default_key_dir(), overwrite=args.force)
+    if args.json:
+        print(json.dumps({"private_key": str(private), "public_key": str(public)}, indent=2))
+        return 0
     print(f"private key: {private}  (keep it on the host that signs bundles)")
     print(f"public key:  {public}  (copy it to every device as its trusted key)")
     return 0
@@ -256,9 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     profiles = sub.add_parser("profiles", help="list or show device profiles")
     profiles_sub = profiles.add_subparsers(dest="profiles_command", required=True)
-    profiles_sub.add_parser("list", help="list known profiles").set_defaults(handler=_profiles_list)
+    profiles_list = profiles_sub.add_parser("list", help="list known profiles")
+    profiles_list.add_argument("--json", action="store_true")
+    profiles_list.set_defaults(handler=_profiles_list)
     show = profiles_sub.add_parser("show", help="print one profile")
     show.add_argument("name")
+    show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_profiles_show)
 
     keys = sub.add_parser("keys", help="manage the fleet signing key")
@@ -268,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", type=Path, help="where to write fleet.key/fleet.pub (default ~/.edgefleet/keys)"
     )
     init.add_argument("--force", action="store_true", help="replace an existing key pair")
+    init.add_argument("--json", action="store_true")
     init.set_defaults(handler=_keys_init)
 
     convert = sub.add_parser("convert", help="convert an fp32 ONNX model into a signed bundle for a profile")
@@ -306,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-v",
         action="store_true",
         help="show the toolchains' own log output (TensorFlow, LiteRT)",
+    )
+    convert.add_argument(
+        "--json", action="store_true", help="print the conversion report (report.json) to stdout"
     )
     accuracy = convert.add_argument_group(
         "accuracy budget and reports",
@@ -395,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)"
     )
     _add_chunk_option(deploy)
+    deploy.add_argument("--json", action="store_true", help="print the result as JSON")
     deploy.set_defaults(handler=_lazy("edgefleet.fleet.deploy:run_deploy"))
 
     rollback = sub.add_parser("rollback", help="make a device run a version it keeps on disk (no download)")
@@ -404,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", metavar="VERSION", help="the kept version to run (default: the previous good one)"
     )
     rollback.add_argument("--wait", action="store_true", help="wait until the device reports it active")
+    rollback.add_argument("--json", action="store_true", help="print the result as JSON")
     rollback.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait with --wait (default 60)"
     )
@@ -595,6 +616,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edgefleet ... --json | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

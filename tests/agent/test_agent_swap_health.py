@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -214,7 +215,10 @@ def test_rollback_command_reactivates_a_kept_version_without_download(
     assert main(["rollback", "--device", DEVICE, "--broker", url, "--wait", "--timeout", "20"]) == 0
     assert "digits 1 active" in capsys.readouterr().out
     assert obs.infer(POSITIVE).model_version == "1"
-    assert main(["rollback", "--device", DEVICE, "--broker", url, "--to", "2", "--wait"]) == 0
+    capsys.readouterr()
+    assert main(["rollback", "--device", DEVICE, "--broker", url, "--to", "2", "--wait", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["to"]["version"], result["from_version"], result["active"]) == ("2", "1", True)
     assert obs.infer(POSITIVE).model_version == "2"
     # the events travel separately from the status that ended the wait: wait for both activations
     wait_until(

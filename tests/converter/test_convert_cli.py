@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,13 @@ def test_convert_prints_a_summary_and_writes_the_bundle(
     assert "accuracy  top-1 on 360 samples: fp32 " in out
     assert "size      fp32 " in out and "latency   host, 1 thread" in out
     assert str(bundle) in out
+
+    # --json prints report.json instead of the summary (jetson-nano's fp16 conversion takes a second)
+    assert main(["convert", str(reference_dir / "digits_cnn_v2.onnx"), "--profile", "jetson-nano",
+                 "--calib", str(reference_dir / "calib.npz"), "--out", str(tmp_path / "json"),
+                 "--key", str(key_pair[0]), "--json"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert report["profile"] == "jetson-nano" and report["bundle"].endswith(".efb")
 
 
 def test_convert_errors_exit_2_with_one_line(

@@ -35,8 +35,12 @@ def test_infer_prints_what_the_model_computes_and_saves_it(
         trusted_key=public, env=env,
     )  # fmt: skip
     with agent:
-        assert main(["deploy", str(bundle), "--device", "dev-a", "--broker", broker.url, "--wait"]) == 0
-        capsys.readouterr()
+        assert (
+            main(["deploy", str(bundle), "--device", "dev-a", "--broker", broker.url, "--wait", "--json"])
+            == 0
+        )
+        deployed = json.loads(capsys.readouterr().out)
+        assert (deployed["device_id"], deployed["version"], deployed["active"]) == ("dev-a", "1", True)
         saved = tmp_path / "out.npz"
         flags = ["--broker", broker.url, "--input", str(tmp_path / "two.npy")]
         assert main(["infer", "dev-a", *flags, "--top-k", "3", "--json", "--save", str(saved)]) == 0

@@ -133,6 +133,9 @@ def run_convert(args: argparse.Namespace) -> int:
         raise
     if native_log is not None:
         native_log.unlink(missing_ok=True)
-    print(format_summary(result))
+    if args.json and result.report is not None:
+        print(result.report.model_dump_json(indent=2))
+    else:
+        print(format_summary(result))
     warn_if_not_compiled(result.target_checks)
     return 0

@@ -356,6 +356,9 @@ def run_deploy(args: argparse.Namespace) -> int:
         progress=True,
         chunk_size=args.chunk_kib * 1024,
     )
+    if args.json:
+        print(result.model_dump_json(indent=2))
+        return 0
     if result.active and result.status is not None:
         backend = result.status.backend
         print(

@@ -151,6 +151,9 @@ def run_rollback(args: argparse.Namespace) -> int:
     result = rollback_device(
         args.broker, args.device, to_version=args.to, wait=args.wait, timeout=args.timeout, progress=True
     )
+    if args.json:
+        print(result.model_dump_json(indent=2))
+        return 0
     target = result.to
     if result.active:
         print(f"device {result.device_id}: {target.name} {target.version} active")
