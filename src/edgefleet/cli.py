@@ -559,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rollout_parser(sub)
 
     simulate = sub.add_parser("simulate", help="N simulated devices speaking the real protocol (one process)")
-    _add_broker_options(simulate)
+    _add_broker_options(simulate, required=False)  # default: a private mosquitto
     simulate.add_argument("--devices", type=int, required=True, help="how many devices")
     simulate.add_argument("--profile", default="rpi4", help="their profile (default rpi4)")
     simulate.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a tag of every device")

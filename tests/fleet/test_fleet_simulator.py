@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -256,3 +257,17 @@ def test_a_broker_that_refuses_the_devices_is_a_clear_error(tmp_path: Path, caps
         assert main(["simulate", "--broker", closed.url, "--devices", "3", "--duration", "1"]) == 2
     err = capsys.readouterr().err
     assert "refused simulated device" in err and "Not authorized" in err and "--username" in err
+
+
+@pytest.mark.mqtt
+def test_simulate_without_a_broker_runs_on_a_private_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11: `simulate` pointed at a real broker left its devices there forever; without --broker it
+    starts its own mosquitto and says where."""
+    from edgefleet.cli import main
+
+    assert main(["simulate", "--devices", "2", "--profile", "rpi4", "--duration", "0.5", "--json"]) == 0
+    out = capsys.readouterr().out
+    private = re.search(r"private broker: (mqtt://127\.0\.0\.1:\d+)", out)
+    assert private is not None
+    report = json.loads(out[out.index("{") :])
+    assert (report["broker"], report["devices"], report["connected"]) == (private.group(1), 2, 2)

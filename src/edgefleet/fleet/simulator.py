@@ -34,6 +34,7 @@ from edgefleet.contract import ids, topics
 from edgefleet.contract.errors import EdgefleetError
 from edgefleet.contract.messages import ActiveModel, BundleMeta
 from edgefleet.contract.profiles import DeviceProfile, load_profile
+from edgefleet.fleet.broker import MosquittoProcess
 from edgefleet.fleet.simulator_device import FailMode, SimDevice, SimDeviceLog, SimOptions
 from edgefleet.mqtt import BrokerAddress, BrokerError, connect, refusal_hint
 
@@ -537,9 +538,19 @@ def _parse_tags(pairs: list[str]) -> dict[str, str]:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    """CLI entry point (edgefleet simulate)."""
+    """CLI entry point (edgefleet simulate). Without --broker the devices get a private mosquitto on a free
+    loopback port (printed, to point watch/rollout at): simulated devices never land on a real fleet's
+    broker by accident, where their retained status would outlive the run."""
+    if args.broker is not None:
+        return _simulate(args, args.broker)
+    with MosquittoProcess() as broker:
+        print(f"private broker: {broker.url} (pass --broker to use another)", flush=True)
+        return _simulate(args, broker.url)
+
+
+def _simulate(args: argparse.Namespace, broker_url: str) -> int:
     simulator = Simulator(
-        args.broker,
+        broker_url,
         args.devices,
         args.profile,
         telemetry_hz=args.telemetry_hz,
