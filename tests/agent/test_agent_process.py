@@ -116,6 +116,14 @@ def test_telemetry_has_sane_numbers(
     assert 0 <= sample["cpu_percent"] <= 200
     print(f"telemetry sample: {sample}")
 
+    # Retained and expiring: a command started between two reports sees the latest at once (issue 11:
+    # `status` listened 2 s, agents report every 5 s, and healthy devices showed "-").
+    from edgefleet.fleet.inventory import collect_inventory
+
+    inventory, _ = collect_inventory(running_agent.broker.url, listen_s=0)
+    known = inventory.get(DEVICE)
+    assert known is not None and known.telemetry is not None and known.telemetry.requests >= 31
+
 
 def test_restart_comes_back_with_active_bundle_and_sigterm_says_offline(
     running_agent: RunningAgent, bundles: dict[str, Path], reference_dir: Path

@@ -155,11 +155,13 @@ class Agent:
 
     def _publish_telemetry(self) -> None:
         telemetry = self.telemetry.sample()
+        # retained, expiring: a host command started between two reports (`status`, `devices`) gets the
+        # latest at once, and a device gone silent for a minute leaves nothing behind
         self._publish(
             topics.telemetry(self.config.device_id),
             telemetry.to_bytes(),
             0,
-            False,
+            True,
             publish_properties(MessageExpiryInterval=TELEMETRY_EXPIRY_S),
         )
 

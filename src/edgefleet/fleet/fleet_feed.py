@@ -82,5 +82,6 @@ class FleetFeed:
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
         # paho's network thread: parse and update memory only; the recorder queues without waiting.
         telemetry = self.monitor.feed(message.topic, bytes(message.payload))
-        if telemetry is not None and self.recorder is not None:
+        # a retained report is the latest one again (sent when we subscribed): the history has it already
+        if telemetry is not None and self.recorder is not None and not message.retain:
             self.recorder.record(telemetry, time.time())

@@ -520,7 +520,11 @@ class SimDevice:
             soc_temp_c=round(45.0 * jitter, 1),
         )
         self._publish(
-            topics.telemetry(self.device_id), telemetry.to_bytes(), qos=0, props=self._telemetry_props
+            topics.telemetry(self.device_id),
+            telemetry.to_bytes(),
+            qos=0,
+            retain=True,  # as the agent: the latest report waits for late subscribers, then expires
+            props=self._telemetry_props,
         )
         self.log.telemetry_sent += 1
 
