@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ def test_convert_prints_a_summary_and_writes_the_bundle(
     bundle = tmp_path / "digits_cnn_v2-2-jetson-nano.efb"
     assert code == 0 and bundle.is_file()
     assert "accuracy  top-1 on 360 samples: fp32 " in out
+    assert re.search(r"\(drop [+-]\d+\.\d\d points, \d+ of 360 samples\)", out)  # points as whole samples
     assert "size      fp32 " in out and "latency   host, 1 thread" in out
     assert str(bundle) in out
 

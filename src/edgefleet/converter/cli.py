@@ -69,6 +69,11 @@ def _size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.2f} MiB"
 
 
+def _of(points: float, samples: int) -> str:
+    """A per-sample measure's points as whole samples: '1 of 360 samples' (a net change for a drop)."""
+    return f"{round(abs(points) * samples / 100)} of {samples} samples"
+
+
 def accuracy_text(accuracy: AccuracyMetrics) -> str:
     """The headline measure in words: top-1 (labels), agreement, a task measure or SQNR, and its output."""
     measure = accuracy.measure or accuracy.metric
@@ -77,10 +82,11 @@ def accuracy_text(accuracy: AccuracyMetrics) -> str:
     if measure == "top1":
         return (
             f"top-1 on {samples}: fp32 {accuracy.fp32:.2f}% -> artifact {accuracy.artifact:.2f}% "
-            f"(drop {accuracy.drop_points:+.2f} points){where}"
+            f"(drop {accuracy.drop_points:+.2f} points, {_of(accuracy.drop_points, accuracy.samples)}){where}"
         )
     if measure == "top1_agreement":
-        return f"top-1 agreement with fp32 on {samples}: {accuracy.artifact:.2f}%{where}"
+        differ = _of(100 - accuracy.artifact, accuracy.samples)
+        return f"top-1 agreement with fp32 on {samples}: {accuracy.artifact:.2f}% ({differ} differ){where}"
     if accuracy.unit == "dB":
         return f"SQNR vs fp32 on {samples}: {accuracy.artifact:.1f} dB{where}"
     return (
