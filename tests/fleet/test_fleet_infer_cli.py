@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,10 @@ def test_infer_prints_what_the_model_computes_and_saves_it(
             main(["deploy", str(bundle), "--device", "dev-a", "--broker", broker.url, "--wait", "--json"])
             == 0
         )
-        deployed = json.loads(capsys.readouterr().out)
+        captured = capsys.readouterr()
+        deployed = json.loads(captured.out)
+        bar = re.search(r"device dev-a: active.* (\d+)/(\d+) chunks", captured.err)
+        assert bar is not None and bar.group(1) == bar.group(2), captured.err  # the bar ends full
         assert (deployed["device_id"], deployed["version"], deployed["active"]) == ("dev-a", "1", True)
         saved = tmp_path / "out.npz"
         flags = ["--broker", broker.url, "--input", str(tmp_path / "two.npy")]

@@ -310,6 +310,9 @@ def wait_until_active(
                 and status.model is not None
                 and status.model.bundle_id == desired.bundle_id
             ):
+                if bar is not None and task is not None:  # a full bar: kept bundles need no download
+                    total = next(t.total for t in bar.tasks if t.id == task) or 1
+                    bar.update(task, total=total, completed=total, description=f"device {device_id}: active")
                 return result.model_copy(
                     update={"active": True, "status": status, "wait_seconds": time.monotonic() - started}
                 )
