@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from fleet_helpers import device_status, plain_client, publish_wait
 from rich.console import Console
+from rich.text import Text
 
 from edgefleet.cli import main
 from edgefleet.contract import topics
@@ -49,9 +50,10 @@ def telemetry(
     ).to_bytes()
 
 
-def _render(monitor: FleetMonitor, **kwargs: object) -> str:
-    console = Console(record=True, width=250, color_system=None, file=io.StringIO())
-    console.print(render_watch(monitor.snapshot(), "mqtt://test:1883", **kwargs))  # type: ignore[arg-type]
+def _render(monitor: FleetMonitor, width: int = 250, **kwargs: object) -> str:
+    console = Console(record=True, width=width, color_system=None, file=io.StringIO())
+    view = render_watch(monitor.snapshot(), "mqtt://test:1883", width=width, **kwargs)  # type: ignore[arg-type]
+    console.print(view)
     return console.export_text()
 
 
@@ -59,7 +61,7 @@ def _lines_by_device(text: str) -> list[str]:
     return [line.split("│")[1].strip() for line in text.splitlines() if line.count("│") > 5]
 
 
-def test_view_lists_devices_needing_attention_first_and_shows_garbage_as_garbage() -> None:
+def _mixed_fleet() -> FleetMonitor:
     monitor = FleetMonitor()
     for device in ("a-healthy", "b-healthy"):
         monitor.feed(topics.online(device), Presence(online=True).to_bytes())
@@ -74,7 +76,11 @@ def test_view_lists_devices_needing_attention_first_and_shows_garbage_as_garbage
     monitor.feed(topics.online("f-broken"), Presence(online=True).to_bytes())
     monitor.feed(topics.telemetry("f-broken"), b"\x00{not json")
     monitor.feed(topics.telemetry("g-liar"), telemetry("someone-else"))
+    return monitor
 
+
+def test_view_lists_devices_needing_attention_first_and_shows_garbage_as_garbage() -> None:
+    monitor = _mixed_fleet()
     text = _render(monitor)
 
     order = _lines_by_device(text)
@@ -237,3 +243,25 @@ def test_summary_line_counts_messages() -> None:
     monitor.feed(topics.telemetry("x"), b"garbage")
     assert "2 telemetry messages from 1 devices" in summary_line(monitor.snapshot())
     assert "(1 not understood)" in summary_line(monitor.snapshot())
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_the_view_fits_the_terminal_without_cutting_a_number(width: int) -> None:
+    """Issue 11: at 80x24 every number read `0...` and the notes column had no width. Narrow terminals
+    drop columns (p50, temperature, then profile and requests) and give the notes lines of their own."""
+    text = _render(_mixed_fleet(), width=width)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width and "…" not in text
+    healthy = next(line for line in lines if line.lstrip().startswith("a-healthy"))
+    assert "0.35" in healthy and "0.52" in healthy and "61" in healthy  # p95, p99, RSS whole
+    assert any(line.strip().startswith("c-slow: p95 over the 50 ms budget") for line in lines)
+    assert "+3 errors" in text and "garbage on telemetry: not valid JSON" in text
+    assert ("48" in healthy) == (width >= 110)  # the temperature column needs room
+
+
+def test_zero_counts_are_not_red() -> None:
+    view = render_watch(FleetMonitor().snapshot(), "mqtt://test:1883")
+    header = view.renderables[0]
+    assert isinstance(header, Text)
+    red = [header.plain[span.start : span.end] for span in header.spans if "red" in str(span.style)]
+    assert red == []  # "0 offline" and "0 sending garbage" are good news

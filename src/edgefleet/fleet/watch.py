@@ -11,10 +11,12 @@ import contextlib
 import functools
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -123,36 +125,57 @@ def _optional(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _row(device: DeviceHealth, attention: Attention, now: float) -> list[str]:
+# Columns a narrower terminal drops, widest need first; below NOTES_INLINE_WIDTH the notes leave the table
+# for lines of their own under it, so no number is ever cut to "0...".
+NOTES_INLINE_WIDTH = 150
+RATE_WINDOW_S = 10.0
+_DROPPED_BELOW: dict[str, int] = {"p50 ms": 110, "temp °C": 110, "profile": 90, "requests": 90}
+_NARROW_HEADERS = {"version": "ver", "last seen": "seen", "requests": "reqs"}
+
+
+def _columns(width: int | None) -> list[tuple[str, str]]:
+    if width is None or width >= NOTES_INLINE_WIDTH:
+        return _COLUMNS
+    return [
+        (name, justify)
+        for name, justify in _COLUMNS
+        if name != "notes" and width >= _DROPPED_BELOW.get(name, 0)
+    ]
+
+
+def _row(device: DeviceHealth, attention: Attention, now: float) -> dict[str, str]:
     stale = device.stale(now)
     online = {True: "[green]yes[/]", False: "[red]no[/]", None: "?"}[device.online]
     if device.online and stale:
         online = "[yellow]silent[/]"
     tele = device.telemetry
-    cells = [
-        escape(device.device_id),
-        online,
-        escape(device.profile or "-"),
-        escape(device.model_version or "-"),
-    ]
-    if tele is None:
-        cells += ["-"] * 8
-    else:
+    cells = {
+        "device": escape(device.device_id),
+        "online": online,
+        "profile": escape(device.profile or "-"),
+        "version": escape(device.model_version or "-"),
+    }
+    if tele is not None:
         latency = tele.latency_ms
-        cells += [
-            _ms(latency.p50),
-            _ms(latency.p95),
-            _ms(latency.p99),
-            f"{tele.rss_mb:.0f}",
-            f"{tele.cpu_percent:.0f}",
-            _optional(telemetry_extra(tele, "soc_temp_c"), ".0f"),
-            str(tele.requests),
-            f"[red]{tele.errors}[/]" if device.new_errors else str(tele.errors),
-        ]
+        cells |= {
+            "p50 ms": _ms(latency.p50),
+            "p95 ms": _ms(latency.p95),
+            "p99 ms": _ms(latency.p99),
+            "RSS MB": f"{tele.rss_mb:.0f}",
+            "CPU %": f"{tele.cpu_percent:.0f}",
+            "temp °C": _optional(telemetry_extra(tele, "soc_temp_c"), ".0f"),
+            "requests": str(tele.requests),
+            "errors": f"[red]{tele.errors}[/]" if device.new_errors else str(tele.errors),
+        }
     age = None if device.last_seen is None else now - device.last_seen
-    cells.append(format_age(age))
-    cells.append("; ".join(attention.notes))
+    cells["last seen"] = format_age(age)
+    cells["notes"] = "; ".join(attention.notes)
     return cells
+
+
+def _count(value: int, label: str, colour: str) -> str:
+    """A header count, coloured only when it is not zero: "0 offline" is good news."""
+    return f"[{colour}]{value} {label}[/]" if value else f"{value} {label}"
 
 
 def render_watch(
@@ -161,8 +184,11 @@ def render_watch(
     *,
     max_rows: int | None = None,
     telemetry_rate: float | None = None,
+    width: int | None = None,
 ) -> Group:
-    """The view: a one-line fleet summary, then devices needing attention first, then the rest by id."""
+    """The view: a one-line fleet summary, then devices needing attention first, then the rest by id.
+    `width`: the terminal's; narrower than NOTES_INLINE_WIDTH, columns are dropped and notes get lines of
+    their own, so the view fits (80 columns included) without cutting a number."""
     now = snapshot.taken_at
     ranked = sorted(
         ((assess(device, now), device) for device in snapshot.devices),
@@ -170,21 +196,30 @@ def render_watch(
     )
     needing = sum(1 for attention, _ in ranked if attention.rank < 9)
     shown = ranked if max_rows is None else ranked[: max(1, max_rows)]
-    table = Table(expand=False, pad_edge=False)
-    for name, justify in _COLUMNS:
-        table.add_column(name, justify=justify, no_wrap=name != "notes")  # type: ignore[arg-type]
+    columns = _columns(width)
+    narrow = width is not None and width < NOTES_INLINE_WIDTH
+    table = Table(expand=False, pad_edge=False, box=None if narrow else box.HEAVY_HEAD, show_edge=not narrow)
+    for name, justify in columns:
+        # narrow: short headers, and a long device id wraps rather than a number being cut
+        header = _NARROW_HEADERS.get(name, name) if narrow else name
+        wraps = name == "notes" or (narrow and name == "device")
+        table.add_column(header, justify=justify, no_wrap=not wraps, overflow="fold")  # type: ignore[arg-type]
+    notes: list[Text] = []
     for attention, device in shown:
-        table.add_row(*_row(device, attention, now))
+        cells = _row(device, attention, now)
+        table.add_row(*(cells.get(name, "-") for name, _ in columns))
+        if narrow and cells["notes"]:
+            notes.append(Text.from_markup(f"  {escape(device.device_id)}: {cells['notes']}"))
     stale = sum(1 for d in snapshot.devices if d.online and d.stale(now))
     rate = "" if telemetry_rate is None else f", {telemetry_rate:.0f} telemetry/s"
     header = Text.from_markup(
         f"[bold]edgefleet watch[/] {escape(broker)}  {len(snapshot.devices)} devices: "
-        f"[green]{snapshot.online} online[/], [red]{snapshot.offline} offline[/], "
-        f"[yellow]{stale} silent[/], [red]{snapshot.with_garbage} sending garbage[/]; "
+        f"{_count(snapshot.online, 'online', 'green')}, {_count(snapshot.offline, 'offline', 'red')}, "
+        f"{_count(stale, 'silent', 'yellow')}, {_count(snapshot.with_garbage, 'sending garbage', 'red')}; "
         f"{needing} need attention{rate}  "
         f"({datetime.fromtimestamp(now).strftime('%H:%M:%S')})"
     )
-    parts: list[Text | Table] = [header, table]
+    parts: list[Text | Table] = [header, table, *notes]
     hidden = len(ranked) - len(shown)
     if hidden:
         hidden_needing = max(0, needing - len(shown))
@@ -229,14 +264,17 @@ def run_watch(args: argparse.Namespace) -> int:
                 feed.session.sync()  # every retained presence/status is in
                 stop.wait(max(0.0, args.listen))
                 rows = args.rows if args.rows else None
-                console.print(render_watch(monitor.snapshot(), feed.address, max_rows=rows))
+                console.print(
+                    render_watch(monitor.snapshot(), feed.address, max_rows=rows, width=console.width)
+                )
                 return 0
             if console.is_terminal:
                 _live(console, monitor, feed, args, stop)
             else:
                 # Not a terminal: redrawing in place is impossible; print the view once, when it ends.
                 _wait(stop, args.duration)
-                console.print(render_watch(monitor.snapshot(), feed.address, max_rows=args.rows))
+                snapshot = monitor.snapshot()
+                console.print(render_watch(snapshot, feed.address, max_rows=args.rows, width=console.width))
     finally:
         if recorder is not None:
             recorder.stop()
@@ -253,19 +291,24 @@ def _live(
     console: Console, monitor: FleetMonitor, feed: FleetFeed, args: argparse.Namespace, stop: threading.Event
 ) -> None:
     deadline = None if args.duration is None else time.monotonic() + args.duration
-    last_count, last_at = 0, time.monotonic()
+    # the rate over the last RATE_WINDOW_S, not the last refresh: devices report every few seconds, so a
+    # one-second rate jumps between 0 and the whole fleet
+    counts: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
     rate: float | None = None
 
     def view() -> Group:
         rows = args.rows or _default_rows(console)
-        return render_watch(monitor.snapshot(), feed.address, max_rows=rows, telemetry_rate=rate)
+        snapshot = monitor.snapshot()
+        return render_watch(snapshot, feed.address, max_rows=rows, telemetry_rate=rate, width=console.width)
 
     with contextlib.suppress(KeyboardInterrupt), Live(view(), console=console, auto_refresh=False) as live:
         while not stop.wait(args.refresh):
             now = time.monotonic()
-            count = monitor.telemetry_messages
-            rate = (count - last_count) / max(1e-6, now - last_at)
-            last_count, last_at = count, now
+            counts.append((now, monitor.telemetry_messages))
+            while len(counts) > 2 and now - counts[1][0] >= RATE_WINDOW_S:
+                counts.popleft()
+            (first_at, first_count), (_, count) = counts[0], counts[-1]
+            rate = (count - first_count) / max(1e-6, now - first_at)
             live.update(view(), refresh=True)
             if deadline is not None and now >= deadline:
                 break
