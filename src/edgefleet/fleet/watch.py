@@ -201,9 +201,9 @@ def render_watch(
     table = Table(expand=False, pad_edge=False, box=None if narrow else box.HEAVY_HEAD, show_edge=not narrow)
     for name, justify in columns:
         # narrow: short headers, and a long device id wraps rather than a number being cut
-        header = _NARROW_HEADERS.get(name, name) if narrow else name
+        title = _NARROW_HEADERS.get(name, name) if narrow else name
         wraps = name == "notes" or (narrow and name == "device")
-        table.add_column(header, justify=justify, no_wrap=not wraps, overflow="fold")  # type: ignore[arg-type]
+        table.add_column(title, justify=justify, no_wrap=not wraps, overflow="fold")  # type: ignore[arg-type]
     notes: list[Text] = []
     for attention, device in shown:
         cells = _row(device, attention, now)
