@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from edgefleet.contract.errors import EdgefleetError
 from edgefleet.contract.signing import create_key_pair
@@ -269,29 +271,33 @@ def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
     return "-" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def render(result: DemoResult) -> Table:
-    table = Table(title=f"edgefleet demo: {result.held_out_samples} held-out digits, {result.duration_s} s")
-    columns = (
-        "device",
-        "profile",
-        "artifact",
-        "backend used",
-        "top-1 v1",
-        "top-1 v2",
-        "p50/p95 ms",
-        "RSS MB",
-        "swaps",
-        "requests",
-        "failed",
+WIDE = 150  # columns from which the demo's table carries profile, artifact and backend as columns
+
+
+def render(result: DemoResult, width: int | None = None) -> Group:
+    """The result table; narrower than WIDE (80 columns included), what ran where moves under the
+    table, one line per device, so no cell wraps mid-word."""
+    wide = width is None or width >= WIDE
+    title = f"edgefleet demo: {result.held_out_samples} held-out digits, {result.duration_s} s"
+    if not wide:
+        title += "; top-1 of v1 and v2, latency in ms"
+    table = Table(title=title, box=box.HEAVY_HEAD if wide else None, pad_edge=wide)
+    where = ("profile", "artifact", "backend used") if wide else ()
+    figures = (
+        ("top-1 v1", "top-1 v2", "p50/p95 ms", "RSS MB", "swaps", "requests", "failed")
+        if wide
+        else ("v1", "v2", "p50/p95", "RSS MB", "swaps", "reqs", "failed")
     )
-    for column in columns:
-        table.add_column(column, overflow="fold")
+    for column in ("device", *where, *figures):
+        wraps = column in ("backend used", "device")
+        table.add_column(column, overflow="fold", no_wrap=not wraps)
+    below: list[Text] = []
     for row in result.devices:
+        backend = row.backend + (" [yellow](fallback*)[/]" if row.fallbacks else "")
+        cells = [row.profile, row.artifact, backend] if wide else []
         table.add_row(
             row.device_id,
-            row.profile,
-            row.artifact,
-            row.backend + (" [yellow](fallback*)[/]" if row.fallbacks else ""),
+            *cells,
             _fmt(row.accuracy_v1, 1, "%"),
             _fmt(row.accuracy_v2, 1, "%"),
             f"{_fmt(row.p50_ms, 2)} / {_fmt(row.p95_ms, 2)}",
@@ -300,7 +306,9 @@ def render(result: DemoResult) -> Table:
             str(row.requests),
             str(row.failed_requests),
         )
-    return table
+        if not wide:
+            below.append(Text.from_markup(f"{row.device_id}: {row.profile}, {row.artifact}, on {backend}"))
+    return Group(table, *below)
 
 
 def render_fallbacks(result: DemoResult) -> list[str]:
@@ -318,8 +326,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
     else:
-        out = Console(width=None if sys.stdout.isatty() else 160)
-        out.print(render(result))
+        out = Console(width=None if sys.stdout.isatty() else WIDE)
+        out.print(render(result, out.width))
         for line in render_fallbacks(result):
             out.print(line, highlight=False, markup=False)
         for problem in result.problems:
