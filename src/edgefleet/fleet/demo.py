@@ -271,7 +271,7 @@ def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
     return "-" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-WIDE = 150  # columns from which the demo's table carries profile, artifact and backend as columns
+WIDE = 170  # columns from which the demo's table carries profile, artifact and backend as columns
 
 
 def render(result: DemoResult, width: int | None = None) -> Group:
@@ -289,7 +289,7 @@ def render(result: DemoResult, width: int | None = None) -> Group:
         else ("v1", "v2", "p50/p95", "RSS MB", "swaps", "reqs", "failed")
     )
     for column in ("device", *where, *figures):
-        wraps = column in ("backend used", "device")
+        wraps = column == "backend used" or (not wide and column == "device")
         table.add_column(column, overflow="fold", no_wrap=not wraps)
     below: list[Text] = []
     for row in result.devices:
