@@ -189,7 +189,8 @@ def test_exporter_command_runs_and_reports(
     assert "share group 'a/b' is not valid" in capsys.readouterr().err
 
 
-def test_grafana_dashboard_uses_only_metrics_the_exporter_serves() -> None:
+def _served_metrics() -> set[str]:
+    """Every metric name the exporter serves for a fleet with one device of each kind of message."""
     from edgefleet.fleet.exporter import ExporterStats
     from edgefleet.fleet.monitor import FleetMonitor
 
@@ -201,11 +202,15 @@ def test_grafana_dashboard_uses_only_metrics_the_exporter_serves() -> None:
     )
     monitor.feed(topics.events("x"), b'{"kind": "activated"}')
     monitor.feed(topics.telemetry("y"), b"garbage")
-    served = {
+    return {
         line.split("{")[0].split(" ")[0]
         for line in render_metrics(monitor.snapshot(), ExporterStats(True, 1, 0)).splitlines()
         if not line.startswith("#")
     }
+
+
+def test_grafana_dashboard_uses_only_metrics_the_exporter_serves() -> None:
+    served = _served_metrics()
     dashboard_path = REPO / "docs" / "grafana" / "edgefleet-dashboard.json"
     dashboard = json.loads(dashboard_path.read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
@@ -239,3 +244,32 @@ def test_an_exporter_started_before_its_broker_serves_disconnected_then_connects
                 time.sleep(0.05)
             assert exporter.waiting_for_broker is None
             assert "edgefleet_exporter_broker_connected 1" in exporter.metrics_text()
+
+
+def test_alert_rules_use_only_metrics_the_exporter_serves_and_the_unit_runs_a_real_command() -> None:
+    """docs/prometheus/edgefleet-alerts.yml and systemd/edgefleet-exporter.service (issue 11). promtool is
+    not installed here: the rules are checked for shape and for metric names the exporter serves."""
+    import shlex
+
+    import yaml
+
+    from edgefleet.cli import build_parser
+
+    rules = yaml.safe_load((REPO / "docs" / "prometheus" / "edgefleet-alerts.yml").read_text())
+    (group,) = rules["groups"]
+    alerts = {rule["alert"]: rule for rule in group["rules"]}
+    assert {"EdgefleetDeviceOffline", "EdgefleetErrorRate", "EdgefleetLatencyOverBudget"} <= set(alerts)
+    assert "EdgefleetRollback" in alerts and all("summary" in r["annotations"] for r in alerts.values())
+    used = {name for rule in alerts.values() for name in re.findall(r"\bedgefleet_[a-z_]+", rule["expr"])}
+    assert used <= _served_metrics(), sorted(used - _served_metrics())
+    assert all("quantile=" not in rule["expr"] for rule in alerts.values())
+
+    unit = (REPO / "systemd" / "edgefleet-exporter.service").read_text().replace("\\\n", " ")
+    (exec_line,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(exec_line.removeprefix("ExecStart="))[1:]
+    argv = [
+        {"${EDGEFLEET_BROKER}": "mqtt://broker:1883", "${EDGEFLEET_BIND}": "127.0.0.1:9479"}.get(a, a)
+        for a in argv
+    ]
+    args = build_parser().parse_args(argv)
+    assert args.command == "exporter" and str(args.history).endswith("telemetry.sqlite")
