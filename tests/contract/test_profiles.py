@@ -86,3 +86,8 @@ def test_profile_name_must_match_file_name(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv(PROFILES_PATH_ENV, str(tmp_path))
     with pytest.raises(ProfileError, match="must match the file name"):
         load_profile("a")
+
+
+def test_a_mistyped_profile_name_gets_a_suggestion() -> None:
+    with pytest.raises(ProfileError, match=r"unknown profile 'rpi9' \(did you mean 'rpi5'\? known: coral"):
+        load_profile("rpi9")

@@ -6,6 +6,7 @@ first) and then in the built-in `device_profiles/` folder, so a user adds a targ
 
 from __future__ import annotations
 
+import difflib
 import os
 from enum import Enum
 from importlib import resources
@@ -167,8 +168,10 @@ def load_profile(name: str) -> DeviceProfile:
     files = _profile_files()
     if name not in files:
         known = ", ".join(sorted(files)) or "none"
+        close = difflib.get_close_matches(name, sorted(files), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
         raise ProfileError(
-            f"unknown profile '{name}' (known: {known}); add a file {name}.yaml to one of: "
+            f"unknown profile '{name}' ({hint}known: {known}); add a file {name}.yaml to one of: "
             + ", ".join(str(d) for d in profile_dirs())
         )
     return load_profile_file(files[name])
