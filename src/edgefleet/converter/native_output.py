@@ -22,7 +22,12 @@ def native_stderr_to_log() -> Iterator[Path]:
     log = Path(name)
     saved = os.dup(2)
     python_stderr = sys.stderr
-    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding, errors="replace")
+    # Python's stderr keeps its destination: when it writes to descriptor 2 it gets a copy of the original
+    # descriptor; any other stream (a test's capture, an IDE's console) is left as it is
+    replaced = _writes_to_fd2(python_stderr)
+    if replaced:
+        encoding = getattr(python_stderr, "encoding", None) or "utf-8"
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=encoding, errors="replace")
     os.dup2(handle, 2)
     os.close(handle)
     try:
@@ -31,7 +36,15 @@ def native_stderr_to_log() -> Iterator[Path]:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
-        sys.stderr.close()
-        sys.stderr = python_stderr
+        if replaced:
+            sys.stderr.close()
+            sys.stderr = python_stderr
         if log.exists() and log.stat().st_size == 0:
             log.unlink()
+
+
+def _writes_to_fd2(stream: object) -> bool:
+    try:
+        return bool(stream.fileno() == 2)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return False
