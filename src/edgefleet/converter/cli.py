@@ -13,7 +13,7 @@ from edgefleet.converter.compression.stats import summary_lines
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.errors import ConversionError, TargetRefusedError
 from edgefleet.converter.fidelity.kinds import parse_output_kinds
-from edgefleet.converter.fidelity.outputs import MEASURE_LABELS
+from edgefleet.converter.fidelity.outputs import MEASURE_LABELS, whole_samples
 from edgefleet.converter.inputs.images import preprocessing_from_flags
 from edgefleet.converter.inputs.sources import default_name
 from edgefleet.converter.native_output import native_stderr_to_log
@@ -69,23 +69,19 @@ def _size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.2f} MiB"
 
 
-def _of(points: float, samples: int) -> str:
-    """A per-sample measure's points as whole samples: '1 of 360 samples' (a net change for a drop)."""
-    return f"{round(abs(points) * samples / 100)} of {samples} samples"
-
-
 def accuracy_text(accuracy: AccuracyMetrics) -> str:
     """The headline measure in words: top-1 (labels), agreement, a task measure or SQNR, and its output."""
     measure = accuracy.measure or accuracy.metric
     where = f", output '{accuracy.output}'" if accuracy.output else ""
     samples = f"{accuracy.samples} samples"
     if measure == "top1":
+        lost = whole_samples(accuracy.drop_points, accuracy.samples)
         return (
             f"top-1 on {samples}: fp32 {accuracy.fp32:.2f}% -> artifact {accuracy.artifact:.2f}% "
-            f"(drop {accuracy.drop_points:+.2f} points, {_of(accuracy.drop_points, accuracy.samples)}){where}"
+            f"(drop {accuracy.drop_points:+.2f} points, {lost}){where}"
         )
     if measure == "top1_agreement":
-        differ = _of(100 - accuracy.artifact, accuracy.samples)
+        differ = whole_samples(100 - accuracy.artifact, accuracy.samples)
         return f"top-1 agreement with fp32 on {samples}: {accuracy.artifact:.2f}% ({differ} differ){where}"
     if accuracy.unit == "dB":
         return f"SQNR vs fp32 on {samples}: {accuracy.artifact:.1f} dB{where}"

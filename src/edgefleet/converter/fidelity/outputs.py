@@ -96,7 +96,7 @@ def measure_output(
             if acc_fp32 <= chance and not allow_low_accuracy:
                 raise ConversionError(
                     f"output '{name}': the fp32 model itself scores {acc_fp32:.2f}% top-1 against the labels "
-                    f"`y` ({_count(acc_fp32, len(labels))} samples), no better than chance "
+                    f"`y` ({whole_samples(acc_fp32, len(labels))}), no better than chance "
                     f"({chance:.2f}% for {fp32.shape[-1]} classes): the labels are likely off by one or in "
                     "another class order. Fix them, or pass --allow-low-accuracy to convert anyway"
                 )
@@ -123,8 +123,9 @@ def measure_output(
     )
 
 
-def _count(percent: float, samples: int) -> str:
-    return f"{round(percent * samples / 100)} of {samples}"
+def whole_samples(points: float, samples: int) -> str:
+    """A per-sample measure's percentage points as whole samples: "1 of 360 samples"."""
+    return f"{round(abs(points) * samples / 100)} of {samples} samples"
 
 
 def check_labels(name: str, labels: np.ndarray, classes: int) -> None:
