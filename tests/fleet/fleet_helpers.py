@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edgefleet.contract import topics
@@ -179,10 +180,12 @@ latency_budget_ms: 50
 """
 
 
-def digits_for_a_real_agent(tmp_path: Path, reference_dir: Path) -> tuple[Path, Path, dict[str, str]]:
-    """For a real agent process: the profile folder (its path in the returned environment, which the
-    test also sets for itself), a signed bundle of the digits CNN v1 for that profile, and the public key.
-    Returns (bundle, public key, env)."""
+def digits_for_a_real_agent(
+    tmp_path: Path, reference_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Path, dict[str, str]]:
+    """For a real agent process: the profile folder (set for this test through `monkeypatch`, and in the
+    returned environment for the agent's process), a signed bundle of the digits CNN v1 for that profile,
+    and the public key. Returns (bundle, public key, env)."""
     from support_bundles import make_fp32_bundle
 
     profiles = tmp_path / "profiles"
@@ -191,4 +194,5 @@ def digits_for_a_real_agent(tmp_path: Path, reference_dir: Path) -> tuple[Path, 
     private, public = create_key_pair(tmp_path / "keys")
     model = reference_dir / "digits_cnn_v1.onnx"
     bundle = make_fp32_bundle(tmp_path / "digits-1.efb", model, private, version="1", profile=ONNX_PROFILE)
+    monkeypatch.setenv(PROFILES_PATH_ENV, str(profiles))
     return bundle, public, {PROFILES_PATH_ENV: str(profiles)}

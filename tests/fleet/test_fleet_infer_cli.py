@@ -25,9 +25,7 @@ def test_infer_prints_what_the_model_computes_and_saves_it(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    bundle, public, env = digits_for_a_real_agent(tmp_path, reference_dir)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    bundle, public, env = digits_for_a_real_agent(tmp_path, reference_dir, monkeypatch)
     model = reference_dir / "digits_cnn_v1.onnx"
     images = np.load(reference_dir / "eval.npz")["image"][:2]
     np.save(tmp_path / "two.npy", images)

@@ -336,9 +336,7 @@ def test_agent_deploy_status_and_exporter_over_tls(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    bundle, public, env = digits_for_a_real_agent(tmp_path, reference_dir)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    bundle, public, env = digits_for_a_real_agent(tmp_path, reference_dir, monkeypatch)
     # The device gets exactly what broker-config made for it: its folder next to agent.yaml.
     agent_dir = tmp_path / "agent"
     shutil.copytree(secure_broker.files.clients["dev-a"], agent_dir)
