@@ -206,29 +206,28 @@ def test_the_health_check_refuses_numbers_that_differ_from_the_converters_refere
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"image": samples})[0]
 
-    good = make_custom_bundle(
-        tmp_path / "good.efb",
-        model_file,
-        keys.private,
-        "5",
-        health_samples=samples,
-        health_reference=(logits, 20.0),
-    )
-    model, path = _loaded(store, good)
+    def with_reference(
+        version: str, reference: np.ndarray, min_db: float, min_top1: float | None = None
+    ) -> tuple[LoadedModel, Path]:
+        """The model with the health samples and `reference` as the converter's outputs, loaded."""
+        bundle = make_custom_bundle(
+            tmp_path / f"v{version}.efb",
+            model_file,
+            keys.private,
+            version,
+            health_samples=samples,
+            health_reference=(reference, min_db),
+            min_top1_agreement=min_top1,
+        )
+        return _loaded(store, bundle)
+
+    model, path = with_reference("5", logits, 20.0)
     report = check_health(model, path, 50.0)
     assert report.reference_sqnr_db is not None and report.reference_sqnr_db > 60
     assert "health samples" in describe_reference(report)
 
     wrong = logits * 0.6  # a kernel with a wrong scale: plausible, finite, ordered alike, wrong numbers
-    bad = make_custom_bundle(
-        tmp_path / "bad.efb",
-        model_file,
-        keys.private,
-        "6",
-        health_samples=samples,
-        health_reference=(wrong, 20.0),
-    )
-    model, path = _loaded(store, bad)
+    model, path = with_reference("6", wrong, 20.0)
     with pytest.raises(HealthCheckFailed, match="not what the converter computed for this bundle: SQNR"):
         check_health(model, path, 50.0)
 
@@ -239,34 +238,15 @@ def test_the_health_check_refuses_numbers_that_differ_from_the_converters_refere
     for row in range(0, len(swapped), 2):
         other = (best[row] + 1) % swapped.shape[1]
         swapped[row, [best[row], other]] = swapped[row, [other, best[row]]]
-    for index, (required, passes) in enumerate(((None, True), (1.0, False))):
-        lax = make_custom_bundle(
-            tmp_path / f"top1-{index}.efb",
-            model_file,
-            keys.private,
-            f"8{index}",
-            health_samples=samples,
-            health_reference=(swapped, -50.0),
-            min_top1_agreement=required,
-        )
-        model, path = _loaded(store, lax)
-        if passes:
-            assert check_health(model, path, 50.0).top1_agreed == (2, 4)
-        else:
-            with pytest.raises(HealthCheckFailed, match="top-1 class was the converter's on 2 of 4"):
-                check_health(model, path, 50.0)
+    model, path = with_reference("80", swapped, -50.0)
+    assert check_health(model, path, 50.0).top1_agreed == (2, 4)
+    model, path = with_reference("81", swapped, -50.0, min_top1=1.0)
+    with pytest.raises(HealthCheckFailed, match="top-1 class was the converter's on 2 of 4"):
+        check_health(model, path, 50.0)
 
     # A reference of another shape is the bundle's fault, said so; it used to broadcast, or fail as
     # "ValueError: operands could not be broadcast" (found by fuzzing).
-    for index, misshapen in enumerate((logits[:, :5], logits[:, :, None])):
-        odd = make_custom_bundle(
-            tmp_path / f"odd{index}.efb",
-            model_file,
-            keys.private,
-            f"7{index}",
-            health_samples=samples,
-            health_reference=(misshapen, 20.0),
-        )
-        model, path = _loaded(store, odd)
+    for version, misshapen in (("70", logits[:, :5]), ("71", logits[:, :, None])):
+        model, path = with_reference(version, misshapen, 20.0)
         with pytest.raises(HealthCheckFailed, match=r"no float32 \(\?,10\) reference for 4 samples"):
             check_health(model, path, 50.0)
