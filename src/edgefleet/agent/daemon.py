@@ -230,6 +230,6 @@ class Agent:
                 log.warning("offline_not_published", error=str(exc))
         self.session.stop()
         self.slot.clear()
-        requests, errors, _ = self.metrics.snapshot()
-        log.info("stopped", requests=requests, errors=errors)
+        counts, _ = self.metrics.snapshot()
+        log.info("stopped", requests=counts.requests, errors=counts.errors)
         return 0

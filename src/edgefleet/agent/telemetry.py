@@ -24,6 +24,15 @@ _SOC_ZONE_HINTS = ("cpu", "soc")
 
 
 @dataclass(frozen=True)
+class RequestCounts:
+    """Requests answered since start, of them error replies, and of those the client's."""
+
+    requests: int
+    errors: int
+    client_errors: int
+
+
+@dataclass(frozen=True)
 class LatencyTotals:
     """Successful requests since start and their summed serving time (a Prometheus summary's _count/_sum)."""
 
@@ -55,14 +64,16 @@ class RequestMetrics:
                 self._latency_count += 1
                 self._latency_sum_ms += latency_ms
 
-    def snapshot(self) -> tuple[int, int, LatencySummary]:
+    def snapshot(self) -> tuple[RequestCounts, LatencySummary]:
+        """The counters, read together (client_errors never exceeds the errors it is part of), and the
+        latency percentiles of the window."""
         with self._lock:
             samples = np.fromiter(self._latencies, dtype=np.float64)
-            requests, errors = self.requests, self.errors
+            counts = RequestCounts(self.requests, self.errors, self.client_errors)
         if samples.size == 0:
-            return requests, errors, LatencySummary(p50=None, p95=None, p99=None, samples=0)
+            return counts, LatencySummary(p50=None, p95=None, p99=None, samples=0)
         p50, p95, p99 = (round(float(v), 3) for v in np.percentile(samples, [50, 95, 99]))
-        return requests, errors, LatencySummary(p50=p50, p95=p95, p99=p99, samples=int(samples.size))
+        return counts, LatencySummary(p50=p50, p95=p95, p99=p99, samples=int(samples.size))
 
     def totals(self) -> LatencyTotals:
         with self._lock:
@@ -156,7 +167,7 @@ class TelemetryCollector:
         self._rates: _IntervalRates | None = None
 
     def _build(self, rates: _IntervalRates | None) -> Telemetry:
-        requests, errors, latency = self.metrics.snapshot()
+        counts, latency = self.metrics.snapshot()
         model = self.slot.current
         return Telemetry(
             device_id=self.device_id,
@@ -164,9 +175,9 @@ class TelemetryCollector:
             model_name=model.manifest.name if model else None,
             model_version=model.version if model else None,
             backend=model.info if model else None,
-            requests=requests,
-            errors=errors,
-            client_errors=self.metrics.client_errors,
+            requests=counts.requests,
+            errors=counts.errors,
+            client_errors=counts.client_errors,
             latency_ms=latency,
             interval_requests=rates.requests if rates else None,
             interval_errors=rates.errors if rates else None,
