@@ -4,7 +4,7 @@ exporter: escaping, numbers without float noise, and one metric family at a time
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SIGNIFICANT_DIGITS = 15  # what a double holds for sure: drops the noise in the 16th-17th digit (0.1 + 0.2)
@@ -30,7 +30,7 @@ def family(
     name: str,
     kind: str,
     help_text: str,
-    samples: list[tuple[Mapping[str, str], float | None]],
+    samples: Sequence[tuple[Mapping[str, str], float | None]],
     suffixes: Mapping[str, float | None] | None = None,
 ) -> list[str]:
     """The lines of one metric family: HELP, TYPE, then each sample (`suffixes`: e.g. a summary's _sum

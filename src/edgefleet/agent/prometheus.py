@@ -26,7 +26,7 @@ class _Exposition:
         samples: list[tuple[dict[str, str], float | int | None]],
         suffixes: dict[str, float | int] | None = None,
     ) -> None:
-        self.lines += family(PREFIX + name, kind, help_text, list(samples), dict(suffixes or {}))
+        self.lines += family(PREFIX + name, kind, help_text, samples, suffixes)
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"

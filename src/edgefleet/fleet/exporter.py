@@ -53,9 +53,7 @@ class MetricFamily:
     def render(self) -> Iterable[str]:
         if not self.samples:
             return
-        yield from family(
-            self.name, self.kind, self.help, [(labels, value) for labels, value in self.samples]
-        )
+        yield from family(self.name, self.kind, self.help, self.samples)
 
 
 @dataclass(frozen=True)
