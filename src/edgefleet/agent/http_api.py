@@ -29,7 +29,7 @@ from edgefleet.agent.inference import InferenceService, ModelRunError, RequestEr
 from edgefleet.agent.log import EventLog
 from edgefleet.agent.model_slot import LoadedModel
 from edgefleet.agent.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from edgefleet.agent.request_memory import OVERLOADED_MEMORY, request_cost
+from edgefleet.agent.request_memory import request_cost
 from edgefleet.contract.errors import TensorError
 
 log = EventLog("http")
@@ -225,10 +225,9 @@ class HttpApi:
         json_bytes = length if header_length is None else min(header_length, length)
         cost = request_cost(length - json_bytes, json_bytes)
         memory = self.service.memory
-        if not memory.fits_ever(cost):
-            handler.refuse_body(length, 400, memory.too_large(cost, "this request"))
-        if not memory.try_reserve(cost):
-            handler.refuse_body(length, 503, OVERLOADED_MEMORY)
+        refusal = memory.reserve(cost, "this request")
+        if refusal is not None:
+            handler.refuse_body(length, 503 if refusal.retry else 400, refusal.message)
         try:
             return handler.read_declared(length), header_length, cost
         except BaseException:

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgefleet.agent.log import EventLog
 from edgefleet.agent.model_slot import LoadedModel, ModelSlot
-from edgefleet.agent.request_memory import OVERLOADED_MEMORY, RequestMemory, request_cost
+from edgefleet.agent.request_memory import RequestMemory, request_cost
 from edgefleet.agent.session import Envelope
 from edgefleet.agent.telemetry import RequestMetrics
 from edgefleet.contract.errors import ClientError, TensorError
@@ -178,15 +178,13 @@ class InferenceService:
         """On the network thread, before queueing: reserve the request's memory (True), or answer it at
         once (False) when it is over the size limit or cannot fit in the request memory, ever or now."""
         size = len(envelope.payload)
-        cost = request_cost(size)
         if size > self.max_request_bytes:
             refusal = too_large(size, self.max_request_bytes)
-        elif not self.memory.fits_ever(cost):
-            refusal = self.memory.too_large(cost, "this request")
-        elif not self.memory.try_reserve(cost):
-            refusal = OVERLOADED_MEMORY
         else:
-            return True
+            refused = self.memory.reserve(request_cost(size), "this request")
+            if refused is None:
+                return True
+            refusal = refused.message
         log.info("request_rejected", reason=refusal.split(" (")[0], bytes=size)
         self._refuse(envelope, refusal)
         return False

@@ -10,15 +10,25 @@ body (.npy, .npz, Triton's binary tensor data) is held once, viewed as arrays an
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 JSON_FACTOR = 24
 BINARY_FACTOR = 3
 MIB = 1024 * 1024
+OVERLOADED_MEMORY = "the agent is overloaded (request memory in use); retry later"
 
 
 def request_cost(binary_bytes: int, json_bytes: int = 0) -> int:
     """Bytes a request of this size may hold at its peak."""
     return binary_bytes * BINARY_FACTOR + json_bytes * JSON_FACTOR
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request was not admitted; `retry`: it may fit later (overloaded), else it never will."""
+
+    message: str
+    retry: bool
 
 
 class RequestMemory:
@@ -28,6 +38,14 @@ class RequestMemory:
         self.capacity = capacity_bytes
         self._used = 0
         self._lock = threading.Lock()
+
+    def reserve(self, cost: int, what: str) -> Refusal | None:
+        """Reserve `cost` for a request (None), or say why not: it can never fit, or not now."""
+        if not self.fits_ever(cost):
+            return Refusal(self.too_large(cost, what), retry=False)
+        if not self.try_reserve(cost):
+            return Refusal(OVERLOADED_MEMORY, retry=True)
+        return None
 
     def fits_ever(self, cost: int) -> bool:
         return cost <= self.capacity
@@ -55,6 +73,3 @@ class RequestMemory:
             "config); send smaller batches, or tensor data as binary (.npy/.npz, or Triton's binary "
             "tensor data extension) rather than JSON"
         )
-
-
-OVERLOADED_MEMORY = "the agent is overloaded (request memory in use); retry later"
