@@ -29,6 +29,13 @@ if ! command -v systemd-analyze >/dev/null 2>&1 && [ ! -x /usr/bin/systemd-analy
   apt_install systemd
 fi
 
+# the tests check the exporter's metrics and the alert rules with `promtool` (apt package prometheus;
+# --no-install-recommends keeps it to the binaries, nothing is started in a container without systemd)
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "setup: installing promtool (apt package prometheus)" >&2
+  apt_install --no-install-recommends prometheus
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV" >&2
   if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then

@@ -36,3 +36,16 @@ def test_a_family_escapes_label_values() -> None:
         "x_total_sum 0.5",
     ]
     assert escape("line\nbreak") == "line\\nbreak"
+
+
+def test_promtool_refuses_what_the_writer_avoids() -> None:
+    """The check the exposition tests rely on can fail: promtool flags a gauge carrying a quantile label
+    and a counter without _total."""
+    from prometheus_lint import problems
+
+    bad = (
+        "# HELP x_latency_seconds p95\n# TYPE x_latency_seconds gauge\n"
+        'x_latency_seconds{quantile="0.95"} 0.044000000000000004\n'
+        "# HELP x_requests requests\n# TYPE x_requests counter\nx_requests 3\n"
+    )
+    assert problems(bad) != []
