@@ -10,7 +10,9 @@ from pathlib import Path
 
 def _promtool(*args: str, stdin: str | None = None) -> list[str]:
     tool = shutil.which("promtool")
-    assert tool is not None, "promtool is missing: run ./scripts/setup.sh (it installs apt package prometheus)"
+    assert tool is not None, (
+        "promtool is missing: run ./scripts/setup.sh (it installs apt package prometheus)"
+    )
     done = subprocess.run([tool, "check", *args], input=stdin, capture_output=True, text=True, timeout=60)
     lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     if done.returncode == 0:
