@@ -294,10 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(a function returning the trained nn.Module; needs --input-shape)",
     )
     convert.add_argument(
-        "--profile", required=True, help="target device profile (see `edgefleet profiles list`)"
+        "--profile",
+        required=True,
+        help="target device profile (see `edgefleet profiles list`); several as rpi4,coral-usb,... or all: "
+        "one bundle each, from one load and one calibration pass",
     )
     convert.add_argument(
-        "--calib", type=Path, required=True, help=".npz of calibration inputs named by model input"
+        "--calib",
+        type=Path,
+        help=".npz of calibration inputs named by model input (int8 profiles and compression need it; "
+        "fp16/fp32 use --eval)",
     )
     convert.add_argument("--eval", type=Path, help=".npz of evaluation inputs (+ optional labels `y`)")
     convert.add_argument("--out", type=Path, required=True, help="output directory for the bundle")

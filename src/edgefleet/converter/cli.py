@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from contextlib import nullcontext
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from edgefleet.contract.manifest import AccuracyMetrics
+from edgefleet.contract.profiles import list_profiles, load_profile
 from edgefleet.converter.compression.stats import summary_lines
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.errors import ConversionError, TargetRefusedError
@@ -17,18 +22,32 @@ from edgefleet.converter.fidelity.outputs import MEASURE_LABELS, whole_samples
 from edgefleet.converter.inputs.images import preprocessing_from_flags
 from edgefleet.converter.inputs.sources import default_name
 from edgefleet.converter.native_output import native_stderr_to_log
-from edgefleet.converter.pipeline import ConversionResult, convert
+from edgefleet.converter.pipeline import ConversionResult, ProfileFailure, convert, convert_many
+from edgefleet.converter.profiles_summary import profiles_summary
 from edgefleet.converter.progress_display import conversion_progress
 from edgefleet.converter.report import report_lines
 from edgefleet.converter.steps.input_shapes import parse_input_shapes
 from edgefleet.converter.target_display import show_refusal, target_lines, warn_if_not_compiled
 
 
-def request_from_args(args: argparse.Namespace) -> ConversionRequest:
+def profile_names(text: str) -> list[str]:
+    """--profile: one name, several separated by commas, or `all`; unknown names fail before any work, with
+    the closest known name."""
+    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if names == ["all"]:
+        return [profile.name for profile in list_profiles()]
+    if not names:
+        raise ConversionError("--profile: name a profile, several as rpi4,coral-usb, or all")
+    for name in names:
+        load_profile(name)
+    return names
+
+
+def request_from_args(args: argparse.Namespace, profile: str) -> ConversionRequest:
     try:
         return ConversionRequest(
             model=args.model,
-            profile=args.profile,
+            profile=profile,
             calib=args.calib,
             eval=args.eval,
             out=args.out,
@@ -120,24 +139,68 @@ def format_summary(result: ConversionResult) -> str:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    request = request_from_args(args)
+    names = profile_names(args.profile)
+    request = request_from_args(args, names[0])
+    if len(names) > 1:
+        return _run_convert_many(args, request, names)
     print(f"converting {request.model} for profile '{request.profile}'", file=sys.stderr, flush=True)
-    quiet = nullcontext(None) if args.verbose else native_stderr_to_log()
     try:
-        with quiet as native_log, conversion_progress() as display:
+        with _quiet_toolchains(args.verbose), conversion_progress() as display:
             result = convert(request, progress=display.step_done, status=display.status)
     except TargetRefusedError as exc:
         show_refusal(exc)
         raise
-    except BaseException:
-        if native_log is not None and native_log.exists():
-            print(f"the toolchains' own output is in {native_log}", file=sys.stderr)
-        raise
-    if native_log is not None:
-        native_log.unlink(missing_ok=True)
     if args.json and result.report is not None:
         print(result.report.model_dump_json(indent=2))
     else:
         print(format_summary(result))
     warn_if_not_compiled(result.target_checks)
     return 0
+
+
+def _run_convert_many(args: argparse.Namespace, request: ConversionRequest, names: list[str]) -> int:
+    start = time.perf_counter()
+    print(f"converting {request.model} for {len(names)} profiles: {', '.join(names)}", file=sys.stderr)
+    with _quiet_toolchains(args.verbose), conversion_progress() as display:
+
+        def starting(name: str, index: int) -> None:
+            display.progress.console.print(f"profile {name} ({index + 1} of {len(names)})", highlight=False)
+
+        outcomes = convert_many(request, names, starting, display.step_done, display.status)
+    if args.json:
+        print(json.dumps([_json_outcome(outcome) for outcome in outcomes], indent=2))
+    else:
+        print("\n".join(profiles_summary(outcomes, time.perf_counter() - start)))
+    warned = set()  # one panel per distinct reason (coral-usb and coral-devboard share it)
+    for outcome in outcomes:
+        checks = outcome.target_checks if isinstance(outcome, ConversionResult) else None
+        edgetpu = checks.edgetpu if checks is not None else None
+        if edgetpu is not None and edgetpu.compilation.detail not in warned:
+            warned.add(edgetpu.compilation.detail)
+            warn_if_not_compiled(checks)
+    return 0 if all(isinstance(outcome, ConversionResult) for outcome in outcomes) else 1
+
+
+def _json_outcome(outcome: ConversionResult | ProfileFailure) -> dict[str, object]:
+    if isinstance(outcome, ProfileFailure):
+        return {"profile": outcome.profile, "error": str(outcome.error)}
+    report = outcome.report.model_dump(mode="json") if outcome.report is not None else None
+    return {"profile": outcome.profile.name, "bundle": str(outcome.bundle_path), "report": report}
+
+
+@contextmanager
+def _quiet_toolchains(verbose: bool) -> Iterator[None]:
+    """The toolchains' own stderr goes to a log file (kept, and named, only when the conversion fails)."""
+    if verbose:
+        yield
+        return
+    log: Path | None = None
+    try:
+        with native_stderr_to_log() as log:
+            yield
+    except BaseException:
+        if log is not None and log.exists():
+            print(f"the toolchains' own output is in {log}", file=sys.stderr)
+        raise
+    if log is not None:
+        log.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from edgefleet.contract.profiles import DeviceProfile, Precision
 from edgefleet.contract.target_checks import TargetChecks
 from edgefleet.converter.fidelity.kinds import OutputKind
 from edgefleet.converter.inputs.images import ImagePreprocessing
+from edgefleet.converter.shared_work import SharedWork
 from edgefleet.converter.user_code import SPEC as USER_CODE_SPEC
 
 if TYPE_CHECKING:
@@ -37,7 +38,9 @@ class ConversionRequest(BaseModel):
 
     model: Path
     profile: str
-    calib: Path
+    calib: Path | None = Field(
+        default=None, description="calibration inputs; needed for int8 artifacts and compression"
+    )
     eval: Path | None = None
     out: Path
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -113,7 +116,7 @@ class ConversionContext:
     budget: BudgetOutcome | None = None  # the accuracy budget and how it was met (EnforceBudget)
     report: ConversionReport | None = None  # report.json's content, also stored in the manifest
     report_files: list[Path] = field(default_factory=list)  # report.json, report.html once written
-    calibration_ranges: dict[str, Any] = field(default_factory=dict)  # per method, shared with alternatives
+    shared: SharedWork = field(default_factory=SharedWork)  # computed once per run (alternatives, profiles)
     step_seconds: dict[str, float] = field(default_factory=dict)  # filled by pipeline.run_steps
     detail: Any = None  # Callable[[str], None]: progress inside a long step (the CLI shows it)
     target_checks: TargetChecks | None = None  # set by the target check steps (Edge TPU, TensorRT, XNNPACK)

@@ -17,6 +17,10 @@ class InputDataError(ConversionError):
     """Calibration or evaluation data does not fit the model."""
 
 
+class MissingCalibrationError(ConversionError):
+    """The int8 artifact or the compression asked for needs calibration inputs, and none were given."""
+
+
 class UnsupportedModelError(ConversionError):
     """The model uses something the chosen converter cannot translate (an op, attribute or layout)."""
 

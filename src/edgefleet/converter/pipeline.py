@@ -20,9 +20,10 @@ from edgefleet.contract.target_checks import TargetChecks
 from edgefleet.converter.compression import steps as compression
 from edgefleet.converter.compression.stats import CompressionReport
 from edgefleet.converter.context import ConversionContext, ConversionRequest, Step
-from edgefleet.converter.errors import ConversionError, UnsupportedTargetError
+from edgefleet.converter.errors import ConversionError, InputDataError, UnsupportedTargetError
 from edgefleet.converter.inputs import sources
 from edgefleet.converter.report import BuildReport, CheckBudget, ConversionReport, WriteReport
+from edgefleet.converter.shared_work import SharedWork
 from edgefleet.converter.steps.calibration import LoadCalibration, LoadEvaluation
 from edgefleet.converter.steps.describe import DescribeArtifact
 from edgefleet.converter.steps.evaluate import CheckFidelityOptions, Evaluate
@@ -168,17 +169,23 @@ def convert(
     progress: ProgressCallback | None = None,
     torch_module: Any = None,
     status: StatusCallback | None = None,
+    shared: SharedWork | None = None,
 ) -> ConversionResult:
     """Convert `request.model` for `request.profile` and write the signed bundle into `request.out`.
 
     `request.model` is an fp32 .onnx, a .keras/.h5 file or `package.module:factory`; or pass the
-    torch.nn.Module as `torch_module` (request.model then only names it in messages)."""
+    torch.nn.Module as `torch_module` (request.model then only names it in messages). `shared` carries
+    what an earlier conversion of the same model computed (see convert_many)."""
     start = time.perf_counter()
     profile = with_precision(load_profile(request.profile), request)  # --precision, within what it runs
     steps = plan(profile, request, has_module=torch_module is not None)
     with tempfile.TemporaryDirectory(prefix="edgefleet-convert-") as work:
         ctx = ConversionContext(
-            request=request, profile=profile, work_dir=Path(work), torch_module=torch_module
+            request=request,
+            profile=profile,
+            work_dir=Path(work),
+            torch_module=torch_module,
+            shared=shared if shared is not None else SharedWork(),
         )
         timings = run_steps(ctx, steps, progress, status)
     return ConversionResult(
@@ -196,3 +203,40 @@ def convert(
         report_files=ctx.report_files,
         report=ctx.report,
     )
+
+
+@dataclass(frozen=True)
+class ProfileFailure:
+    """A profile of `convert_many` that made no bundle, and why (the others go on)."""
+
+    profile: str
+    error: ConversionError
+
+
+def convert_many(
+    request: ConversionRequest,
+    profiles: list[str],
+    on_start: Callable[[str, int], None] | None = None,
+    progress: ProgressCallback | None = None,
+    status: StatusCallback | None = None,
+) -> list[ConversionResult | ProfileFailure]:
+    """Convert one model for several profiles, one bundle each, in the order given. The source model is
+    parsed, its calibration ranges collected and its Keras translation built once for all of them (see
+    SharedWork); a profile that fails is reported and the rest still convert. `on_start(profile, index)`
+    is called before each. Errors about the inputs rather than a target (data files, signing key) stop the
+    run. With --report-dir, each profile's report goes into a sub-directory of its name."""
+    shared = SharedWork()
+    outcomes: list[ConversionResult | ProfileFailure] = []
+    for index, name in enumerate(profiles):
+        if on_start is not None:
+            on_start(name, index)
+        update: dict[str, Any] = {"profile": name}
+        if request.report_dir is not None:
+            update["report_dir"] = request.report_dir / name
+        try:
+            outcomes.append(convert(request.model_copy(update=update), progress, None, status, shared))
+        except InputDataError:
+            raise  # the data files do not fit the model: every profile would say the same
+        except ConversionError as exc:  # about this profile's target (or a key/profile error: raised)
+            outcomes.append(ProfileFailure(name, exc))
+    return outcomes

@@ -54,7 +54,8 @@ def _panel(title: str, body: str, style: str) -> None:
     from rich.console import Console
     from rich.panel import Panel
 
-    Console(file=sys.stderr, width=110).print(Panel(body, title=title, border_style=style, style=style))
+    console = Console(file=sys.stderr)  # the terminal's width; 80 columns when stderr is not a terminal
+    console.print(Panel(body, title=title, border_style=style, style=style))
 
 
 def warn_if_not_compiled(checks: TargetChecks | None) -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefleet.contract.profiles import Precision
 from edgefleet.converter.context import ConversionContext
-from edgefleet.converter.errors import InputDataError
+from edgefleet.converter.errors import InputDataError, MissingCalibrationError
 from edgefleet.converter.steps.load_onnx import ModelInfo
 
 MIN_CALIBRATION_SAMPLES = 10
@@ -115,14 +116,47 @@ def fixed_batch(model) -> int | None:
     return 1 if firsts and all(first == 1 for first in firsts) else None
 
 
+def why_calibration_needed(ctx: ConversionContext) -> str | None:
+    """Why this conversion needs a calibration file, or None (an fp16/fp32 artifact without compression)."""
+    if ctx.profile.artifact.precision is Precision.INT8:
+        return (
+            f"profile '{ctx.profile.name}' makes an int8 artifact, whose activation ranges come from "
+            "calibration inputs"
+        )
+    request = ctx.request
+    if request.prune or request.low_rank or request.magnitude_prune:
+        return "compression checks (and recovery training) run on the calibration inputs"
+    return None
+
+
 class LoadCalibration:
-    """Load and check the calibration set (static quantization needs representative inputs)."""
+    """Load and check the calibration set (static quantization needs representative inputs). Without one,
+    an fp16/fp32 conversion takes the evaluation inputs for its range checks and health samples."""
 
     name = "load calibration data"
 
     def run(self, ctx: ConversionContext) -> None:
         info = ctx.need(ctx.model_info, "the model description")
-        data = load_tensor_set(ctx.request.calib, info, "calibration", MIN_CALIBRATION_SAMPLES)
+        path, role, minimum = ctx.request.calib, "calibration", MIN_CALIBRATION_SAMPLES
+        if path is None:
+            precision = ctx.profile.artifact.precision.value
+            reason = why_calibration_needed(ctx)
+            if reason is not None:
+                raise MissingCalibrationError(
+                    f"{reason}: pass --calib CALIB.npz (at least {minimum} representative samples)"
+                )
+            if ctx.request.eval is None:
+                raise InputDataError(
+                    f"profile '{ctx.profile.name}' makes an {precision} artifact, which needs no "
+                    "calibration, but the converter checks it against fp32 on your inputs: pass --eval "
+                    "EVAL.npz (or --calib)"
+                )
+            path, role, minimum = ctx.request.eval, "evaluation", 1
+            ctx.notes.append(
+                f"no --calib: an {precision} artifact needs no calibration; its range checks and the "
+                "bundle's health samples use the --eval inputs"
+            )
+        data = load_tensor_set(path, info, role, minimum)
         ctx.calib = replace(data, max_batch=fixed_batch(ctx.need(ctx.model, "the source model")))
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.converter.context import CalibrationMethod, ConversionContext
+from edgefleet.converter.shared_work import model_key
 from edgefleet.converter.steps.calibration import TensorSet
 from edgefleet.converter.steps.onnx_to_keras import (
     KerasTranslation,
@@ -153,20 +154,21 @@ def _fixed_batch(model: Any) -> bool:
 
 def onnx_activation_ranges(ctx: ConversionContext) -> dict[str, Range]:
     """`method`'s range of every float activation (and graph input) of the fp32 ONNX model, by tensor name;
-    {} for minmax (each quantizer's own calibration observes those ranges). Computed once per conversion:
-    the cache is shared with the copies of the context that build alternative artifacts."""
+    {} for minmax (each quantizer's own calibration observes those ranges). Computed once per run: shared
+    with the alternatives' contexts and the other profiles of `convert --profile a,b,c`."""
     method = calibration_method(ctx)
     if method == "minmax":
         return {}
     model = ctx.need(ctx.model, "the source model")
-    key = f"{method}:{ctx.request.model}:{ctx.request.calib}"
-    if key not in ctx.calibration_ranges:
+
+    def collect() -> dict[str, Range]:
         calib = ctx.need(ctx.calib, "calibration data")
         batches = calib.sample_batches(1 if _fixed_batch(model) else RANGE_BATCH)
         if callable(ctx.detail):
             ctx.detail(f"{method} ranges from {calib.samples} samples")
-        ctx.calibration_ranges[key] = _run_and_collect(model, method, batches, calib.samples)
-    return ctx.calibration_ranges[key]
+        return _run_and_collect(model, method, batches, calib.samples)
+
+    return ctx.shared.once(f"ranges:{method}:{model_key(ctx)}", collect)
 
 
 def observed_ranges(model: Any, data: TensorSet) -> dict[str, Range]:

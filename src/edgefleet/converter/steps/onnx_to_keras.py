@@ -18,6 +18,7 @@ import numpy as np
 
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.errors import ConversionError, UnsupportedModelError
+from edgefleet.converter.shared_work import model_key
 from edgefleet.converter.steps.recurrent_cells import recurrent_spec, run_recurrent
 
 NCHW_TO_NHWC = [0, 2, 3, 1]
@@ -1462,11 +1463,15 @@ class OnnxToKeras:
     check_samples = 8
 
     def run(self, ctx: ConversionContext) -> None:
+        fuse = "edgetpu" not in ctx.profile.runtime.delegates  # the Edge TPU has no HARD_SWISH
+        key = f"keras:{fuse}:{model_key(ctx)}"  # profiles converting the same model share the translation
+        ctx.keras_model = ctx.shared.once(key, lambda: self.checked_translation(ctx, fuse))
+
+    def checked_translation(self, ctx: ConversionContext, fuse: bool) -> KerasTranslation:
         import onnxruntime as ort
 
         model = ctx.need(ctx.model, "the source model")
         calib = ctx.need(ctx.calib, "calibration data")
-        fuse = "edgetpu" not in ctx.profile.runtime.delegates  # the Edge TPU has no HARD_SWISH
         translation = translate_onnx_to_keras(model, fuse_hard_swish=fuse)
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         input_names = [t.name for t in ctx.need(ctx.model_info, "model description").inputs]
@@ -1501,4 +1506,4 @@ class OnnxToKeras:
                 f"'{worst_name}' by {worst:.2e} of its range; this is a converter bug - please report it "
                 "with the model, and choose an ONNX profile (jetson-*) meanwhile"
             )
-        ctx.keras_model = translation
+        return translation

@@ -6,6 +6,7 @@ import logging
 from typing import Any, Literal
 
 from edgefleet.converter.context import ConversionContext
+from edgefleet.converter.shared_work import model_key
 from edgefleet.converter.steps.calibration import OnnxCalibrationReader
 from edgefleet.converter.steps.calibration_ranges import (
     calibration_method,
@@ -43,12 +44,8 @@ def rule_float_nodes(ctx: ConversionContext) -> dict[str, str]:
     def peaks(names: list[str]) -> dict[str, float]:
         return tensor_peaks(model, calib, names) if calib is not None else {}
 
-    # Mixed precision re-quantizes many times and alternatives share the model: decide once (the cache is
-    # shared with the copies of the context that build alternative artifacts).
-    key = f"float-rules:{ctx.request.model}:{ctx.request.calib}"
-    if key not in ctx.calibration_ranges:
-        ctx.calibration_ranges[key] = float_by_rule(model, peaks)
-    return dict(ctx.calibration_ranges[key])
+    # Mixed precision re-quantizes many times, alternatives and other profiles share the model: decide once.
+    return dict(ctx.shared.once(f"float-rules:{model_key(ctx)}", lambda: float_by_rule(model, peaks)))
 
 
 def note_rule_floats(ctx: ConversionContext, by_rule: dict[str, str]) -> None:
