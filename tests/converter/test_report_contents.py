@@ -109,3 +109,56 @@ def test_report_dir_and_fp16_profile(make_request: Callable[..., ConversionReque
     assert report.layers == []  # no int8 layers to compare in an fp16 artifact
     assert report.budget is not None and report.budget.met and report.budget.source == "profile"
     assert report.artifacts[1].kind == "onnx-fp16"
+
+
+def test_report_html_turns_amber_for_target_caveats_and_shows_the_checks_first(
+    converted: Callable[[str], ConversionResult],
+) -> None:
+    """Coral without edgetpu_compiler (as here): the banner says so at the top, not only in the notes, and
+    the target checks come before the charts."""
+    html = converted("coral-usb").report_files[1].read_text()
+    assert 'class="verdict caveat"' in html and "with caveats for the target" in html
+    start = html.index('class="verdict')
+    banner = html[start : html.index("</div>", start)]
+    assert "not compiled for Edge TPU" in banner
+    assert html.index("<h2>Target checks</h2>") < html.index("<h2>Artifacts vs fp32</h2>")
+
+
+def test_report_html_caveats_name_cpu_ops_float_layers_and_host_latency(
+    converted: Callable[[str], ConversionResult],
+) -> None:
+    from edgefleet.contract.target_checks import UnsupportedOp
+
+    report = converted("rpi4").report
+    assert report is not None and report.target_checks is not None and report.budget is not None
+    assert 'class="verdict ok"' in render_html(report)  # rpi4's XNNPACK runs every op here: no caveat
+    long_name = "/backbone/stage4/block3/attention/query_projection/MatMul_with_a_long_name"
+    cpu_op = UnsupportedOp(op="GELU", layer=long_name, reason="not in XNNPACK", consequence="runs on the CPU")
+    checks = report.target_checks.model_copy(update={"passed": False, "unsupported_ops": [cpu_op]})
+    budget = report.budget.model_copy(update={"float_layers": [report.layers[0].layer]})
+    fp32, preferred, *rest = report.artifacts
+    slower = preferred.model_copy(update={"host_latency_ms": (fp32.host_latency_ms or 1.0) * 3})
+    html = render_html(
+        report.model_copy(
+            update={"target_checks": checks, "budget": budget, "artifacts": [fp32, slower, *rest]}
+        )
+    )
+    assert 'class="verdict caveat"' in html
+    assert "1 op(s) runs on the CPU instead of the xnnpack: GELU" in html
+    assert f"1 layer(s) kept in float to meet the budget: {report.layers[0].layer}" in html
+    assert f'<td class="name">{long_name}</td>' in html  # the whole name, in the target checks table
+    assert f"Host latency on {report.host_machine}" in html and "not the device's" in html
+    assert "runs 3.00x slower than fp32 here" in html
+
+
+def test_report_html_lists_the_worst_layers_by_full_name(
+    converted: Callable[[str], ConversionResult],
+) -> None:
+    report = converted("rpi4").report
+    assert report is not None
+    html = render_html(report)
+    table = html[html.index("<h2>Worst layers"):html.index("<h2>Per-layer quantization error")]  # fmt: skip
+    worst = sorted(report.layers, key=lambda layer: layer.loss_db, reverse=True)[:15]
+    assert table.count("<tr>") == len(worst) + 1  # a header and one row per layer shown
+    assert f'<td class="name">{worst[0].layer}</td>' in table.split("</tr>")[1]  # the worst comes first
+    assert all(f'<td class="name">{layer.layer}</td>' in table for layer in worst)

@@ -8,6 +8,7 @@ when the accuracy budget is missed - then no bundle is written and the conversio
 from __future__ import annotations
 
 import json
+import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Final, Literal
@@ -77,6 +78,7 @@ class ConversionReport(_Model):
     step_seconds: dict[str, float]
     bundle: str | None  # the bundle's file name; null when none was written (budget missed)
     target_checks: TargetChecks | None = None  # Edge TPU / TensorRT / XNNPACK findings (as in the manifest)
+    host_machine: str = ""  # the converting machine's CPU architecture (host latency is measured there)
     compression: list[CompressionReport] = []  # before/after of each compression method, in the order applied
 
 
@@ -153,6 +155,7 @@ def build_report(ctx: ConversionContext, bundle: str | None) -> ConversionReport
         step_seconds={name: round(seconds, 3) for name, seconds in ctx.step_seconds.items()},
         bundle=bundle,
         target_checks=ctx.target_checks,
+        host_machine=platform.machine(),
         compression=list(ctx.compression),
     )
 

@@ -30,6 +30,8 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 880px
 h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-top: 1.8em; }
 .verdict { padding: 0.7em 1em; border-radius: 6px; margin: 1em 0; }
 .ok { background: #e6f4ea; } .fail { background: #fce8e6; } .unchecked { background: #fef7e0; }
+.caveat { background: #fef7e0; border-left: 4px solid #f9ab00; } .verdict ul { margin: 0.3em 0 0 0; }
+td.name { word-break: break-all; }
 table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 3px 10px; text-align: left; }
 th { border-bottom: 1px solid #dadce0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .muted { color: #5f6368; } svg text { font: 12px system-ui, sans-serif; fill: #202124; }
@@ -58,7 +60,7 @@ def bar_chart(bars: list[Bar], unit: str, marker: tuple[float, str] | None = Non
     for row, bar in enumerate(bars):
         y = pad + row * ROW_HEIGHT
         width = max(bar.value * scale, 0.0)
-        label = bar.label if len(bar.label) <= 44 else "..." + bar.label[-41:]
+        label = bar.label if len(bar.label) <= 44 else bar.label[:20] + "..." + bar.label[-21:]
         parts.append(
             f'<text x="{LABEL_WIDTH - 8}" y="{y + 12}" text-anchor="end"><title>{escape(bar.label)}</title>'
             f"{escape(label)}</text>"
@@ -146,19 +148,125 @@ def _layer_bars(report: ConversionReport, loss: bool) -> list[Bar]:
     return bars
 
 
+def caveats(report: ConversionReport) -> list[str]:
+    """What the target will not do as the numbers suggest: an Edge TPU model that was not compiled, ops that
+    run outside the accelerator, layers kept in float. Any of them turns the verdict amber."""
+    found = []
+    checks = report.target_checks
+    if checks is not None:
+        edgetpu = checks.edgetpu
+        if edgetpu is not None and not edgetpu.compilation.compiled:
+            found.append(edgetpu.compilation.detail)
+        outside = [op for op in checks.unsupported_ops if op.consequence != "refused"]
+        if outside:
+            names = ", ".join(sorted({op.op for op in outside}))
+            found.append(
+                f"{len(outside)} op(s) {outside[0].consequence} instead of the {checks.target}: {names}"
+            )
+        elif not checks.passed:
+            found.append(f"{checks.target}: {checks.summary}")
+    if report.budget is not None and report.budget.float_layers:
+        layers = report.budget.float_layers
+        found.append(f"{len(layers)} layer(s) kept in float to meet the budget: {', '.join(layers)}")
+    return found
+
+
 def _verdict(report: ConversionReport) -> str:
     budget = report.budget
+    found = caveats(report)
+    listed = f"<ul>{''.join(f'<li>{escape(c)}</li>' for c in found)}</ul>" if found else ""
     if budget is None or not budget.checked:
         message = budget.message if budget else "accuracy budget not checked"
-        return f'<div class="verdict unchecked">{escape(message)}</div>'
-    css = "ok" if budget.met else "fail"
-    headline = "Within the accuracy budget" if budget.met else "Accuracy budget missed - no bundle written"
+        return f'<div class="verdict unchecked">{escape(message)}{listed}</div>'
+    if not budget.met:
+        css, headline = "fail", "Accuracy budget missed - no bundle written"
+    elif found:
+        css, headline = "caveat", "Within the accuracy budget, with caveats for the target"
+    else:
+        css, headline = "ok", "Within the accuracy budget"
     judged = f"<br>Judged by {escape(budget.judged_by)}." if budget.judged_by else ""
     notes = "".join(f"<br>{escape(note)}" for note in budget.fidelity_notes)
     return (
         f'<div class="verdict {css}"><strong>{headline}.</strong> {escape(budget.message)}{judged}{notes}'
-        "</div>"
+        f"{listed}</div>"
     )
+
+
+def _target_section(report: ConversionReport) -> list[str]:
+    """What the target's checks found: the ops it cannot run, the Edge TPU compilation, TensorRT's Q/DQ
+    rules, XNNPACK's coverage."""
+    checks = report.target_checks
+    if checks is None:
+        return []
+    verdict = "passed" if checks.passed else "needs attention"
+    parts = ["<h2>Target checks</h2>", f"<p><strong>{escape(checks.target)}: {verdict}.</strong> "
+             f"{escape(checks.summary)}</p>"]  # fmt: skip
+    if checks.unsupported_ops:
+        rows = [[op.op, op.layer, op.consequence, op.reason] for op in checks.unsupported_ops]
+        parts.append(_table(["op", "layer", "what happens", "why"], rows, set(), names={1}))
+    edgetpu = checks.edgetpu
+    if edgetpu is not None:
+        compilation = edgetpu.compilation
+        facts = [compilation.detail]
+        if compilation.compiled and compilation.total_ops is not None:
+            facts.append(f"{compilation.ops_on_edgetpu} of {compilation.total_ops} ops on the Edge TPU")
+        facts += edgetpu.model_problems
+        parts.append("<ul>" + "".join(f"<li>{escape(fact)}</li>" for fact in facts) + "</ul>")
+    tensorrt = checks.tensorrt
+    if tensorrt is not None and tensorrt.violations:
+        rows = [[v.rule, v.node, v.detail] for v in tensorrt.violations]
+        parts.append(_table(["TensorRT rule", "node", "detail"], rows, set(), names={1}))
+    xnnpack = checks.xnnpack
+    if xnnpack is not None:
+        parts.append(
+            f'<p class="muted">XNNPACK runs {xnnpack.delegated_ops} of {xnnpack.ops} ops '
+            f"(measured with {escape(xnnpack.measured_with)}).</p>"
+        )
+    return parts
+
+
+def _latency_section(report: ConversionReport) -> list[str]:
+    """Host latency, said to be the host's: a device's int8 kernels differ (an x86 host may run int8 slower
+    than fp32 where an Arm or Edge TPU device runs it faster)."""
+    artifacts = report.artifacts
+    machine = report.host_machine or "this host"
+    lines = [
+        f"<h2>Host latency on {escape(machine)} (batch 1, one thread): not the device's</h2>",
+        '<p class="muted">Measured on the machine that converted the model. The device\'s latency comes '
+        "from the fleet once the bundle runs there: <code>edgefleet status</code> and "
+        "<code>edgefleet watch</code> show each device's p50/p95.</p>",
+    ]
+    fp32, preferred = (
+        artifacts[0].host_latency_ms,
+        artifacts[1].host_latency_ms if len(artifacts) > 1 else None,
+    )
+    if fp32 and preferred and preferred > fp32:
+        lines.append(
+            f'<p class="muted">The artifact runs {preferred / fp32:.2f}x slower than fp32 here: this host\'s '
+            f"runtime has no fast path for {escape(artifacts[1].kind)}; that says nothing about the device."
+            "</p>"
+        )
+    return [*lines, bar_chart(_latency_bars(artifacts), "ms")]
+
+
+WORST_LAYERS = 15
+
+
+def _worst_layers(report: ConversionReport) -> str:
+    """The layers that add the most error, full names, worst first."""
+    culprits = set(report.budget.culprits) if report.budget else set()
+    worst = sorted(report.layers, key=lambda layer: layer.loss_db, reverse=True)[:WORST_LAYERS]
+    rows = [
+        [
+            layer.layer,
+            layer.op,
+            f"{layer.loss_db:+.1f} dB",
+            f"{layer.sqnr_db:.1f} dB",
+            "kept in float" if layer.kept_float else "culprit" if layer.layer in culprits else "int8",
+        ]
+        for layer in worst
+    ]
+    return _table(["layer", "op", "SQNR lost", "SQNR at output", "precision"], rows, {2, 3}, names={0})
 
 
 def _value(value: float | None, unit: str | None) -> str:
@@ -167,15 +275,17 @@ def _value(value: float | None, unit: str | None) -> str:
     return f"{value:.1f} dB" if unit == "dB" else f"{value:.2f}%"
 
 
-def _table(header: list[str], rows: list[list[str]], numeric: set[int]) -> str:
+def _table(
+    header: list[str],
+    rows: list[list[str]],
+    numeric: set[int],
+    names: frozenset[int] | set[int] = frozenset(),
+) -> str:
+    """`numeric` columns align right; `names` columns (layer names) wrap anywhere rather than be cut."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    css = {**dict.fromkeys(numeric, ' class="num"'), **dict.fromkeys(names, ' class="name"')}
     body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="num">{escape(c)}</td>' if i in numeric else f"<td>{escape(c)}</td>"
-            for i, c in enumerate(row)
-        )
-        + "</tr>"
+        "<tr>" + "".join(f"<td{css.get(i, '')}>{escape(c)}</td>" for i, c in enumerate(row)) + "</tr>"
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -185,19 +295,27 @@ def _fmt(value: float | None, pattern: str) -> str:
     return "-" if value is None else format(value, pattern)
 
 
+def _calibration(report: ConversionReport) -> str:
+    preferred = report.artifacts[1].kind if len(report.artifacts) > 1 else ""
+    if not preferred.endswith("int8"):
+        return f"none needed for {preferred or 'this artifact'}"
+    return f"{report.calibration.method} on {report.calibration.samples} samples"
+
+
 def render_html(report: ConversionReport) -> str:
     artifacts = report.artifacts
     budget = report.budget
     sections = [
         f"<h1>{escape(report.name)} {escape(report.version)} &rarr; {escape(report.profile)}</h1>",
         f'<p class="muted">{escape(report.profile_description)}<br>source {escape(report.source_model)}; '
-        f"calibration: {escape(report.calibration.method)} on {report.calibration.samples} samples; "
+        f"calibration: {escape(_calibration(report))}; "
         f"converter {escape(report.converter_version)}; {report.created_at:%Y-%m-%d %H:%M} UTC; "
         f"bundle: {escape(report.bundle or 'not written')}</p>",
         _verdict(report),
+        *_target_section(report),
         "<h2>Artifacts vs fp32</h2>",
         _table(
-            ["artifact", "size", "host latency", "accuracy", "drop (points)", "measured with"],
+            ["artifact", "size", "host latency", "accuracy", "drop (points)", "host runtime"],
             [
                 [
                     _artifact_label(a),
@@ -214,8 +332,7 @@ def render_html(report: ConversionReport) -> str:
         ),
         "<h2>File size</h2>",
         bar_chart(_size_bars(artifacts), "KiB"),
-        "<h2>Host latency (batch 1, one thread)</h2>",
-        bar_chart(_latency_bars(artifacts), "ms"),
+        *_latency_section(report),
         "<h2>Accuracy drop vs fp32</h2>",
         bar_chart(
             _drop_bars(artifacts),
@@ -308,6 +425,10 @@ def render_html(report: ConversionReport) -> str:
             f'<span style="background:{COLORS["culprit"]}"></span>culprit (loses the most)</p>'
         )
         sections += [
+            f"<h2>Worst layers ({min(WORST_LAYERS, len(report.layers))} of {len(report.layers)})</h2>",
+            '<p class="muted">The layers that add the most error (SQNR lost: worst input SQNR minus output '
+            "SQNR), which mixed precision keeps in float first.</p>",
+            _worst_layers(report),
             "<h2>Per-layer quantization error</h2>",
             '<p class="muted">SQNR of each layer\'s output, fp32 vs artifact on the same calibration samples '
             "(higher is better; the error accumulates with depth).</p>",
