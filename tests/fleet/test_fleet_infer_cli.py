@@ -49,8 +49,8 @@ def test_infer_prints_what_the_model_computes_and_saves_it(
         result = json.loads(capsys.readouterr().out)
         assert main(["infer", "dev-a", *flags]) == 0
         text = capsys.readouterr().out
-        assert main(["infer", "nobody", *flags, "--timeout", "2"]) == 2
-        assert "device nobody" in capsys.readouterr().err
+        assert main(["infer", "dev-b", *flags, "--timeout", "60"]) == 2  # at once, not after the timeout
+        assert "device 'dev-b' is not known on this broker (did you mean 'dev-a'?" in capsys.readouterr().err
     expected = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
         None, {"image": images}
     )[0]

@@ -171,3 +171,7 @@ def test_forget_removes_gone_devices_from_the_inventory(fleet: MosquittoProcess,
     assert sorted(r.device_id for r in inventory.records()) == ["jn-0000", "jn-0001", "pi-0000", "pi-0001"]
     assert main(["forget", "bad id", "--broker", fleet.url]) == 2
     assert "device id 'bad id' is not valid" in capsys.readouterr().err
+    assert main(["forget", "pi-00001", "--broker", fleet.url]) == 2  # a typo forgets nothing
+    assert "device 'pi-00001' is not known on this broker (did you mean 'pi-0001'?" in capsys.readouterr().err
+    inventory, _ = collect_inventory(fleet.url, listen_s=0)
+    assert "pi-0001" in inventory.devices

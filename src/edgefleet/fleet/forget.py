@@ -10,6 +10,8 @@ import argparse
 
 from edgefleet.contract import ids, topics
 from edgefleet.contract.errors import EdgefleetError
+from edgefleet.fleet.inventory import collect_inventory
+from edgefleet.fleet.selectors import explain_unknown_device
 from edgefleet.fleet.session import BrokerSession
 
 RETAINED = (topics.online, topics.status, topics.desired, topics.floor)
@@ -25,6 +27,10 @@ def forget_devices(broker_url: str, device_ids: list[str]) -> None:
             ids.check_device_id(device_id)
         except ValueError as exc:
             raise ForgetError(str(exc)) from exc
+    inventory, _ = collect_inventory(broker_url, listen_s=0)  # the retained presence and status
+    unknown = [device_id for device_id in device_ids if device_id not in inventory.devices]
+    if unknown:  # a typo would otherwise "forget" nothing and say it did
+        raise ForgetError("; ".join(explain_unknown_device(d, inventory.devices) for d in unknown))
     with BrokerSession(broker_url, "forget") as session:
         for device_id in device_ids:
             for topic_of in RETAINED:

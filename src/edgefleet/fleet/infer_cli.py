@@ -14,7 +14,10 @@ from pydantic import BaseModel, Field
 
 from edgefleet.contract.errors import EdgefleetError, TensorError
 from edgefleet.contract.tensors import decode_npz, encode_npz
+from edgefleet.fleet.errors import InferenceError, InferenceTimeout
 from edgefleet.fleet.inference import InferenceClient, Inputs
+from edgefleet.fleet.inventory import collect_inventory, format_age
+from edgefleet.fleet.selectors import explain_unknown_device
 
 MAX_LISTED_VALUES = 64  # outputs this small are printed whole in --json
 
@@ -98,12 +101,28 @@ def render(result: InferResult) -> str:
     return "\n".join(lines)
 
 
+def check_reachable(broker_url: str, device_id: str) -> None:
+    """Before sending: a device the broker has never heard of (a typo) or one that is offline cannot answer;
+    say so at once instead of after the timeout."""
+    inventory, _ = collect_inventory(broker_url, listen_s=0)  # the retained presence of every device
+    device = inventory.get(device_id)
+    if device is None:
+        raise InferenceError(device_id, explain_unknown_device(device_id, inventory.devices))
+    if device.online is False:
+        raise InferenceError(device_id, f"it is offline (last seen {format_age(device.last_seen())})")
+
+
 def run_infer(args: argparse.Namespace) -> int:
     """CLI entry point (edgefleet infer)."""
     inputs = load_inputs(args.input)
+    check_reachable(args.broker, args.device)
     with InferenceClient(args.broker, default_timeout=args.timeout) as client:
         started = time.perf_counter()
-        outputs = client.infer(args.device, inputs)
+        try:
+            outputs = client.infer(args.device, inputs)
+        except InferenceTimeout as exc:
+            hint = "raise --timeout for a slow model, or see `edgefleet status`"
+            raise InferenceTimeout(args.device, f"{exc.detail}; {hint}") from None
         elapsed_ms = (time.perf_counter() - started) * 1000
     if args.save is not None:
         args.save.write_bytes(encode_npz(outputs))

@@ -6,6 +6,7 @@ A value may list alternatives with `|` (`site=lab|office`) and use shell wildcar
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from edgefleet.contract.errors import EdgefleetError
 
 _KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+_WILDCARD = re.compile(r"[*?\[]")  # a pattern with these is meant to match several values
 
 
 class SelectorError(EdgefleetError):
@@ -102,9 +106,28 @@ def explain_no_match(selector: Selector, known: Iterable[tuple[str, str | None, 
         else:
             values = sorted({t[term.key] for _, _, t in devices if term.key in t})
         shown = ", ".join(values[:8]) + (f" (+{len(values) - 8} more)" if len(values) > 8 else "")
-        hints.append(f"{term.key}: {shown or 'no device has this tag'}")
+        close = [
+            c
+            for p in term.patterns
+            if not _WILDCARD.search(p)
+            for c in difflib.get_close_matches(p, values, 1)
+        ]
+        guess = f"did you mean {' or '.join(repr(c) for c in dict.fromkeys(close))}? " if close else ""
+        hints.append(f"{term.key}: {guess}{shown or 'no device has this tag'}")
     return (
         f"selector '{selector}' matches none of the {len(devices)} known devices; known values - "
         + "; ".join(hints)
         + " (see `edgefleet devices`)"
+    )
+
+
+def explain_unknown_device(device_id: str, known: Iterable[str]) -> str:
+    """A device id no device has announced on this broker: the closest known id, when one is close."""
+    ids = sorted(known)
+    if not ids:
+        return f"device '{device_id}' is not known: no device has announced itself on this broker"
+    close = difflib.get_close_matches(device_id, ids, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return (
+        f"device '{device_id}' is not known on this broker ({hint}{len(ids)} known; see `edgefleet devices`)"
     )
