@@ -2,7 +2,10 @@
 `convert` per profile, summed, and (b) one `convert_many` over all the profiles, which shares the Keras
 translation, the calibration ranges and the float-by-rule decisions (SharedWork). Prints their wall times
 side by side, how many results (b) took from SharedWork instead of computing them, whether both give every
-bundle the same accuracy figures, and where the time goes (steps summed over the profiles).
+bundle (and its alternatives) the same accuracy figures, and where the time goes (steps summed over the
+profiles, and the TFLite calibration pass inside the TFLite quantize step). Artifact sizes that differ
+between the runs are listed too, for information: TFLite tensor names carry Keras's per-process layer-name
+counters, so the same model converted later in a process can be a few hundred bytes larger.
 
     .venv/bin/python bench/bench_convert_profiles.py [--models A.onnx B.onnx] [--profiles rpi4,rpi5]
 
@@ -32,6 +35,7 @@ from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.errors import ConversionError
 from edgefleet.converter.pipeline import ConversionResult, ProfileFailure, convert, convert_many
 from edgefleet.converter.shared_work import SharedWork
+from edgefleet.converter.steps.quantize_tflite import QuantizeTflite
 from edgefleet.reference_models import reference_model_dir
 from edgefleet.reference_models.corpus_data import MODELS as CORPUS_MODELS
 from edgefleet.reference_models.corpus_data import corpus_files
@@ -51,6 +55,7 @@ class ShareLog:
     computed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     reused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     compute_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    tflite_calibration_seconds: float = 0.0  # inside "quantize tflite": TFLite's calibrate-only conversion
 
     @property
     def total_reused(self) -> int:
@@ -58,7 +63,8 @@ class ShareLog:
 
 
 class ShareRecorder:
-    """Wraps SharedWork.once (convert_many keeps its SharedWork to itself) and logs into `log`."""
+    """Wraps SharedWork.once (convert_many keeps its SharedWork to itself) and logs into `log`; also times
+    QuantizeTflite._calibrate, the calibration pass each TFLite conversion runs (not shared)."""
 
     def __init__(self) -> None:
         self.log = ShareLog()
@@ -80,6 +86,16 @@ class ShareRecorder:
             return value
 
         SharedWork.once = once  # type: ignore[method-assign]
+        calibrate = QuantizeTflite._calibrate
+
+        def timed_calibrate(step: QuantizeTflite, ctx: Any) -> bytes:
+            start = time.perf_counter()
+            try:
+                return calibrate(step, ctx)
+            finally:
+                recorder.log.tflite_calibration_seconds += time.perf_counter() - start
+
+        QuantizeTflite._calibrate = timed_calibrate  # type: ignore[method-assign]
 
     def start(self) -> ShareLog:
         self.log = ShareLog()
@@ -155,25 +171,27 @@ def together(
     return Run(seconds, share, results, failures)
 
 
-def figures(metrics: ConversionMetrics | None) -> tuple[Any, ...]:
-    """What must not change when work is shared: the accuracy figures and the artifact's size."""
-    if metrics is None:
-        return (None,)
-    accuracy = metrics.accuracy.model_dump() if metrics.accuracy is not None else None
-    return (accuracy, metrics.size_bytes_artifact)
+def accuracy(metrics: ConversionMetrics | None) -> dict[str, Any] | None:
+    """What must not change when work is shared: every accuracy figure (measure, values, SQNR, budget)."""
+    return metrics.accuracy.model_dump() if metrics is not None and metrics.accuracy is not None else None
 
 
-def mismatches(a: Run, b: Run) -> list[str]:
+def size(metrics: ConversionMetrics | None) -> int | None:
+    return metrics.size_bytes_artifact if metrics is not None else None
+
+
+def differences(a: Run, b: Run, figure: Callable[[ConversionMetrics | None], Any]) -> list[str]:
+    """Profiles (and their alternatives) whose `figure` differs between the runs."""
     found = []
     for profile in sorted(set(a.results) | set(b.results)):
         if profile not in a.results or profile not in b.results:
             found.append(f"{profile}: a bundle in only one of the runs")
             continue
         ra, rb = a.results[profile], b.results[profile]
-        if figures(ra.metrics) != figures(rb.metrics):
-            found.append(f"{profile}: {figures(ra.metrics)} vs {figures(rb.metrics)}")
-        alts_a = {alt.kind: figures(alt.metrics) for alt in ra.alternatives}
-        alts_b = {alt.kind: figures(alt.metrics) for alt in rb.alternatives}
+        if figure(ra.metrics) != figure(rb.metrics):
+            found.append(f"{profile}: {figure(ra.metrics)} vs {figure(rb.metrics)}")
+        alts_a = {alt.kind: figure(alt.metrics) for alt in ra.alternatives}
+        alts_b = {alt.kind: figure(alt.metrics) for alt in rb.alternatives}
         if alts_a != alts_b:
             found.append(f"{profile} alternatives: {alts_a} vs {alts_b}")
     return found
@@ -228,8 +246,11 @@ def main() -> None:
             for side, done in runs.items():
                 for profile, error in done.failures.items():
                     notes.append(f"{model.stem} {side} {profile} FAILED: {error[:300]}")
-            diff = mismatches(sep, tog)
-            notes.extend(f"{model.stem} MISMATCH {line}" for line in diff)
+            diff = differences(sep, tog, accuracy)
+            notes.extend(f"{model.stem} ACCURACY MISMATCH {line}" for line in diff)
+            # Informational: TFLite tensor names carry Keras's per-process layer-name counters
+            # (functional_1 vs functional_1_1), so a TFLite artifact's size may differ by a few hundred bytes.
+            notes.extend(f"{model.stem} artifact size (bytes) {line}" for line in differences(sep, tog, size))
             kinds = sorted(set(tog.share.computed) | set(tog.share.reused))
             reuse = ", ".join(f"{kind} {tog.share.reused[kind]}" for kind in kinds)
             computed = ", ".join(
@@ -247,6 +268,12 @@ def main() -> None:
                 step_rows.append(
                     f"| {model.stem} | {step} | {steps_sep[step]:.1f} | {steps_tog.get(step, 0.0):.1f} |"
                 )
+                if step == QuantizeTflite.name:
+                    step_rows.append(
+                        f"| {model.stem} | - of which TFLite calibration pass "
+                        f"| {sep.share.tflite_calibration_seconds:.1f} "
+                        f"| {tog.share.tflite_calibration_seconds:.1f} |"
+                    )
     print()
     print(
         "| model | bundles | separate s | together s | together/separate | results reused (together) "

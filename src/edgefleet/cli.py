@@ -101,6 +101,15 @@ def _keys_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_image_options(group: argparse._ArgumentGroup) -> None:
+    """How image files become a model input (convert's image folders, infer's --image)."""
+    group.add_argument("--image-size", metavar="H,W", help="resize to (default: the model input's size)")
+    group.add_argument("--image-layout", choices=["NCHW", "NHWC"], help="default: from the model input")
+    group.add_argument("--image-channel-order", choices=["RGB", "BGR"], default="RGB", help="default RGB")
+    group.add_argument("--image-mean", metavar="M[,M,M]", help="subtracted after scaling to [0,1] (0)")
+    group.add_argument("--image-std", metavar="S[,S,S]", help="divided by after the mean (1)")
+
+
 def _add_broker_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """--broker and the TLS/credential flags of every host command that connects to the broker."""
     parser.add_argument(
@@ -381,14 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument(
         "--report-dir", type=Path, help="write report.json/report.html here (default: next to the bundle)"
     )
-    images = convert.add_argument_group(
-        "image folders", "--calib/--eval/--train may be folders of images (labels from class sub-folders)"
+    _add_image_options(
+        convert.add_argument_group(
+            "image folders", "--calib/--eval/--train may be folders of images (labels from class sub-folders)"
+        )
     )
-    images.add_argument("--image-size", metavar="H,W", help="resize to (default: the model input's size)")
-    images.add_argument("--image-layout", choices=["NCHW", "NHWC"], help="default: from the model input")
-    images.add_argument("--image-channel-order", choices=["RGB", "BGR"], default="RGB", help="default RGB")
-    images.add_argument("--image-mean", metavar="M[,M,M]", help="subtracted after scaling to [0,1] (0)")
-    images.add_argument("--image-std", metavar="S[,S,S]", help="divided by after the mean (1)")
     compress = convert.add_argument_group("compression (each reports params, MACs, size, accuracy)")
     compress.add_argument(
         "--prune", type=_fraction, metavar="RATIO", help="remove this share of channels (PyTorch models)"
@@ -439,8 +445,19 @@ def build_parser() -> argparse.ArgumentParser:
     infer = sub.add_parser("infer", help="send one inference request to a device and print its outputs")
     infer.add_argument("device", help="the device id")
     _add_broker_options(infer)
-    infer.add_argument(
-        "--input", type=Path, required=True, help=".npy (a one-input model) or .npz keyed by input name"
+    given = infer.add_mutually_exclusive_group(required=True)
+    given.add_argument("--input", type=Path, help=".npy (a one-input model) or .npz keyed by input name")
+    given.add_argument(
+        "--image",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="image file(s) for a one-input image model, preprocessed by the --image-* options",
+    )
+    _add_image_options(
+        infer.add_argument_group(
+            "images", "how --image files become the input: as given to `convert` for image folders"
+        )
     )
     infer.add_argument(
         "--top-k", type=int, default=5, help="best classes shown per sample (default 5; 0: none)"

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from fleet_helpers import ONNX_PROFILE, digits_for_a_real_agent
+from PIL import Image
 
 from edgefleet.cli import main
 from edgefleet.fleet.broker import MosquittoProcess
@@ -49,11 +50,25 @@ def test_infer_prints_what_the_model_computes_and_saves_it(
         result = json.loads(capsys.readouterr().out)
         assert main(["infer", "dev-a", *flags]) == 0
         text = capsys.readouterr().out
+        # --image: PNG files, shaped by the input shape the device's status gives; the same pixels as floats
+        pngs = [tmp_path / "a.png", tmp_path / "b.png"]
+        pixels = np.round(images[:, 0] * 255).astype(np.uint8)
+        for path, image in zip(pngs, pixels, strict=True):
+            Image.fromarray(image, mode="L").save(path)
+        image_flags = ["--broker", broker.url, "--image", *map(str, pngs), "--json"]
+        assert main(["infer", "dev-a", *image_flags]) == 0
+        from_pngs = json.loads(capsys.readouterr().out)["outputs"]["logits"]
+        assert main(["infer", "dev-a", *image_flags, "--image-mean", "0,0"]) == 2
+        assert "--image-mean has 2 values; the input has 1 channel(s): give 1" in capsys.readouterr().err
         assert main(["infer", "dev-b", *flags, "--timeout", "60"]) == 2  # at once, not after the timeout
         assert "device 'dev-b' is not known on this broker (did you mean 'dev-a'?" in capsys.readouterr().err
     expected = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
         None, {"image": images}
     )[0]
+    png_expected = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
+        None, {"image": pixels[:, None].astype(np.float32) / 255}
+    )[0]
+    assert [row[0][0] for row in from_pngs["top_k"]] == png_expected.argmax(axis=1).tolist()
     logits = result["outputs"]["logits"]
     assert logits["shape"] == [2, 10] and logits["dtype"] == "float32"
     assert [row[0][0] for row in logits["top_k"]] == expected.argmax(axis=1).tolist()

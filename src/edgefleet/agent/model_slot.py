@@ -165,6 +165,7 @@ class LoadedModel:
             bundle_id=self.bundle_id,
             format=m.format.value,
             precision=m.precision.value,
+            input_shapes={spec.name: list(spec.float_shape) for spec in m.inputs},
         )
 
     def run(self, feeds: Mapping[str, np.ndarray], record: bool = True) -> dict[str, np.ndarray]:

@@ -42,6 +42,11 @@ class ActiveModel(Message):
     bundle_id: str
     format: str
     precision: str
+    input_shapes: dict[str, list[int | None]] = Field(
+        default_factory=dict,
+        description="each input's float32 shape, what a request sends (null: a dimension of any size); "
+        "empty when the agent did not say",
+    )
 
 
 class BackendInfo(Message):

@@ -1,6 +1,7 @@
-"""`edgefleet infer DEVICE --input FILE`: one inference request from the command line, over MQTT 5
-request/response (the same path as `InferenceClient`). Prints each output's shape and dtype, the top-k
-classes of classification outputs, and the round-trip time; `--save` writes the outputs to an .npz.
+"""`edgefleet infer DEVICE --input FILE` (or `--image FILE...`): one inference request from the command
+line, over MQTT 5 request/response (the same path as `InferenceClient`). Prints each output's shape and
+dtype, the top-k classes of classification outputs, and the round-trip time; `--save` writes the outputs
+to an .npz.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pydantic import BaseModel, Field
 
 from edgefleet.contract.errors import EdgefleetError, TensorError
 from edgefleet.contract.tensors import decode_npz, encode_npz
+from edgefleet.converter.inputs.images import ImagePreprocessing, preprocessing_from_flags
 from edgefleet.fleet.errors import InferenceError, InferenceTimeout
+from edgefleet.fleet.fleet_view import KnownDevice
 from edgefleet.fleet.inference import InferenceClient, Inputs
 from edgefleet.fleet.inventory import collect_inventory, format_age
 from edgefleet.fleet.selectors import explain_unknown_device
@@ -101,7 +104,7 @@ def render(result: InferResult) -> str:
     return "\n".join(lines)
 
 
-def check_reachable(broker_url: str, device_id: str) -> None:
+def check_reachable(broker_url: str, device_id: str) -> KnownDevice:
     """Before sending: a device the broker has never heard of (a typo) or one that is offline cannot answer;
     say so at once instead of after the timeout."""
     inventory, _ = collect_inventory(broker_url, listen_s=0)  # the retained presence of every device
@@ -110,12 +113,42 @@ def check_reachable(broker_url: str, device_id: str) -> None:
         raise InferenceError(device_id, explain_unknown_device(device_id, inventory.devices))
     if device.online is False:
         raise InferenceError(device_id, f"it is offline (last seen {format_age(device.last_seen())})")
+    return device
+
+
+def image_inputs(device: KnownDevice, paths: list[Path], prep: ImagePreprocessing) -> Inputs:
+    """Image files as the request of the device's active model: its input shape comes from the device's
+    status, the preprocessing from the --image-* flags (as given to `convert`)."""
+    from edgefleet.converter.inputs.images import load_images
+
+    model = device.status.model if device.status is not None else None
+    shapes = model.input_shapes if model is not None else {}
+    if not shapes:
+        raise InferInputError(
+            f"device {device.device_id} has not said its model's input shape (no model active, or an older "
+            "agent); pass --input FILE.npz instead of --image"
+        )
+    if len(shapes) != 1:
+        raise InferInputError(f"--image feeds single-input models; this one has inputs {sorted(shapes)}")
+    ((name, shape),) = shapes.items()
+    if shape and shape[0] is not None and shape[0] < len(paths):
+        raise InferInputError(
+            f"the model takes {shape[0]} sample(s) per request ({name} {shape}); "
+            f"pass at most {shape[0]} --image"
+        )
+    return {name: load_images(paths, shape, prep, "--image")}
 
 
 def run_infer(args: argparse.Namespace) -> int:
     """CLI entry point (edgefleet infer)."""
-    inputs = load_inputs(args.input)
-    check_reachable(args.broker, args.device)
+    # what can be checked without the broker first: the input file, the image flags
+    inputs = load_inputs(args.input) if args.input is not None else None
+    prep = preprocessing_from_flags(
+        args.image_size, args.image_layout, args.image_channel_order, args.image_mean, args.image_std
+    )
+    device = check_reachable(args.broker, args.device)
+    if inputs is None:
+        inputs = image_inputs(device, args.image, prep)
     with InferenceClient(args.broker, default_timeout=args.timeout) as client:
         started = time.perf_counter()
         try:

@@ -10,7 +10,6 @@ sub-folders is unlabeled.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -102,7 +101,8 @@ def input_geometry(shape: list[int | None], prep: ImagePreprocessing, where: str
     for what, values in (("mean", prep.mean), ("std", prep.std)):
         if len(values) not in (1, channels):
             raise InputDataError(
-                f"{where}: --image-{what} has {len(values)} values; give 1 or {channels} (one per channel)"
+                f"{where}: --image-{what} has {len(values)} values; the input has {channels} channel(s): "
+                + ("give 1" if channels == 1 else f"give 1 or {channels} (one per channel)")
             )
     return InputGeometry(layout=layout, channels=int(channels), height=int(height), width=int(width))
 
@@ -151,22 +151,27 @@ def _read(path: Path, geometry: InputGeometry, prep: ImagePreprocessing, where: 
     return chw
 
 
-def load_image_folder(folder: Path, shape: list[int | None], prep: ImagePreprocessing, role: str) -> ImageSet:
-    """Every image under `folder`, preprocessed into the model input `shape`."""
-    where = f"{role} image folder {folder}"
-    if importlib.util.find_spec("PIL") is None:
-        raise InputDataError(f"{where}: reading images needs Pillow; pip install 'edgefleet[converter]'")
+def load_images(
+    files: list[Path], shape: list[int | None], prep: ImagePreprocessing, where: str
+) -> np.ndarray:
+    """`files` preprocessed into the model input `shape`: float32, the model's layout, one per sample."""
     geometry = input_geometry(shape, prep, where)
-    files, class_names = _class_folders(folder, where)
-    chw = np.stack([_read(path, geometry, prep, where) for path, _ in files])
+    chw = np.stack([_read(path, geometry, prep, where) for path in files])
     mean = np.asarray(prep.mean, dtype=np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(prep.std, dtype=np.float32).reshape(1, -1, 1, 1)
     normalized = (chw - mean) / std
     if geometry.layout == "NHWC":
         normalized = normalized.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(normalized, dtype=np.float32)
+
+
+def load_image_folder(folder: Path, shape: list[int | None], prep: ImagePreprocessing, role: str) -> ImageSet:
+    """Every image under `folder`, preprocessed into the model input `shape`."""
+    where = f"{role} image folder {folder}"
+    files, class_names = _class_folders(folder, where)
     labels = None if class_names is None else np.asarray([label for _, label in files], dtype=np.int64)
     return ImageSet(
-        inputs=np.ascontiguousarray(normalized, dtype=np.float32),
+        inputs=load_images([path for path, _ in files], shape, prep, where),
         labels=labels,
         class_names=class_names,
         files=len(files),
