@@ -249,9 +249,14 @@ def test_summary_line_counts_messages() -> None:
 def test_the_view_fits_the_terminal_without_cutting_a_number(width: int) -> None:
     """Issue 11: at 80x24 every number read `0...` and the notes column had no width. Narrow terminals
     drop columns (p50, temperature, then profile and requests) and give the notes lines of their own."""
-    text = _render(_mixed_fleet(), width=width)
+    text = _render(_mixed_fleet(), width=width, telemetry_rate=12.0)
     lines = text.splitlines()
     assert max(len(line) for line in lines) <= width and "…" not in text
+    # the header is never wrapped mid-sentence: the counts read whole on one line
+    assert any(re.search(r"\d+ devices: .*; \d+ need attention", line) for line in lines)
+    assert any(
+        line.startswith("edgefleet watch mqtt://test:1883") and "12 telemetry/s" in line for line in lines
+    )
     healthy = next(line for line in lines if line.lstrip().startswith("a-healthy"))
     assert "0.35" in healthy and "0.52" in healthy and "61" in healthy  # p95, p99, RSS whole
     assert any(line.strip().startswith("c-slow: p95 over the 50 ms budget") for line in lines)

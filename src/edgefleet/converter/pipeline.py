@@ -220,11 +220,11 @@ def convert_many(
     progress: ProgressCallback | None = None,
     status: StatusCallback | None = None,
 ) -> list[ConversionResult | ProfileFailure]:
-    """Convert one model for several profiles, one bundle each, in the order given. The source model is
-    parsed, its calibration ranges collected and its Keras translation built once for all of them (see
-    SharedWork); a profile that fails is reported and the rest still convert. `on_start(profile, index)`
-    is called before each. Errors about the inputs rather than a target (data files, signing key) stop the
-    run. With --report-dir, each profile's report goes into a sub-directory of its name."""
+    """Convert one model for several profiles, one bundle each, in the order given. The Keras translation,
+    the TFLite calibration pass and the activation ranges are computed once for the profiles that share
+    them (see SharedWork); a profile that fails is reported and the rest still convert. `on_start(profile,
+    index)` is called before each. Errors about the inputs rather than a target (data files, signing key)
+    stop the run. With --report-dir, each profile's report goes into a sub-directory of its name."""
     shared = SharedWork()
     outcomes: list[ConversionResult | ProfileFailure] = []
     for index, name in enumerate(profiles):

@@ -1,7 +1,7 @@
-"""Work that the conversions of one model for several profiles (`convert --profile a,b,c`) do once: the
-parsed source model, activation ranges from the calibration pass, float-by-rule decisions, the Keras
-translation. Each result is keyed by everything it depends on, so a profile whose model differs (other
-input shapes, another source file after compression) computes its own.
+"""Work that the conversions of one model for several profiles (`convert --profile a,b,c`) do once: the Keras
+translation, the TFLite calibration pass, the entropy/percentile activation ranges and the float-by-rule
+decisions. Each result is keyed by everything it depends on, so a profile whose model differs (other input
+shapes, another source file after compression) computes its own.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class SharedWork:
     sibling conversions)."""
 
     results: dict[str, Any] = field(default_factory=dict)
-    reused: int = 0  # how many results were taken from an earlier computation (the summary says so)
+    reused: int = 0  # how many results were taken from an earlier computation (bench/ and tests read it)
 
     def once(self, key: str, compute: Callable[[], T]) -> T:
         if key in self.results:

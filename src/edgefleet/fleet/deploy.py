@@ -245,10 +245,13 @@ def deploy_bundle(
             profile=meta.profile,
         )
         publish_desired(session, device_id, desired)
+        chunks = f"{stats.chunks} chunk{'s' if stats.chunks != 1 else ''}"
         display.info(
-            f"bundle {meta.bundle_id[:12]} ({meta.size} bytes, {stats.chunks} chunks) uploaded in "
-            f"{stats.seconds:.2f} s ({stats.mib_per_s:.0f} MiB/s); device {device_id} should now run "
-            f"{meta.name} {meta.version} (deployment {deployment_id})"
+            f"bundle {meta.bundle_id[:12]} ({meta.size} bytes, {chunks}) uploaded in "
+            f"{stats.seconds:.2f} s ({stats.mib_per_s:.0f} MiB/s)"
+        )
+        display.info(
+            f"device {device_id} should now run {meta.name} {meta.version} (deployment {deployment_id})"
         )
         result = DeployResult(
             device_id=device_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import threading
 import time
 from collections import deque
@@ -211,15 +212,23 @@ def render_watch(
         if narrow and cells["notes"]:
             notes.append(Text.from_markup(f"  {escape(device.device_id)}: {cells['notes']}"))
     stale = sum(1 for d in snapshot.devices if d.online and d.stale(now))
-    rate = "" if telemetry_rate is None else f", {telemetry_rate:.0f} telemetry/s"
-    header = Text.from_markup(
-        f"[bold]edgefleet watch[/] {escape(broker)}  {len(snapshot.devices)} devices: "
+    rate = "" if telemetry_rate is None else f"{telemetry_rate:.0f} telemetry/s"
+    garbage = "garbage" if narrow else "sending garbage"
+    total = len(snapshot.devices)
+    counts = (
+        f"{total} device{'' if total == 1 else 's'}: "
         f"{_count(snapshot.online, 'online', 'green')}, {_count(snapshot.offline, 'offline', 'red')}, "
-        f"{_count(stale, 'silent', 'yellow')}, {_count(snapshot.with_garbage, 'sending garbage', 'red')}; "
-        f"{needing} need attention{rate}  "
-        f"({datetime.fromtimestamp(now).strftime('%H:%M:%S')})"
+        f"{_count(stale, 'silent', 'yellow')}, {_count(snapshot.with_garbage, garbage, 'red')}; "
+        f"{needing} need attention"
     )
-    parts: list[Text | Table] = [header, table, *notes]
+    title = f"[bold]edgefleet watch[/] {escape(broker)}"
+    clock = f"({datetime.fromtimestamp(now).strftime('%H:%M:%S')})"
+    # narrow: the broker and the counts on lines of their own, so neither wraps at 80 columns
+    if narrow:
+        lines = [f"{title}  {rate + '  ' if rate else ''}{clock}", counts]
+    else:
+        lines = [f"{title}  {counts}{', ' + rate if rate else ''}  {clock}"]
+    parts: list[Text | Table] = [*(Text.from_markup(line) for line in lines), table, *notes]
     hidden = len(ranked) - len(shown)
     if hidden:
         hidden_needing = max(0, needing - len(shown))
@@ -253,7 +262,7 @@ def run_watch(args: argparse.Namespace) -> int:
     if args.refresh <= 0:
         raise EdgefleetError(f"--refresh must be a positive number of seconds, not {args.refresh}")
     console = Console()
-    if not console.is_terminal:
+    if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=200)  # a file or pipe: do not wrap rows at a guessed 80 columns
     monitor = FleetMonitor()
     recorder = HistoryRecorder(Path(args.history)).start() if args.history else None

@@ -55,6 +55,9 @@ class KerasTranslation:
     # TensorFlow op names, and so TFLite tensor names, carry the layer name: this is how a TFLite tensor
     # is traced back to the ONNX layer it came from (per-layer error, mixed precision).
     layer_nodes: dict[str, list[str]] = field(default_factory=dict)
+    fuse_hard_swish: bool = True  # HardSwish written so that TFLite fuses it into HARD_SWISH
+    # a HardSwish (or x * relu6(x + 3)) was translated: only then does fuse_hard_swish change the model
+    hard_swish_seen: bool = False
 
 
 LAYER_NAME = re.compile(r"(?:^|/)(L\d+_[a-z0-9]+)(?:_\d+)?/")
@@ -221,6 +224,7 @@ class _Translator:
         # ReLU6 as the first factor it keeps ADD(relu6) + MUL + MUL, which it runs.
         self.fuse_hard_swish = fuse_hard_swish
         self.relu6_outputs: set[str] = set()
+        self.hard_swish_seen = False
         binary = dict.fromkeys(("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"), self._binary)
         self.handlers: dict[str, Callable[[Any], None]] = {
             **dict.fromkeys(UNARY_OPS, self._unary),
@@ -458,7 +462,14 @@ class _Translator:
                 tensor = self._as_same(translated)
             output_perms[value.name] = self._perm(translated) if translated.layout == "nhwc" else None
             outputs.append(tensor)
-        return KerasTranslation(keras.Model(inputs, outputs), input_perms, output_perms, self.layer_nodes)
+        return KerasTranslation(
+            keras.Model(inputs, outputs),
+            input_perms,
+            output_perms,
+            self.layer_nodes,
+            self.fuse_hard_swish,
+            self.hard_swish_seen,
+        )
 
     def _translate_nodes(self, nodes: Any) -> None:
         for node in nodes:
@@ -778,6 +789,7 @@ class _Translator:
         self._set(node, _Value(self._apply(node, fn, x.tensor), x.layout, x.chw))
 
     def _hard_swish(self, node: Any) -> None:
+        self.hard_swish_seen = True
         x = self._value(node, node.input[0])
         tf = self.tf
         if self.fuse_hard_swish:
@@ -900,8 +912,10 @@ class _Translator:
             layout, chw, ta, tb = a.layout, a.chw, a.tensor, b.tensor
         else:
             layout, chw, ta, tb = "same", None, self._as_same(a), self._as_same(b)
-        if node.op_type == "Mul" and not self.fuse_hard_swish and node.input[1] in self.relu6_outputs:
-            ta, tb = tb, ta  # x * relu6(x + 3) written relu6-first: see fuse_hard_swish
+        if node.op_type == "Mul" and self.relu6_outputs & set(node.input):
+            self.hard_swish_seen = True  # maybe x * relu6(x + 3): TFLite fuses it into HARD_SWISH
+            if not self.fuse_hard_swish and node.input[1] in self.relu6_outputs:
+                ta, tb = tb, ta  # x * relu6(x + 3) written relu6-first: see fuse_hard_swish
         self._set(node, _Value(self._apply(node, op, ta, tb), layout, chw))
 
     def _gelu(self, node: Any) -> bool:
@@ -1464,8 +1478,13 @@ class OnnxToKeras:
 
     def run(self, ctx: ConversionContext) -> None:
         fuse = "edgetpu" not in ctx.profile.runtime.delegates  # the Edge TPU has no HARD_SWISH
-        key = f"keras:{fuse}:{model_key(ctx)}"  # profiles converting the same model share the translation
-        ctx.keras_model = ctx.shared.once(key, lambda: self.checked_translation(ctx, fuse))
+        # Profiles converting the same model share the translation; the Edge TPU's form differs only for
+        # a model with HardSwish.
+        key = f"keras:{model_key(ctx)}"
+        first: KerasTranslation = ctx.shared.once(key, lambda: self.checked_translation(ctx, fuse))
+        if first.hard_swish_seen and first.fuse_hard_swish != fuse:
+            first = ctx.shared.once(f"{key}:fuse={fuse}", lambda: self.checked_translation(ctx, fuse))
+        ctx.keras_model = first
 
     def checked_translation(self, ctx: ConversionContext, fuse: bool) -> KerasTranslation:
         import onnxruntime as ort

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.errors import ConversionError
+from edgefleet.converter.shared_work import model_key
 from edgefleet.converter.steps.calibration_ranges import calibration_method, rewrite_tflite_ranges
 from edgefleet.converter.steps.onnx_to_keras import (
     KerasTranslation,
@@ -223,14 +224,21 @@ class QuantizeTflite:
         self.io_dtype = io_dtype
 
     def _calibrate(self, ctx: ConversionContext) -> bytes:
-        """The calibrated float model, made once per conversion (re-quantizations reuse it)."""
+        """The calibrated float model, made once per conversion (re-quantizations reuse it) and once per
+        run: profiles quantizing the same Keras translation with the same data share the calibration pass
+        (the io dtype and float layers are applied after it)."""
         path = calibrated_model_path(ctx)
-        if path.is_file():
-            return path.read_bytes()
+        if not path.is_file():
+            translation: KerasTranslation = ctx.need(ctx.keras_model, "the Keras model")
+            # the translation object is shared by the profiles that use it (OnnxToKeras): its id names it
+            key = f"tflite-calibrated:{calibration_method(ctx)}:{id(translation)}:{model_key(ctx)}"
+            path.write_bytes(ctx.shared.once(key, lambda: self._calibrated(ctx, translation)))
+        return path.read_bytes()
+
+    def _calibrated(self, ctx: ConversionContext, translation: KerasTranslation) -> bytes:
         import_keras()  # the Keras twin and TensorFlow must agree on the backend
         import tensorflow as tf
 
-        translation: KerasTranslation = ctx.need(ctx.keras_model, "the Keras model")
         calib = ctx.need(ctx.calib, "calibration data")
         names = [t.name for t in ctx.need(ctx.model_info, "model description").inputs]
 
@@ -260,9 +268,7 @@ class QuantizeTflite:
                     f"TFLite conversion failed ({first}); the model may use an op without a TFLite "
                     "kernel - choose an ONNX profile for it"
                 ) from exc
-            calibrated = rewrite_tflite_ranges(calibrated, ctx, translation)
-        path.write_bytes(calibrated)
-        return calibrated
+            return rewrite_tflite_ranges(calibrated, ctx, translation)
 
     def run(self, ctx: ConversionContext) -> None:
         import tensorflow as tf
