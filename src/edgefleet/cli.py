@@ -473,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         "forget", help="remove devices from the fleet's view (clears their retained presence and status)"
     )
     forget.add_argument("devices", nargs="+", metavar="DEVICE")
+    forget.add_argument("--json", action="store_true")
     _add_broker_options(forget)
     forget.set_defaults(handler=_lazy("edgefleet.fleet.forget:run_forget"))
 
@@ -486,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     floor.add_argument("--device", action="append", help="a device id (repeatable)")
     floor.add_argument("--select", help="devices matching e.g. profile=rpi4,site=lab (id/profile/tags)")
     floor.add_argument("--signing-key", type=Path, help="fleet key (default ~/.edgefleet/keys/fleet.key)")
+    floor.add_argument("--json", action="store_true", help="print the signed floors")
     floor.set_defaults(handler=_lazy("edgefleet.fleet.floor:run_floor"))
 
     status = sub.add_parser("status", help="show the devices seen on a broker")
@@ -500,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--rows", type=int, help="devices to show (default: what fits; problems first)")
     watch.add_argument("--once", action="store_true", help="listen --listen seconds, print one table, exit")
     watch.add_argument("--listen", type=float, default=3.0, help="seconds to listen with --once (default 3)")
+    watch.add_argument("--json", action="store_true", help="with --once: the view as JSON")
     watch.add_argument("--duration", type=float, help="stop the live view after this many seconds")
     watch.add_argument("--history", type=Path, help="also record telemetry into this SQLite file")
     watch.set_defaults(handler=_lazy("edgefleet.fleet.watch:run_watch"))
@@ -563,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=Path("/var/lib/mosquitto"), help="mosquitto persistence directory"
     )
     broker_config.add_argument("--days", type=int, default=825, help="certificate validity (default 825)")
+    broker_config.add_argument("--json", action="store_true", help="print where everything was written")
     broker_config.add_argument(
         "--run-as", help="account mosquitto switches to when started as root (mosquitto's default: mosquitto)"
     )

@@ -4,9 +4,11 @@ another device or older than the one it holds, and accepts a newly signed lower 
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from agent_helpers import DEVICE, Keys, agent_config, publish_bundle, publish_raw, started_agent
 
 from edgefleet.cli import main
@@ -24,6 +26,7 @@ def test_bundles_below_the_signed_floor_are_refused_and_only_a_newer_floor_lower
     other_keys: Keys,
     profiles_dir: Path,
     bundles: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = agent_config(tmp_path, broker.url, keys, anti_rollback=True)
     with started_agent(tmp_path, broker, config, profiles_dir) as agent:
@@ -67,6 +70,9 @@ def test_bundles_below_the_signed_floor_are_refused_and_only_a_newer_floor_lower
         assert log.count("event=floor_refused") == 2 and "event=floor_stale" in log
 
         # A newly signed floor without a minimum lowers it.
-        assert main(["floor", "--model", "digits", "--clear", *floor_flags]) == 0
+        capsys.readouterr()
+        assert main(["floor", "--model", "digits", "--clear", *floor_flags, "--json"]) == 0
+        (signed,) = json.loads(capsys.readouterr().out)
+        assert (signed["device_id"], signed["model"], signed["min_version"]) == (DEVICE, "digits", None)
         publish_bundle(broker.url, DEVICE, bundles["v1"], "d-5", version="1")
         observer.wait_active("1")

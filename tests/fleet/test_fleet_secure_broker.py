@@ -447,9 +447,11 @@ def test_running_again_adds_devices_and_keeps_existing_credentials(
     assert (out / "ca.crt").read_bytes() == ca
     assert (out / "clients" / "pi-1" / "password").read_text() == password
     assert "user pi-3\n" in (out / "acl").read_text()
-    assert main(["broker-config", "--out", str(out), "--devices", "pi-1"]) == 0
-    assert "user pi-3\n" not in (out / "acl").read_text()  # dropped from the list: no rights at all
     capsys.readouterr()
+    assert main(["broker-config", "--out", str(out), "--devices", "pi-1", "--json"]) == 0
+    assert "user pi-3\n" not in (out / "acl").read_text()  # dropped from the list: no rights at all
+    written = json.loads(capsys.readouterr().out)  # --json: where everything went, for a script
+    assert Path(written["acl"]) == out / "acl" and set(written["clients"]) >= {"pi-1"}
     assert main(["broker-config", "--out", str(out), "--devices", "pi-1,pi 2"]) == 2
     assert "device id 'pi 2' is not valid" in capsys.readouterr().err
     assert main(["broker-config", "--out", str(out), "--devices", "edgefleet-admin"]) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import json
 import os
 import pty
 import re
@@ -166,6 +167,17 @@ def test_watch_once_prints_the_fleet(
     assert "garbage on telemetry: not a valid Telemetry" in out
     pi_line = next(line for line in out.splitlines() if "pi-1" in line)
     assert "rpi4" in pi_line and "0.21" in pi_line and "0.35" in pi_line and "61" in pi_line
+
+    # --json: the same view as data, in the same order, notes without colour markup
+    assert main(["watch", "--broker", reporting_fleet.url, "--once", "--listen", "0.5", "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert [d["device_id"] for d in view["devices"]] == ["bad-1", "pi-1", "pi-2"]
+    assert view["devices_total"] == 3 and view["sending_garbage"] == 1 and view["need_attention"] >= 1
+    pi_1 = view["devices"][1]
+    assert (pi_1["profile"], pi_1["latency_ms"]["p50"], pi_1["rss_mb"]) == ("rpi4", 0.21, 61.2)
+    assert view["devices"][0]["notes"][0].startswith("garbage on telemetry: not a valid Telemetry")
+    assert main(["watch", "--broker", reporting_fleet.url, "--json"]) == 2  # a live view is not JSON
+    assert "add --once" in capsys.readouterr().err
 
 
 @pytest.mark.mqtt

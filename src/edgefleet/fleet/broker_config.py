@@ -395,6 +395,9 @@ def run_broker_config(args: argparse.Namespace) -> int:
         where = ".".join(str(p) for p in first["loc"]) or "arguments"
         raise BrokerConfigError(f"broker-config: {where}: {first['msg']}") from None
     files = write_broker_config(spec)
+    if args.json:
+        print(files.model_dump_json(indent=2))
+        return 0
     print(f"wrote a mosquitto configuration for {len(spec.devices)} device(s) into {spec.out_dir}")
     print(f"  broker:   mosquitto -c {files.mosquitto_conf}")
     print(f"            devices connect to {spec.broker_url}, host tools to {spec.operator_url}")

@@ -7,6 +7,7 @@ minimum (a newer signature is the only way to lower one). See docs/protocol.md, 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from edgefleet.contract import ids, topics
@@ -68,6 +69,9 @@ def run_floor(args: argparse.Namespace) -> int:
         for device in devices
     ]
     publish_floors(args.broker, floors, args.signing_key or default_key_dir() / PRIVATE_KEY_FILE)
+    if args.json:
+        print(json.dumps([floor.model_dump(mode="json") for floor in floors], indent=2))
+        return 0
     what = "no minimum" if args.clear else f"minimum version {args.min_version}"
     print(f"signed {what} for model {args.model} on {len(devices)} device(s): {', '.join(devices)}")
     print("devices with anti_rollback: true refuse older bundles of it from now on")

@@ -7,6 +7,7 @@ forget the ones that are gone (decommissioned boards, `simulate` leftovers).
 from __future__ import annotations
 
 import argparse
+import json
 
 from edgefleet.contract import ids, topics
 from edgefleet.contract.errors import EdgefleetError
@@ -41,5 +42,8 @@ def forget_devices(broker_url: str, device_ids: list[str]) -> None:
 def run_forget(args: argparse.Namespace) -> int:
     """CLI entry point (edgefleet forget)."""
     forget_devices(args.broker, args.devices)
+    if args.json:
+        print(json.dumps({"forgot": args.devices}))
+        return 0
     print(f"forgot {len(args.devices)} device(s): {', '.join(args.devices)} (a running device reappears)")
     return 0

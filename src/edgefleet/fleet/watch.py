@@ -14,9 +14,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
+from pydantic import BaseModel, Field
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
@@ -26,6 +28,7 @@ from rich.text import Text
 
 from edgefleet.contract.errors import EdgefleetError
 from edgefleet.contract.health import HealthPolicy
+from edgefleet.contract.messages import LatencySummary
 from edgefleet.contract.profiles import DeviceProfile, load_profile
 from edgefleet.fleet.fleet_feed import FleetFeed
 from edgefleet.fleet.monitor import DeviceHealth, FleetMonitor, FleetSnapshot, telemetry_extra
@@ -257,10 +260,88 @@ def _default_rows(console: Console) -> int | None:
     return max(5, console.size.height - 8)
 
 
+class WatchedDevice(BaseModel):
+    """One row of the view, for scripts (`watch --once --json`)."""
+
+    device_id: str
+    state: Literal["online", "offline", "silent", "unknown"]
+    profile: str | None
+    version: str | None
+    latency_ms: LatencySummary | None = Field(description="model run time, from the last telemetry")
+    rss_mb: float | None
+    cpu_percent: float | None
+    soc_temp_c: float | None
+    requests: int | None
+    errors: int | None
+    new_errors: int = Field(description="errors reported since the telemetry before the last")
+    last_seen_s: float | None = Field(description="seconds since the device's newest message; null: never")
+    attention: int = Field(description="0 most urgent ... 9 nothing to say; the view's order")
+    notes: list[str]
+
+
+class WatchView(BaseModel):
+    broker: str
+    taken_at: datetime
+    devices_total: int
+    online: int
+    offline: int
+    silent: int
+    sending_garbage: int
+    need_attention: int
+    devices: list[WatchedDevice]
+
+
+def watch_view(snapshot: FleetSnapshot, broker: str) -> WatchView:
+    """What render_watch shows, as data: the same counts, order and notes (without colour)."""
+    now = snapshot.taken_at
+    ranked = sorted(
+        ((assess(device, now), device) for device in snapshot.devices),
+        key=lambda pair: (pair[0].rank, pair[1].device_id),
+    )
+    devices = []
+    for attention, device in ranked:
+        tele = device.telemetry
+        state: Literal["online", "offline", "silent", "unknown"] = "unknown"
+        if device.online is not None:
+            state = ("silent" if device.stale(now) else "online") if device.online else "offline"
+        extra_temp = telemetry_extra(tele, "soc_temp_c") if tele is not None else None
+        devices.append(
+            WatchedDevice(
+                device_id=device.device_id,
+                state=state,
+                profile=device.profile,
+                version=device.model_version,
+                latency_ms=tele.latency_ms if tele is not None else None,
+                rss_mb=tele.rss_mb if tele is not None else None,
+                cpu_percent=tele.cpu_percent if tele is not None else None,
+                soc_temp_c=float(extra_temp) if extra_temp is not None else None,
+                requests=tele.requests if tele is not None else None,
+                errors=tele.errors if tele is not None else None,
+                new_errors=device.new_errors,
+                last_seen_s=None if device.last_seen is None else round(max(0.0, now - device.last_seen), 3),
+                attention=attention.rank,
+                notes=[Text.from_markup(note).plain for note in attention.notes],
+            )
+        )
+    return WatchView(
+        broker=broker,
+        taken_at=datetime.fromtimestamp(now, tz=timezone.utc),
+        devices_total=len(devices),
+        online=snapshot.online,
+        offline=snapshot.offline,
+        silent=sum(1 for d in devices if d.state == "silent"),
+        sending_garbage=snapshot.with_garbage,
+        need_attention=sum(1 for d in devices if d.attention < 9),
+        devices=devices,
+    )
+
+
 def run_watch(args: argparse.Namespace) -> int:
     """CLI entry point (edgefleet watch)."""
     if args.refresh <= 0:
         raise EdgefleetError(f"--refresh must be a positive number of seconds, not {args.refresh}")
+    if args.json and not args.once:
+        raise EdgefleetError("--json prints one view: add --once (a live view is for a terminal)")
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=200)  # a file or pipe: do not wrap rows at a guessed 80 columns
@@ -273,6 +354,9 @@ def run_watch(args: argparse.Namespace) -> int:
                 feed.session.sync()  # every retained presence/status is in
                 stop.wait(max(0.0, args.listen))
                 rows = args.rows if args.rows else None
+                if args.json:
+                    print(watch_view(monitor.snapshot(), feed.address).model_dump_json(indent=2))
+                    return 0
                 console.print(
                     render_watch(monitor.snapshot(), feed.address, max_rows=rows, width=console.width)
                 )
