@@ -27,3 +27,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "broker" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.mqtt)
+
+
+@pytest.fixture(autouse=True)
+def _terminal_width_from_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands honour COLUMNS on a pipe; a CI runner's own COLUMNS must not change what tests read
+    (tests that want a width pass it)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)

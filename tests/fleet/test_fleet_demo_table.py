@@ -39,3 +39,17 @@ def test_the_demo_table_fits_without_breaking_a_word(width: int) -> None:
     assert "demo-jetson-nano" in text and "97.8%" in text and "0.32 / 4.22" in text
     assert "profil e" not in text.replace("\n", " ")
     assert "onnxruntime 1.31.1" in text and "(fallback*)" in text
+
+
+def test_narrow_lines_under_the_table_continue_indented() -> None:
+    """At 80 columns the title is one line and what ran where wraps under its device, indented."""
+    from edgefleet.fleet.demo import render_fallbacks
+
+    console = Console(record=True, width=80, color_system=None, file=io.StringIO())
+    console.print(render(_result(), 80))
+    lines = console.export_text().splitlines()
+    assert lines[0].strip().startswith("edgefleet demo: 360 digits, 17.9 s")
+    jetson = lines.index(next(line for line in lines if line.startswith("demo-jetson-nano: jetson-nano")))
+    assert lines[jetson + 1].startswith("  ") and "(fallback*)" in lines[jetson + 1]
+    (footnote,) = render_fallbacks(_result(), 30)
+    assert footnote.splitlines()[0] == "* demo-jetson-nano: no" and footnote.splitlines()[1] == "  TensorRT"

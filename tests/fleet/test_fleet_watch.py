@@ -282,3 +282,14 @@ def test_zero_counts_are_not_red() -> None:
     assert isinstance(header, Text)
     red = [header.plain[span.start : span.end] for span in header.spans if "red" in str(span.style)]
     assert red == []  # "0 offline" and "0 sending garbage" are good news
+
+
+def test_watch_once_on_a_pipe_takes_the_width_columns_gives(
+    reporting_fleet: MosquittoProcess, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`COLUMNS=80 edgefleet watch --once | less`: the 80-column layout, not the wide one pipes get."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["watch", "--broker", reporting_fleet.url, "--once", "--listen", "0.5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert any(re.search(r"^\d+ devices: .*; \d+ need attention$", line) for line in lines)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
+import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +29,7 @@ from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.native_output import native_stderr_to_log
 from edgefleet.converter.pipeline import ConversionResult, convert
 from edgefleet.fleet.broker import MosquittoProcess, find_mosquitto
+from edgefleet.fleet.consoles import stdout_console
 from edgefleet.fleet.deploy import deploy_bundle
 from edgefleet.fleet.describe import describe_backend
 from edgefleet.fleet.inference import InferenceClient
@@ -280,7 +281,7 @@ def render(result: DemoResult, width: int | None = None) -> Group:
     wide = width is None or width >= WIDE
     title = f"edgefleet demo: {result.held_out_samples} held-out digits, {result.duration_s} s"
     if not wide:
-        title += "; top-1 of v1 and v2, latency in ms"
+        title = f"edgefleet demo: {result.held_out_samples} digits, {result.duration_s} s; v1/v2 top-1, ms"
     table = Table(title=title, box=box.HEAVY_HEAD if wide else None, pad_edge=wide)
     where = ("profile", "artifact", "backend used") if wide else ()
     figures = (
@@ -307,12 +308,24 @@ def render(result: DemoResult, width: int | None = None) -> Group:
             str(row.failed_requests),
         )
         if not wide:
-            below.append(Text.from_markup(f"{row.device_id}: {row.profile}, {row.artifact}, on {backend}"))
+            line = f"{row.device_id}: {row.profile}, {row.artifact}, on {row.backend}"
+            text = Text(hanging(line + (" (fallback*)" if row.fallbacks else ""), width or WIDE))
+            text.highlight_words(["(fallback*)"], "yellow")
+            below.append(text)
     return Group(table, *below)
 
 
-def render_fallbacks(result: DemoResult) -> list[str]:
-    return [f"* {row.device_id}: {fallback}" for row in result.devices for fallback in row.fallbacks]
+def hanging(line: str, width: int) -> str:
+    """`line` wrapped at `width`, its continuation lines indented under it."""
+    return textwrap.fill(line, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+
+
+def render_fallbacks(result: DemoResult, width: int) -> list[str]:
+    return [
+        hanging(f"* {row.device_id}: {fallback}", width)
+        for row in result.devices
+        for fallback in row.fallbacks
+    ]
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -326,9 +339,9 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
     else:
-        out = Console(width=None if sys.stdout.isatty() else WIDE)
+        out = stdout_console(pipe_width=WIDE)
         out.print(render(result, out.width))
-        for line in render_fallbacks(result):
+        for line in render_fallbacks(result, out.width):
             out.print(line, highlight=False, markup=False)
         for problem in result.problems:
             console.print(f"[red]problem:[/] {problem}")

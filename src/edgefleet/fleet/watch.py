@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import os
 import threading
 import time
 from collections import deque
@@ -30,6 +29,7 @@ from edgefleet.contract.errors import EdgefleetError
 from edgefleet.contract.health import HealthPolicy
 from edgefleet.contract.messages import LatencySummary
 from edgefleet.contract.profiles import DeviceProfile, load_profile
+from edgefleet.fleet.consoles import stdout_console
 from edgefleet.fleet.fleet_feed import FleetFeed
 from edgefleet.fleet.monitor import DeviceHealth, FleetMonitor, FleetSnapshot, telemetry_extra
 from edgefleet.fleet.stop_signals import stop_on_signals
@@ -342,9 +342,7 @@ def run_watch(args: argparse.Namespace) -> int:
         raise EdgefleetError(f"--refresh must be a positive number of seconds, not {args.refresh}")
     if args.json and not args.once:
         raise EdgefleetError("--json prints one view: add --once (a live view is for a terminal)")
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=200)  # a file or pipe: do not wrap rows at a guessed 80 columns
+    console = stdout_console(pipe_width=200)
     monitor = FleetMonitor()
     recorder = HistoryRecorder(Path(args.history)).start() if args.history else None
     stop = threading.Event()
