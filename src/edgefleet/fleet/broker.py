@@ -11,9 +11,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from edgefleet.contract.errors import EdgefleetError
+from edgefleet.fleet.lifecycle import Started
 
 INSTALL_HINT = "install it with `sudo apt-get install mosquitto` (Debian/Ubuntu/Raspberry Pi OS)"
 
@@ -46,7 +46,7 @@ def free_port() -> int:
 QUEUED_MESSAGES_PER_CLIENT = 100_000
 
 
-class MosquittoProcess:
+class MosquittoProcess(Started):
     """Start with `start()` (or as a context manager); `kill()` is kill -9, `start()` again restarts it
     on the same port with the same persistence file."""
 
@@ -126,11 +126,3 @@ class MosquittoProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-
-    def __enter__(self) -> MosquittoProcess:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

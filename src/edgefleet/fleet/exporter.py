@@ -25,6 +25,7 @@ from edgefleet.contract.errors import EdgefleetError
 from edgefleet.fleet.describe import describe_backend
 from edgefleet.fleet.fleet_feed import FleetFeed
 from edgefleet.fleet.history import parse_duration
+from edgefleet.fleet.lifecycle import Started
 from edgefleet.fleet.monitor import FleetMonitor, FleetSnapshot, telemetry_extra
 from edgefleet.fleet.stop_signals import stop_on_signals
 from edgefleet.fleet.telemetry_store import HistoryRecorder, default_history_path
@@ -199,7 +200,7 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-class Exporter:
+class Exporter(Started):
     """Listens to the broker and serves /metrics until `stop()`."""
 
     def __init__(
@@ -299,12 +300,6 @@ class Exporter:
         self.feed.close()
         if self.recorder is not None:
             self.recorder.stop()
-
-    def __enter__(self) -> Exporter:
-        return self.start()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
 
 
 def _handler(exporter: Exporter) -> type[BaseHTTPRequestHandler]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 import time
-from types import TracebackType
 
 import paho.mqtt.client as mqtt
 
 from edgefleet.contract import topics
 from edgefleet.contract.errors import EdgefleetError
+from edgefleet.fleet.lifecycle import Opened
 from edgefleet.fleet.monitor import FleetMonitor
 from edgefleet.fleet.session import BrokerSession
 from edgefleet.fleet.telemetry_store import HistoryRecorder
@@ -35,7 +35,7 @@ def shared(topic_filter: str, group: str | None) -> str:
     return f"$share/{group}/{topic_filter}"
 
 
-class FleetFeed:
+class FleetFeed(Opened):
     def __init__(
         self,
         broker_url: str,
@@ -70,14 +70,6 @@ class FleetFeed:
 
     def close(self) -> None:
         self.session.close()
-
-    def __enter__(self) -> FleetFeed:
-        return self.open()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
         # paho's network thread: parse and update memory only; the recorder queues without waiting.

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Union
 
 import numpy as np
@@ -26,6 +25,7 @@ from edgefleet.contract.errors import TensorError
 from edgefleet.contract.messages import CONTENT_JSON, CONTENT_NPY, CONTENT_NPZ, ErrorReply
 from edgefleet.contract.tensors import decode_npz, encode_npy, encode_npz
 from edgefleet.fleet.errors import InferenceError, InferenceTimeout
+from edgefleet.fleet.lifecycle import Opened
 from edgefleet.fleet.session import BrokerSession
 from edgefleet.mqtt import publish_properties
 
@@ -195,7 +195,7 @@ def _check_plain(array: np.ndarray, what: str) -> None:
         raise TensorError(f"{what}: object arrays cannot be sent (the device refuses pickled data)")
 
 
-class InferenceClient:
+class InferenceClient(Opened):
     """Send inference requests to devices and get their outputs back.
 
     >>> with InferenceClient("mqtt://127.0.0.1:1883") as client:
@@ -234,14 +234,6 @@ class InferenceClient:
         if self._thread is not None:
             self._dispatcher.events.put(("stop", "the inference client was closed"))
             self._thread.join(timeout=5)
-
-    def __enter__(self) -> InferenceClient:
-        return self.open()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def submit(self, device_id: str, inputs: Inputs, timeout: float | None = None) -> Future[Outputs]:
         """Send one request; the Future resolves to the outputs or raises InferenceError."""

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from types import TracebackType
 
 import yaml
 
+from edgefleet.fleet.lifecycle import Started
 
-class LocalAgent:
+
+class LocalAgent(Started):
     def __init__(
         self,
         workdir: Path,
@@ -85,11 +86,3 @@ class LocalAgent:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-    def __enter__(self) -> LocalAgent:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

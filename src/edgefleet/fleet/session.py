@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -21,6 +20,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgefleet.contract import topics
 from edgefleet.fleet.fleet_view import FleetView
+from edgefleet.fleet.lifecycle import Opened
 from edgefleet.mqtt import BrokerAddress, BrokerError, connect, new_client, refusal_hint
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class _AckBoard:
             self._cond.notify_all()
 
 
-class BrokerSession:
+class BrokerSession(Opened):
     """A connected paho client with its own network thread.
 
     Received messages go to `on_message` if given, else into the `messages` queue. Subscriptions are
@@ -149,14 +149,6 @@ class BrokerSession:
             self._client.disconnect()
             self._client.loop_stop()
             self._loop_started = False
-
-    def __enter__(self) -> BrokerSession:
-        return self.open()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # -- operations --------------------------------------------------------------------------------
     def subscribe(self, topics: Iterable[str], qos: int = 1) -> None:
