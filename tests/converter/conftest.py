@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edgefleet.cli import main
 from edgefleet.contract.signing import create_key_pair
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.pipeline import ConversionResult, convert
+
+HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +61,51 @@ def converted(make_request: Callable[..., ConversionRequest]) -> Callable[[str],
         return cache[profile]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def convert_cli(reference_dir: Path, key_pair: tuple[Path, Path]) -> Callable[..., int]:
+    """convert_cli(model, profile, out, *extra) -> the exit code of `edgefleet convert` run through the
+    real entry point, with the reference calibration and evaluation sets (or calib=/eval_data= folders),
+    the session's signing key and the extra flags last."""
+
+    def run(
+        model: Path | str,
+        profile: str,
+        out: Path,
+        *extra: str,
+        calib: Path | None = None,
+        eval_data: Path | None = None,
+    ) -> int:
+        return main(
+            [
+                "convert",
+                str(model),
+                "--profile",
+                profile,
+                "--calib",
+                str(calib or reference_dir / "calib.npz"),
+                "--eval",
+                str(eval_data or reference_dir / "eval.npz"),
+                "--out",
+                str(out),
+                "--key",
+                str(key_pair[0]),
+                *extra,
+            ]
+        )
+
+    return run
+
+
+@pytest.fixture
+def torch_test_setup(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`tiny_torch_models:...` resolves to tests/converter/tiny_torch_models.py; torch runs on one thread:
+    on two busy cores its spin-waiting OpenMP threads made these tiny trainings up to 20x slower."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(HERE))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

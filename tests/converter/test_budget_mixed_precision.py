@@ -21,7 +21,6 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from onnx import numpy_helper
 
-from edgefleet.cli import main as edgefleet_main
 from edgefleet.contract.bundle import extract_bundle
 from edgefleet.contract.signing import load_public_key
 from edgefleet.converter.context import ConversionRequest
@@ -131,30 +130,12 @@ def test_tensorrt_qdq_excludes_the_planted_convs_from_quantization(
 @pytest.mark.slow
 def test_coral_misses_the_budget_names_the_culprits_and_writes_the_report(
     outlier_model: Path,
-    reference_dir: Path,
-    key_pair: tuple[Path, Path],
+    convert_cli: Callable[..., int],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "out"
-    code = edgefleet_main(
-        [
-            "convert",
-            str(outlier_model),
-            "--profile",
-            "coral-usb",
-            "--calib",
-            str(reference_dir / "calib.npz"),
-            "--eval",
-            str(reference_dir / "eval.npz"),
-            "--out",
-            str(out),
-            "--key",
-            str(key_pair[0]),
-            "--report-dir",
-            str(tmp_path / "report"),
-        ]
-    )
+    code = convert_cli(outlier_model, "coral-usb", out, "--report-dir", str(tmp_path / "report"))
     stderr = capsys.readouterr().err
     assert code != 0
     assert not list(out.glob("*.efb"))  # no bundle for a missed budget

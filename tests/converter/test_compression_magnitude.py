@@ -3,6 +3,7 @@ no fewer MACs, no speed-up and no smaller file; only the deflated size shrinks."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,25 +37,13 @@ def test_magnitude_prune_zeroes_the_smallest_weights(reference_dir: Path) -> Non
 
 
 def test_cli_reports_what_magnitude_pruning_does_not_buy(
-    reference_dir: Path, key_pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    reference_dir: Path,
+    convert_cli: Callable[..., int],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = main(
-        [
-            "convert",
-            str(reference_dir / "digits_cnn_v2.onnx"),
-            "--profile",
-            "jetson-nano",
-            "--calib",
-            str(reference_dir / "calib.npz"),
-            "--eval",
-            str(reference_dir / "eval.npz"),
-            "--out",
-            str(tmp_path),
-            "--key",
-            str(key_pair[0]),
-            "--magnitude-prune",
-            "0.5",
-        ]
+    code = convert_cli(
+        reference_dir / "digits_cnn_v2.onnx", "jetson-nano", tmp_path, "--magnitude-prune", "0.5"
     )
     out = capsys.readouterr().out
     assert code == 0

@@ -4,7 +4,7 @@ keeps its accuracy after distillation from the unpruned model."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,23 +13,9 @@ from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.errors import ConversionError
 from edgefleet.converter.pipeline import convert
 
-# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not
-pytestmark = pytest.mark.slow
-
-HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture(autouse=True)
-def torch_test_setup(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """`tiny_torch_models:...` resolves to tests/converter/tiny_torch_models.py; torch runs on one thread:
-    on two busy cores its spin-waiting OpenMP threads made these tiny trainings up to 20x slower."""
-    import torch
-
-    monkeypatch.syspath_prepend(str(HERE))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# whole conversions or training runs: the full suite runs them, the fast lane (-m "not slow") does not;
+# torch_test_setup (conftest) puts tiny_torch_models on the path and runs torch on one thread
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_test_setup")]
 
 
 def test_output_layers_are_found_and_kept_whole() -> None:

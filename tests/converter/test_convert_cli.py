@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,26 +13,13 @@ from edgefleet.cli import main
 
 
 def test_convert_prints_a_summary_and_writes_the_bundle(
-    reference_dir: Path, key_pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    reference_dir: Path,
+    key_pair: tuple[Path, Path],
+    convert_cli: Callable[..., int],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = main(
-        [
-            "convert",
-            str(reference_dir / "digits_cnn_v2.onnx"),
-            "--profile",
-            "jetson-nano",
-            "--calib",
-            str(reference_dir / "calib.npz"),
-            "--eval",
-            str(reference_dir / "eval.npz"),
-            "--out",
-            str(tmp_path),
-            "--version",
-            "2",
-            "--key",
-            str(key_pair[0]),
-        ]
-    )
+    code = convert_cli(reference_dir / "digits_cnn_v2.onnx", "jetson-nano", tmp_path, "--version", "2")
     out = capsys.readouterr().out
     bundle = tmp_path / "digits_cnn_v2-2-jetson-nano.efb"
     assert code == 0 and bundle.is_file()

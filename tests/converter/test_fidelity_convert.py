@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,37 +14,20 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgefleet.cli import main
 from edgefleet.contract.bundle import verify_bundle
 from edgefleet.contract.signing import load_public_key
 
-
-def _convert(
-    reference_dir: Path, key: Path, out: Path, profile: str, *extra: str, model: Path | None = None
-) -> int:
-    return main(
-        [
-            "convert",
-            str(model or reference_dir / "digits_cnn_v1.onnx"),
-            "--profile",
-            profile,
-            "--calib",
-            str(reference_dir / "calib.npz"),
-            "--eval",
-            str(reference_dir / "eval.npz"),
-            "--out",
-            str(out),
-            "--key",
-            str(key),
-            *extra,
-        ]
-    )
+V1 = "digits_cnn_v1.onnx"
 
 
 def test_output_kind_tensor_is_judged_by_sqnr_in_summary_report_and_manifest(
-    reference_dir: Path, key_pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    reference_dir: Path,
+    key_pair: tuple[Path, Path],
+    convert_cli: Callable[..., int],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = _convert(reference_dir, key_pair[0], tmp_path, "jetson-orin-nano", "--output-kind=logits=tensor")
+    code = convert_cli(reference_dir / V1, "jetson-orin-nano", tmp_path, "--output-kind=logits=tensor")
     out = capsys.readouterr().out
     assert code == 0
     assert "accuracy  SQNR vs fp32 on 360 samples: " in out and " dB, output 'logits'" in out
@@ -73,14 +57,13 @@ def test_output_kind_tensor_is_judged_by_sqnr_in_summary_report_and_manifest(
 
 
 def test_a_broken_artifact_fails_on_its_sqnr_floor(
-    reference_dir: Path, key_pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    reference_dir: Path, convert_cli: Callable[..., int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # FP16 keeps ~70 dB on this model; a 90 dB floor makes it the "broken" artifact (no search for fp16).
-    code = _convert(
-        reference_dir,
-        key_pair[0],
-        tmp_path,
+    code = convert_cli(
+        reference_dir / V1,
         "jetson-orin-nano",
+        tmp_path,
         "--precision",
         "fp16",
         "--output-kind",
@@ -115,10 +98,10 @@ def _feature_map_model(path: Path) -> Path:
 
 
 def test_an_unnamed_non_classification_output_is_judged_by_sqnr_and_the_summary_says_so(
-    reference_dir: Path, key_pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    convert_cli: Callable[..., int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = _feature_map_model(tmp_path / "features.onnx")
-    code = _convert(reference_dir, key_pair[0], tmp_path / "out", "jetson-nano", model=model)
+    code = convert_cli(model, "jetson-nano", tmp_path / "out")
     captured = capsys.readouterr()
     out = captured.out
     assert code == 0, captured.err
@@ -145,7 +128,7 @@ def top1_drop(fp32, artifact, data):
 
 def test_a_metric_hook_judges_the_budget(
     reference_dir: Path,
-    key_pair: tuple[Path, Path],
+    convert_cli: Callable[..., int],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -153,7 +136,7 @@ def test_a_metric_hook_judges_the_budget(
     (tmp_path / "digits_hook_metrics.py").write_text(textwrap.dedent(HOOK))
     monkeypatch.chdir(tmp_path)  # the working directory is importable, as for PyTorch factories
     hook = "digits_hook_metrics:top1_drop"
-    code = _convert(reference_dir, key_pair[0], tmp_path / "out", "jetson-nano", "--metric", hook)
+    code = convert_cli(reference_dir / V1, "jetson-nano", tmp_path / "out", "--metric", hook)
     out = capsys.readouterr().out
     assert code == 0
     assert "judged by custom metric my agreement (digits_hook_metrics:top1_drop)" in out
@@ -174,13 +157,13 @@ def test_a_metric_hook_judges_the_budget(
 )
 def test_bad_fidelity_options_fail_before_any_long_step(
     reference_dir: Path,
-    key_pair: tuple[Path, Path],
+    convert_cli: Callable[..., int],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     flags: list[str],
     message: str,
 ) -> None:
-    code = _convert(reference_dir, key_pair[0], tmp_path, "rpi4", *flags)
+    code = convert_cli(reference_dir / V1, "rpi4", tmp_path, *flags)
     err = capsys.readouterr().err
     assert code == 2 and message in err
     assert "onnx to keras" not in err and "quantize" not in err  # refused before the artifact is built

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgefleet.cli import main
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.errors import InputDataError
 from edgefleet.converter.inputs.images import ImagePreprocessing, load_image_folder, preprocessing_from_flags
@@ -38,7 +37,7 @@ def _onnx_top1(model: Path, images: np.ndarray, labels: np.ndarray) -> float:
 
 def test_image_folders_convert_like_the_arrays(
     reference_dir: Path,
-    key_pair: tuple[Path, Path],
+    convert_cli: Callable[..., int],
     tmp_path: Path,
     eval_set: tuple[np.ndarray, np.ndarray],
     capsys: pytest.CaptureFixture[str],
@@ -47,21 +46,12 @@ def test_image_folders_convert_like_the_arrays(
     with np.load(reference_dir / "calib.npz") as calib:
         _write_digits(tmp_path / "calib", calib["image"][:60], None)  # unlabeled: loose images
     _write_digits(tmp_path / "eval", images, labels)
-    code = main(
-        [
-            "convert",
-            str(reference_dir / "digits_cnn_v2.onnx"),
-            "--profile",
-            "jetson-nano",
-            "--calib",
-            str(tmp_path / "calib"),
-            "--eval",
-            str(tmp_path / "eval"),
-            "--out",
-            str(tmp_path / "out"),
-            "--key",
-            str(key_pair[0]),
-        ]
+    code = convert_cli(
+        reference_dir / "digits_cnn_v2.onnx",
+        "jetson-nano",
+        tmp_path / "out",
+        calib=tmp_path / "calib",
+        eval_data=tmp_path / "eval",
     )
     out = capsys.readouterr().out
     assert code == 0

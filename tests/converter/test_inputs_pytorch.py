@@ -4,32 +4,19 @@ exported to ONNX at an explicit opset and converted like any ONNX model (real to
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgefleet.cli import main
 from edgefleet.contract.bundle import read_manifest_unverified
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.errors import ModelError
 from edgefleet.converter.pipeline import convert
 
-HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture(autouse=True)
-def torch_test_setup(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """`tiny_torch_models:...` resolves to tests/converter/tiny_torch_models.py; torch runs on one thread:
-    on two busy cores its spin-waiting OpenMP threads made these tiny trainings up to 20x slower."""
-    import torch
-
-    monkeypatch.syspath_prepend(str(HERE))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# torch_test_setup (conftest) puts tiny_torch_models on the path and runs torch on one thread
+pytestmark = pytest.mark.usefixtures("torch_test_setup")
 
 
 def _torch_top1(module: object, images: np.ndarray, labels: np.ndarray) -> float:
@@ -41,8 +28,7 @@ def _torch_top1(module: object, images: np.ndarray, labels: np.ndarray) -> float
 
 
 def test_factory_on_the_command_line(
-    reference_dir: Path,
-    key_pair: tuple[Path, Path],
+    convert_cli: Callable[..., int],
     tmp_path: Path,
     eval_set: tuple[np.ndarray, np.ndarray],
     capsys: pytest.CaptureFixture[str],
@@ -50,23 +36,8 @@ def test_factory_on_the_command_line(
     import onnx
     from tiny_torch_models import digits_cnn
 
-    code = main(
-        [
-            "convert",
-            "tiny_torch_models:digits_cnn",
-            "--input-shape",
-            "image=1,1,8,8",
-            "--profile",
-            "jetson-orin-nano",
-            "--calib",
-            str(reference_dir / "calib.npz"),
-            "--eval",
-            str(reference_dir / "eval.npz"),
-            "--out",
-            str(tmp_path),
-            "--key",
-            str(key_pair[0]),
-        ]
+    code = convert_cli(
+        "tiny_torch_models:digits_cnn", "jetson-orin-nano", tmp_path, "--input-shape", "image=1,1,8,8"
     )
     out = capsys.readouterr().out
     bundle = tmp_path / "digits_cnn-1-jetson-orin-nano.efb"  # named after the factory
