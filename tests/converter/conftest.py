@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edgefleet.cli import main
-from edgefleet.contract.signing import create_key_pair
+from edgefleet.contract.bundle import extract_bundle
+from edgefleet.contract.signing import create_key_pair, load_public_key
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.pipeline import ConversionResult, convert
 
@@ -61,6 +62,19 @@ def converted(make_request: Callable[..., ConversionRequest]) -> Callable[[str],
         return cache[profile]
 
     return get
+
+
+@pytest.fixture
+def unpack_artifact(key_pair: tuple[Path, Path], tmp_path: Path) -> Callable[[ConversionResult], Path]:
+    """unpack_artifact(result) -> the path of the result's artifact, its bundle verified with the session's
+    public key and unpacked to tmp_path / "unpacked"."""
+
+    def unpack(result: ConversionResult) -> Path:
+        dest = tmp_path / "unpacked"
+        manifest = extract_bundle(result.bundle_path, dest, load_public_key(key_pair[1]))
+        return dest / manifest.artifact
+
+    return unpack
 
 
 @pytest.fixture(scope="session")

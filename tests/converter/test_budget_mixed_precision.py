@@ -21,8 +21,6 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from onnx import numpy_helper
 
-from edgefleet.contract.bundle import extract_bundle
-from edgefleet.contract.signing import load_public_key
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.pipeline import ConversionResult, convert
 
@@ -85,7 +83,7 @@ def convert_outlier(
 
 @pytest.mark.slow
 def test_rpi4_meets_the_budget_with_the_planted_layers_in_float(
-    convert_outlier: Callable[[str], ConversionResult], key_pair: tuple[Path, Path], tmp_path: Path
+    convert_outlier: Callable[[str], ConversionResult], unpack_artifact: Callable[[ConversionResult], Path]
 ) -> None:
     result = convert_outlier("rpi4")
     assert result.report is not None and result.report.budget is not None
@@ -97,8 +95,7 @@ def test_rpi4_meets_the_budget_with_the_planted_layers_in_float(
     assert set(budget.float_layers) >= PLANTED
     assert len(budget.float_layers) <= 4
     # The artifact really keeps those convs in float: a DEQUANTIZE feeds each float island.
-    manifest = extract_bundle(result.bundle_path, tmp_path / "unpacked", load_public_key(key_pair[1]))
-    interpreter = Interpreter(model_path=str(tmp_path / "unpacked" / manifest.artifact))
+    interpreter = Interpreter(model_path=str(unpack_artifact(result)))
     details = {t["index"]: t for t in interpreter.get_tensor_details()}
     float_convs = [
         op
@@ -112,13 +109,12 @@ def test_rpi4_meets_the_budget_with_the_planted_layers_in_float(
 
 @pytest.mark.slow
 def test_tensorrt_qdq_excludes_the_planted_convs_from_quantization(
-    convert_outlier: Callable[[str], ConversionResult], key_pair: tuple[Path, Path], tmp_path: Path
+    convert_outlier: Callable[[str], ConversionResult], unpack_artifact: Callable[[ConversionResult], Path]
 ) -> None:
     result = convert_outlier("jetson-orin-nano")
     assert result.report is not None and result.report.budget is not None
     assert result.report.budget.met and set(result.report.budget.float_layers) >= PLANTED
-    manifest = extract_bundle(result.bundle_path, tmp_path / "unpacked", load_public_key(key_pair[1]))
-    model = onnx.load(str(tmp_path / "unpacked" / manifest.artifact))
+    model = onnx.load(str(unpack_artifact(result)))
     producers = {out: node for node in model.graph.node for out in node.output}
     for node in model.graph.node:
         if node.op_type != "Conv":

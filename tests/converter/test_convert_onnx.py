@@ -12,9 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from edgefleet.contract.bundle import extract_bundle
 from edgefleet.contract.profiles import PROFILES_PATH_ENV
-from edgefleet.contract.signing import load_public_key
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.pipeline import ConversionResult, convert
 
@@ -26,11 +24,6 @@ runtime: {engine: onnxruntime, threads: 1, providers: [CPUExecutionProvider]}
 memory_budget_mb: 256
 latency_budget_ms: 10
 """
-
-
-def _artifact(result: ConversionResult, public_key: Path, dest: Path) -> onnx.ModelProto:
-    manifest = extract_bundle(result.bundle_path, dest, load_public_key(public_key))
-    return onnx.load(str(dest / manifest.artifact))
 
 
 def _accuracy(
@@ -65,12 +58,11 @@ def ort_flavour_profile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 
 def test_tensorrt_int8_is_symmetric_qdq(
     converted: Callable[[str], ConversionResult],
-    key_pair: tuple[Path, Path],
-    tmp_path: Path,
+    unpack_artifact: Callable[[ConversionResult], Path],
     eval_set: tuple[np.ndarray, np.ndarray],
 ) -> None:
     result = converted("jetson-orin-nano")
-    model = _artifact(result, key_pair[1], tmp_path / "x")
+    model = onnx.load(str(unpack_artifact(result)))
     onnx.checker.check_model(model)
     ops = [node.op_type for node in model.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
@@ -102,12 +94,11 @@ def test_tensorrt_int8_is_symmetric_qdq(
 def test_ort_flavour_has_uint8_activations(
     ort_flavour_profile: str,
     make_request: Callable[..., ConversionRequest],
-    key_pair: tuple[Path, Path],
-    tmp_path: Path,
+    unpack_artifact: Callable[[ConversionResult], Path],
     eval_set: tuple[np.ndarray, np.ndarray],
 ) -> None:
     result = convert(make_request(ort_flavour_profile))
-    model = _artifact(result, key_pair[1], tmp_path / "x")
+    model = onnx.load(str(unpack_artifact(result)))
     dtypes = {zp.dtype for zp in _zero_points(model).values()}
     assert {np.dtype(np.uint8), np.dtype(np.int8)} <= dtypes  # uint8 activations, int8 weights
     assert result.metrics.accuracy is not None and result.metrics.accuracy.fp32 is not None
@@ -116,12 +107,11 @@ def test_ort_flavour_has_uint8_activations(
 
 def test_fp16_has_float16_weights_and_runs_on_cpu(
     converted: Callable[[str], ConversionResult],
-    key_pair: tuple[Path, Path],
-    tmp_path: Path,
+    unpack_artifact: Callable[[ConversionResult], Path],
     eval_set: tuple[np.ndarray, np.ndarray],
 ) -> None:
     result = converted("jetson-nano")
-    model = _artifact(result, key_pair[1], tmp_path / "x")
+    model = onnx.load(str(unpack_artifact(result)))
     onnx.checker.check_model(model)
     weights = [numpy_helper.to_array(init) for init in model.graph.initializer]
     assert weights and all(w.dtype == np.float16 for w in weights if w.ndim > 1)

@@ -11,7 +11,7 @@ import pytest
 
 from edgefleet.contract.profiles import list_profiles
 from edgefleet.converter.context import ConversionRequest
-from edgefleet.converter.pipeline import convert
+from edgefleet.converter.pipeline import ConversionResult, convert
 from edgefleet.reference_models import reference_model_dir
 from edgefleet.reference_models.corpus_data import corpus_split
 
@@ -23,12 +23,38 @@ MODEL = reference_model_dir() / "corpus" / "mobilenetv3_small.onnx"
 CALIB_SAMPLES, EVAL_SAMPLES = 64, 128
 
 
+def _corpus_sets(folder: Path, model: str, calib_samples: int, eval_samples: int) -> tuple[Path, Path]:
+    """Writes the corpus model's calibration and evaluation splits to folder: (calib.npz, eval.npz)."""
+    np.savez(folder / "calib.npz", **corpus_split(model, "calib", calib_samples))
+    np.savez(folder / "eval.npz", **corpus_split(model, "eval", eval_samples))
+    return folder / "calib.npz", folder / "eval.npz"
+
+
+def _convert_corpus_model(
+    make_request: Callable[..., ConversionRequest],
+    model: str,
+    profile: str,
+    folder: Path,
+    **overrides: object,
+) -> ConversionResult:
+    """Converts the corpus model (its file name without .onnx) for profile, with 64 calibration and 64
+    evaluation samples written to folder and the bundle written to folder / "out"."""
+    calib, evaluation = _corpus_sets(folder, model, 64, 64)
+    request = make_request(
+        profile,
+        model=MODEL.with_name(f"{model}.onnx"),
+        calib=calib,
+        eval=evaluation,
+        out=folder / "out",
+        **overrides,
+    )
+    return convert(request)
+
+
 @pytest.fixture(scope="module")
 def photo_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("mobilenetv3-data")
-    np.savez(folder / "calib.npz", **corpus_split("mobilenetv3_small", "calib", CALIB_SAMPLES))
-    np.savez(folder / "eval.npz", **corpus_split("mobilenetv3_small", "eval", EVAL_SAMPLES))
-    return folder / "calib.npz", folder / "eval.npz"
+    return _corpus_sets(folder, "mobilenetv3_small", CALIB_SAMPLES, EVAL_SAMPLES)
 
 
 @pytest.mark.slow
@@ -58,19 +84,14 @@ def test_yolo_head_keeps_its_box_and_score_output_float_on_the_pi(
     """The YOLOv8-style output joins boxes in pixels with scores in [0, 1]: one int8 scale over both turns
     every score into 0 (measured: F1 0%, no box left). The head stays float by rule, and so does the output
     tensor the last op writes, where the profile runs float ops."""
-    np.savez(tmp_path / "calib.npz", **corpus_split("yolo_style_det", "calib", 64))
-    np.savez(tmp_path / "eval.npz", **corpus_split("yolo_style_det", "eval", 64))
-    result = convert(
-        make_request(
-            "rpi4",
-            model=MODEL.with_name("yolo_style_det.onnx"),
-            calib=tmp_path / "calib.npz",
-            eval=tmp_path / "eval.npz",
-            out=tmp_path / "out",
-            name="yolo",
-            max_drop=10.0,
-            output_kinds={"output0": "detection"},
-        )
+    result = _convert_corpus_model(
+        make_request,
+        "yolo_style_det",
+        "rpi4",
+        tmp_path,
+        name="yolo",
+        max_drop=10.0,
+        output_kinds={"output0": "detection"},
     )
     assert [spec.dtype for spec in result.outputs] == ["float32"]
     accuracy = result.metrics.accuracy
@@ -83,18 +104,7 @@ def test_the_gru_audio_model_converts_for_the_coral_with_every_op_on_the_edge_tp
 ) -> None:
     """The GRU unrolls into per-step FULLY_CONNECTED and gate ops, and the frame classifier over the
     sequence becomes a 1x1 convolution: nothing the Edge TPU lacks, all within the default budget."""
-    np.savez(tmp_path / "calib.npz", **corpus_split("audio_gru", "calib", 64))
-    np.savez(tmp_path / "eval.npz", **corpus_split("audio_gru", "eval", 64))
-    result = convert(
-        make_request(
-            "coral-usb",
-            model=MODEL.with_name("audio_gru.onnx"),
-            calib=tmp_path / "calib.npz",
-            eval=tmp_path / "eval.npz",
-            out=tmp_path / "out",
-            name="gru",
-        )
-    )
+    result = _convert_corpus_model(make_request, "audio_gru", "coral-usb", tmp_path, name="gru")
     assert result.report is not None and result.report.budget is not None and result.report.budget.met
     checks = result.target_checks
     assert checks is not None and checks.edgetpu is not None
