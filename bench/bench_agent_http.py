@@ -14,7 +14,6 @@ reply. Printed: p50 of each path and the p50 added latency (target: under 0.3 ms
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import socket
@@ -30,6 +29,7 @@ from bench_agent_support import (
     Agent,
     BareRuntime,
     Summary,
+    agent_bench_parser,
     artifact_sample,
     float_sample,
     machine_load,
@@ -134,13 +134,8 @@ def measure_pair(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--profile", default="rpi4")
-    parser.add_argument("--threads", type=int, default=None, help="default: the profile's, at most the CPUs")
+    parser = agent_bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per model and form")
-    parser.add_argument("--work", type=Path, default=None, help="keep converted bundles here (reused)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:

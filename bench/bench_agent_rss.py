@@ -9,7 +9,6 @@ model, both converted for the profile (full-INT8 TFLite for rpi4).
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 from bench_agent_support import (
     DEVICE,
     Agent,
+    agent_bench_parser,
     artifact_sample,
     machine_load,
     prepare_work,
@@ -76,13 +76,8 @@ def bare_runtime_rss_kib(model: Path, threads: int, runs: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--profile", default="rpi4")
-    parser.add_argument("--threads", type=int, default=None, help="default: the profile's, at most the CPUs")
+    parser = agent_bench_parser(__doc__)
     parser.add_argument("--requests", type=int, default=50, help="inferences before RSS is read (both sides)")
-    parser.add_argument("--work", type=Path, default=None, help="keep converted bundles here (reused)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:

@@ -19,7 +19,6 @@ Printed per path: p50 and mean (ms), and the overhead in % (target: at most 5%).
 
 from __future__ import annotations
 
-import argparse
 import random
 import tempfile
 import time
@@ -30,6 +29,7 @@ import numpy as np
 from bench_agent_support import (
     BareRuntime,
     Summary,
+    agent_bench_parser,
     artifact_sample,
     convert_reference,
     float_sample,
@@ -91,20 +91,13 @@ def measure(paths: dict[str, Callable[[], object]], seconds: float) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--profile", default="rpi4")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="runtime threads on both sides (default: the profile's, at most this machine's CPU count: "
-        "oversubscribed XNNPACK workers spin against the thread that serves)",
+    parser = agent_bench_parser(
+        __doc__,
+        threads_help="runtime threads on both sides (default: the profile's, at most this machine's CPU "
+        "count: oversubscribed XNNPACK workers spin against the thread that serves)",
     )
     parser.add_argument("--size", type=int, default=224, choices=[96, 224])
     parser.add_argument("--seconds", type=float, default=40.0, help="measuring time (all paths together)")
-    parser.add_argument("--work", type=Path, default=None, help="keep converted bundles here (reused)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:

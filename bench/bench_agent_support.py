@@ -5,6 +5,7 @@ latency summaries. Not a benchmark itself.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -57,6 +58,21 @@ class Summary:
 
 def percent(value: float, reference: float) -> float:
     return (value - reference) / reference * 100
+
+
+THREADS_HELP = "default: the profile's, at most the CPUs"
+
+
+def agent_bench_parser(description: str, threads_help: str = THREADS_HELP) -> argparse.ArgumentParser:
+    """The options the agent benchmarks share, --profile (rpi4), --threads and --work (where converted
+    bundles are kept); each benchmark adds its own."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", default="rpi4")
+    parser.add_argument("--threads", type=int, default=None, help=threads_help)
+    parser.add_argument("--work", type=Path, default=None, help="keep converted bundles here (reused)")
+    return parser
 
 
 # -- profiles and bundles ----------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ versions) give several windows.
 
 from __future__ import annotations
 
-import argparse
 import re
 import tempfile
 import threading
@@ -27,6 +26,7 @@ from bench_agent_support import (
     DEVICE,
     Agent,
     Summary,
+    agent_bench_parser,
     artifact_sample,
     as_version,
     convert_reference,
@@ -100,18 +100,13 @@ class Load:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--profile", default="rpi4")
+    parser = agent_bench_parser(__doc__)
     parser.add_argument("--model", default="mobilenet", choices=["mobilenet", "digits"])
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rate", type=float, default=40.0, help="requests per second, all clients together")
     parser.add_argument("--steady", type=float, default=15.0, help="seconds of load before the first deploy")
     parser.add_argument("--swaps", type=int, default=5, help="deploys under load: v2, v3, ...")
     parser.add_argument("--gap", type=float, default=4.0, help="seconds between one swap and the next deploy")
-    parser.add_argument("--threads", type=int, default=None, help="default: the profile's, at most the CPUs")
-    parser.add_argument("--work", type=Path, default=None, help="keep converted bundles here (reused)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
