@@ -55,7 +55,6 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -73,12 +72,15 @@ from edgefleet.agent.store import BundleStore
 from edgefleet.contract import topics
 from edgefleet.contract.bundle import MANIFEST_NAME, SIGNATURE_NAME
 from edgefleet.contract.errors import EdgefleetError, TensorError
-from edgefleet.contract.manifest import BundleManifest, ConversionMetrics, TensorSpec
 from edgefleet.contract.messages import CONTENT_NPY, CONTENT_NPZ, DesiredState
-from edgefleet.contract.profiles import PROFILES_PATH_ENV, ArtifactFormat, Precision, load_profile
+from edgefleet.contract.profiles import PROFILES_PATH_ENV, load_profile
 from edgefleet.contract.signing import create_key_pair, load_private_key, load_public_key, sign
 from edgefleet.contract.tensors import encode_npz
 from edgefleet.mqtt import BrokerAddress
+
+# the tests' signed-bundle helpers (tests/support_bundles.py): the fuzzed ONNX base has their fp32 manifest
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support_bundles import fp32_manifest
 
 ONNX_PROFILE = "test-onnx"  # written by this script: fp32 ONNX on onnxruntime's CPU provider
 OTHER_PROFILE = "other-onnx"  # a second profile, not the device's
@@ -591,28 +593,7 @@ class Base:
 
 def make_bases(paths: Paths) -> tuple[Base, Base]:
     digits = (paths.models / "digits.onnx").read_bytes()
-    onnx_manifest = BundleManifest(
-        name="digits",
-        version="1",
-        profile=ONNX_PROFILE,
-        format=ArtifactFormat.ONNX,
-        precision=Precision.FP32,
-        artifact="model.onnx",
-        inputs=[
-            TensorSpec(name="image", dtype="float32", shape=[None, 1, 8, 8], float_shape=[None, 1, 8, 8])
-        ],
-        outputs=[TensorSpec(name="logits", dtype="float32", shape=[None, 10], float_shape=[None, 10])],
-        files=[],
-        metrics=ConversionMetrics(
-            size_bytes_fp32=len(digits),
-            size_bytes_artifact=len(digits),
-            host_latency_ms_fp32=0.05,
-            host_latency_ms_artifact=0.05,
-            host_runtime="not measured (fuzzing)",
-        ),
-        converter_version="test",
-        created_at=datetime.now(timezone.utc),
-    ).model_dump(mode="json")
+    onnx_manifest = fp32_manifest(ONNX_PROFILE, "1", "digits", len(digits)).model_dump(mode="json")
     tflite_manifest = {
         **copy.deepcopy(onnx_manifest),
         "profile": LITERT_PROFILE,
