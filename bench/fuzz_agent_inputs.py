@@ -898,24 +898,14 @@ def tensor_spec_mutations(base: Base, seed: int) -> Iterator[tuple[str, BundleMu
         {"scale": 0, "zero_point": 0},
         {"scale": -1.0, "zero_point": 0},
     )
+    health_checks = {"inputs": "+ float health samples", "outputs": "+ health reference"}
     for q in quantizations:
-        yield (
-            f"inputs[0].quantization = {str(q)[:60]} (+ float health samples)",
-            quantization_mutation(q, "inputs"),
-        )
-        yield (
-            f"outputs[0].quantization = {str(q)[:60]} (+ health reference)",
-            quantization_mutation(q, "outputs"),
-        )
+        for side, health in health_checks.items():
+            yield f"{side}[0].quantization = {str(q)[:60]} ({health})", quantization_mutation(q, side)
     for token in ("Infinity", "NaN", "-Infinity", "1e999"):
-        yield (
-            f"inputs[0].quantization.scale = {token} (JSON token)",
-            quantization_token_mutation(token, "inputs"),
-        )
-        yield (
-            f"outputs[0].quantization.scale = {token} (JSON token)",
-            quantization_token_mutation(token, "outputs"),
-        )
+        for side in ("inputs", "outputs"):
+            mutation = quantization_token_mutation(token, side)
+            yield f"{side}[0].quantization.scale = {token} (JSON token)", mutation
 
 
 def artifact_mutations(base: Base, seed: int) -> Iterator[tuple[str, BundleMutation]]:
