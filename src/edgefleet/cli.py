@@ -612,6 +612,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch each newly activated bundle this long, as agents do (default 0: no probation)",
     )
     simulate.add_argument(
+        "--requests-per-s",
+        type=_non_negative,
+        default=5.0,
+        help="simulated inference requests per device and second (telemetry, probation; default 5)",
+    )
+    simulate.add_argument(
         "--initial-version", default="0", help="model version devices start with ('' = no model; default 0)"
     )
     simulate.add_argument("--seed", type=int, default=0, help="picks the failing devices (default 0)")

@@ -10,10 +10,8 @@ import pytest
 from agent_helpers import TEST_PROFILE, Keys, file_sha256, make_custom_bundle, sqrt_model
 
 from edgefleet.agent.health import HealthCheckFailed, check_health, load_samples
-from edgefleet.agent.model_slot import LoadedModel, ModelSlot, RunStats
-from edgefleet.agent.probation import ProbationLimits, judge
+from edgefleet.agent.model_slot import LoadedModel, ModelSlot
 from edgefleet.agent.store import BundleStore
-from edgefleet.contract.health import HealthPolicy
 from edgefleet.contract.profiles import load_profile
 from edgefleet.contract.signing import load_public_key
 
@@ -89,22 +87,6 @@ def test_run_stats_count_failures_and_non_finite_outputs(
     stats = model.stats()
     assert (stats.runs, stats.failures, stats.bad_outputs, stats.errors) == (3, 1, 1, 2)
     assert stats.error_rate == pytest.approx(2 / 3) and stats.p95_ms is not None and stats.p95_ms > 0
-
-
-def test_probation_judgement() -> None:
-    limits = ProbationLimits(window_s=10, health=HealthPolicy(max_error_rate=0.05, latency_budget_ms=5))
-    fine = RunStats(runs=100, failures=0, bad_outputs=1, p95_ms=1.0)
-    assert judge(fine, 3, limits).outcome == "watching"
-    assert judge(fine, 10, limits).outcome == "passed"
-    errors = RunStats(runs=20, failures=1, bad_outputs=1, p95_ms=1.0)
-    failed = judge(errors, 1, limits)
-    assert failed.outcome == "failed" and "2 of 20 requests failed (10%" in failed.reason
-    slow = judge(RunStats(runs=50, failures=0, bad_outputs=0, p95_ms=7.5), 1, limits)
-    assert slow.outcome == "failed" and "p95 run time 7.50 ms over 50 requests exceeds" in slow.reason
-    few = RunStats(runs=3, failures=3, bad_outputs=0, p95_ms=9.0)  # too little to judge before the end
-    assert judge(few, 5, limits).outcome == "watching"
-    ended = judge(few, 10, limits)
-    assert ended.outcome == "passed" and "too few to judge" in ended.reason
 
 
 def test_standby_model_and_swap_back(store: BundleStore, bundles: dict[str, Path]) -> None:

@@ -321,7 +321,8 @@ def test_a_killed_rollout_resumes_where_it_stopped(
 def test_a_device_rolling_back_on_its_own_is_a_failure(
     broker: MosquittoProcess, simulators, make_bundle, tmp_path: Path
 ) -> None:
-    common = {"tags": {"site": "lab"}, "probation_s": 1.0}
+    # 50 requests/s: the probation judge (the agent's) sees its 20 runs well within the 1 s window
+    common = {"tags": {"site": "lab"}, "probation_s": 1.0, "requests_per_s": 50.0}
     bad = _start(simulators, broker, 1, id_prefix="a", fail_fraction=1.0, fail_mode="rollback", **common)
     _start(simulators, broker, 3, id_prefix="b", **common)
     _announced(broker, 4)
@@ -332,6 +333,8 @@ def test_a_device_rolling_back_on_its_own_is_a_failure(
     failure = state.devices["a-0000"].failure
     assert failure is not None
     assert failure.startswith("rolled_back:") or "went back to digits 0 on its own" in failure
+    (reason,) = bad.logs()["a-0000"].rollback_reasons  # the probation judge's, as an agent gives it
+    assert "requests failed" in reason and "NaN/inf" in reason
     assert bad.logs()["a-0000"].rollbacks == 1
     assert {d.state for d in state.devices.values()} == {"rolled_back", "planned"}
 

@@ -27,7 +27,6 @@ from edgefleet.agent.health import HealthCheckFailed, check_health, describe_ref
 from edgefleet.agent.ledger import Ledger, ProbationRecord, Verdict
 from edgefleet.agent.log import EventLog
 from edgefleet.agent.model_slot import LoadedModel, ModelSlot
-from edgefleet.agent.probation import ProbationLimits, judge
 from edgefleet.agent.session import Envelope, MqttSession
 from edgefleet.agent.status import DeploymentFields, EventKind, State, StatusReporter
 from edgefleet.agent.store import BundleStore, InstalledBundle
@@ -44,6 +43,7 @@ from edgefleet.protocol.delivery import (
     carry_out,
     wrong_profile,
 )
+from edgefleet.protocol.probation import ProbationLimits, judge
 
 if TYPE_CHECKING:
     from edgefleet.agent.config import AgentConfig

@@ -10,7 +10,6 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,29 +20,11 @@ from edgefleet.agent.log import EventLog
 from edgefleet.contract.manifest import BundleManifest, TensorSpec
 from edgefleet.contract.messages import ActiveModel, BackendInfo
 from edgefleet.contract.profiles import DeviceProfile
+from edgefleet.protocol.probation import RunStats
 
 log = EventLog("model")
 LATENCY_WINDOW = 1000  # run times kept per model for the probation's p95
 _FLOAT_DTYPES = frozenset(("float16", "float32", "float64"))
-
-
-@dataclass(frozen=True)
-class RunStats:
-    """What one loaded model did on the request path: runs, runs that raised, runs whose float outputs
-    held NaN/inf, and the p95 of its recent run times (None before the first run)."""
-
-    runs: int
-    failures: int
-    bad_outputs: int
-    p95_ms: float | None
-
-    @property
-    def errors(self) -> int:
-        return self.failures + self.bad_outputs
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.runs if self.runs else 0.0
 
 
 def _bind(kind: str, specs: list[TensorSpec], actual: list[TensorInfo]) -> dict[str, str]:

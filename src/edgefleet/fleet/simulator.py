@@ -561,6 +561,7 @@ def _simulate(args: argparse.Namespace, broker_url: str) -> int:
         seed=args.seed,
         initial_version=args.initial_version or None,
         probation_s=args.probation_seconds,
+        requests_per_s=args.requests_per_s,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

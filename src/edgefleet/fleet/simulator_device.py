@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from edgefleet import __version__
 from edgefleet.contract import topics
+from edgefleet.contract.health import HealthPolicy
 from edgefleet.contract.messages import (
     ActiveModel,
     BackendInfo,
@@ -53,6 +54,7 @@ from edgefleet.protocol.delivery import (
     carry_out,
     wrong_profile,
 )
+from edgefleet.protocol.probation import ProbationLimits, RunStats, judge
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ State = DeviceState  # the contract's states, shared with the real agent
 
 KEEP_BUNDLES = 3  # like the agent's default keep_bundles: the previous versions stay installed
 DELIVERY = DeliverySettings()  # the agent's defaults: stall after 10 s, pull window 16, backoff, ...
-ROLLBACK_PROBATION_S = 1.0  # fail_mode "rollback" without a probation window: roll back after this long
+ROLLBACK_PROBATION_S = 1.0  # fail_mode "rollback" without a probation window: watch at least this long
+PROBATION_CHECK_S = 0.2  # how often the simulated runs of a model on probation are judged
 TELEMETRY_EXPIRY_S = 60
 
 
@@ -87,6 +90,7 @@ class SimDeviceLog(BaseModel):
     rejected: list[str] = Field(default_factory=list, description="'<bundle id>: <reason>'")
     telemetry_sent: int = 0
     rollbacks: int = Field(default=0, description="times it went back to its previous bundle on its own")
+    rollback_reasons: list[str] = Field(default_factory=list, description="the probation judge's, in order")
     active_bundle: str | None = None
     active_version: str | None = None
 
@@ -384,21 +388,20 @@ class SimDevice:
         self.log.activated.append(model.bundle_id)
         self.log.active_bundle, self.log.active_version = model.bundle_id, model.version
         self.probation = None
-        rolls_back = bad and self.env.options.fail_mode == "rollback"
-        window = self.env.options.probation_s or (ROLLBACK_PROBATION_S if rolls_back else 0.0)
-        if previous is not None and window > 0:
+        limits = self._probation_limits(rolls_back=bad and self.env.options.fail_mode == "rollback")
+        if previous is not None and limits.window_s > 0:
             # like the agent: a model that replaced another is watched, the previous one kept on standby
             probation = self.probation = ProbationStatus(
                 bundle_id=model.bundle_id,
                 version=model.version,
                 previous_bundle_id=previous.bundle_id,
                 previous_version=previous.version,
-                ends_at=utc_now() + timedelta(seconds=window),
+                ends_at=utc_now() + timedelta(seconds=limits.window_s),
             )
-            if rolls_back:
-                self.env.call_later(window / 2, lambda: self._probation_failed(probation, desired, previous))
-            else:
-                self.env.call_later(window, lambda: self._probation_passed(probation, desired))
+            started = time.monotonic()
+            self.env.call_later(
+                PROBATION_CHECK_S, lambda: self._watch(probation, desired, previous, limits, started, bad)
+            )
         self._set_state("serving")
         self.event(
             "activated",
@@ -407,40 +410,86 @@ class SimDevice:
             version=model.version,
         )
 
-    def _probation_passed(self, probation: ProbationStatus, desired: DesiredState) -> None:
-        if self.probation is not probation:
-            return
-        self.probation = None
-        self.publish_status()
-        self.event(
-            "probation_passed",
-            f"v{probation.version} passed its probation (simulated)",
-            deployment_id=desired.deployment_id,
-            version=probation.version,
+    def _probation_limits(self, rolls_back: bool) -> ProbationLimits:
+        """The agent's limits: the profile's health policy over the probation window. In "rollback" mode
+        without a window, one long enough for the judge to see enough runs."""
+        options = self.env.options
+        health = HealthPolicy.of(self.profile)
+        window = options.probation_s
+        if not window and rolls_back:
+            window = max(ROLLBACK_PROBATION_S, health.min_requests / max(options.requests_per_s, 1e-3))
+        return ProbationLimits(window_s=window, health=health)
+
+    def _simulated_runs(self, elapsed_s: float, bad: bool) -> RunStats:
+        """The runs the model on probation did in `elapsed_s`: NaN outputs in "rollback" mode, half of them
+        raising in "errors" mode (with latency over budget), none failing otherwise (a hostile client's
+        bad requests never reach the model)."""
+        options, budget = self.env.options, self.profile.latency_budget_ms
+        runs = int(options.requests_per_s * elapsed_s)
+        nan_outputs = bad and options.fail_mode == "rollback"
+        raising = bad and options.fail_mode == "errors"
+        return RunStats(
+            runs=runs,
+            failures=runs // 2 if raising else 0,
+            bad_outputs=runs if nan_outputs else 0,
+            p95_ms=budget * (3.0 if raising else 0.35),
         )
 
-    def _probation_failed(
-        self, probation: ProbationStatus, desired: DesiredState, previous: ActiveModel
+    def _watch(
+        self,
+        probation: ProbationStatus,
+        desired: DesiredState,
+        previous: ActiveModel,
+        limits: ProbationLimits,
+        started: float,
+        bad: bool,
     ) -> None:
+        """Judge the model on probation as the agent judges its own (protocol.probation.judge), until it
+        passes or is rolled back."""
         if (
             self.probation is not probation
             or self.model is None
             or self.model.bundle_id != probation.bundle_id
         ):
             return
+        elapsed = time.monotonic() - started
+        verdict = judge(self._simulated_runs(elapsed, bad), elapsed, limits)
+        if verdict.outcome == "failed":
+            self._probation_failed(probation, desired, previous, verdict.reason)
+        elif verdict.outcome == "passed":
+            self._probation_passed(probation, desired, verdict.reason)
+        else:
+            self.env.call_later(
+                PROBATION_CHECK_S, lambda: self._watch(probation, desired, previous, limits, started, bad)
+            )
+
+    def _probation_passed(self, probation: ProbationStatus, desired: DesiredState, reason: str) -> None:
         self.probation = None
-        failed, self.model = self.model, previous
+        self.publish_status()
+        self.event(
+            "probation_passed",
+            f"v{probation.version} passed its probation (simulated runs): {reason}",
+            deployment_id=desired.deployment_id,
+            version=probation.version,
+        )
+
+    def _probation_failed(
+        self, probation: ProbationStatus, desired: DesiredState, previous: ActiveModel, reason: str
+    ) -> None:
+        self.probation = None
+        self.model = previous
         self.swaps += 1
         self.rollbacks += 1
         self.log.rollbacks += 1
+        self.log.rollback_reasons.append(reason)
         self.log.active_bundle, self.log.active_version = previous.bundle_id, previous.version
         self.rejected.add((desired.deployment_id, desired.bundle_id))  # like the agent: never retried
         self.last_error = (
-            f"v{failed.version} was rolled back to v{previous.version}: (simulated) most runs gave NaN/inf"
+            f"v{probation.version} was rolled back to v{previous.version}: {reason} (simulated runs)"
         )
         self.publish_status()
         self.event(
-            "rolled_back", self.last_error, deployment_id=desired.deployment_id, version=failed.version
+            "rolled_back", self.last_error, deployment_id=desired.deployment_id, version=probation.version
         )
 
     def _reject(self, desired: DesiredState, reason: str) -> None:

@@ -1,6 +1,7 @@
 """The probation of a newly swapped-in model: for a window after the swap its own run statistics (runs
 that raised or gave NaN/inf, p95 run time) are judged against the profile's limits, and a failing model
-is rolled back. This module only judges; the Deployer swaps.
+is rolled back. This module only judges, free of I/O: the agent's Deployer (real runs) and the fleet
+simulator's devices (simulated runs) both ask it, so a simulated rollout rolls back when an agent would.
 """
 
 from __future__ import annotations
@@ -8,10 +9,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from edgefleet.agent.model_slot import RunStats
 from edgefleet.contract.health import HealthPolicy
 
 Outcome = Literal["watching", "passed", "failed"]
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """What one loaded model did on the request path: runs, runs that raised, runs whose float outputs
+    held NaN/inf, and the p95 of its recent run times (None before the first run)."""
+
+    runs: int
+    failures: int
+    bad_outputs: int
+    p95_ms: float | None
+
+    @property
+    def errors(self) -> int:
+        return self.failures + self.bad_outputs
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.runs if self.runs else 0.0
 
 
 @dataclass(frozen=True)
