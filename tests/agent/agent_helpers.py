@@ -23,7 +23,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from support_bundles import make_fp32_bundle
+from support_bundles import chunked_bundle, make_fp32_bundle
 
 from edgefleet.contract import topics
 from edgefleet.contract.messages import CONTENT_NPY, BundleMeta, DesiredState
@@ -88,31 +88,18 @@ def publish_bundle(
     version: str = "?",
 ) -> str:
     """The host side of docs/protocol.md: retained chunks, then retained meta, then retained desired."""
-    data = bundle.read_bytes()
-    bundle_id = hashlib.sha256(data).hexdigest()
-    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+    profile = desired_profile or TEST_PROFILE
+    chunks, meta = chunked_bundle(bundle.read_bytes(), chunk_size, version=version, profile=profile)
+    bundle_id = meta.bundle_id
     client = _connected_client(url, "test-deployer")
     try:
         infos = []
         for index, chunk in enumerate(chunks):
             payload = bytes(b ^ 0xFF for b in chunk[:16]) + chunk[16:] if index == corrupt_chunk else chunk
             infos.append(client.publish(topics.bundle_chunk(bundle_id, index), payload, qos=1, retain=True))
-        meta = BundleMeta(
-            bundle_id=bundle_id,
-            size=len(data),
-            chunk_size=chunk_size,
-            chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
-            name="digits",
-            version=version,
-            profile=desired_profile or TEST_PROFILE,
-        )
         infos.append(client.publish(topics.bundle_meta(bundle_id), meta.to_bytes(), qos=1, retain=True))
         desired = DesiredState(
-            deployment_id=deployment_id,
-            bundle_id=bundle_id,
-            name="digits",
-            version=version,
-            profile=desired_profile or TEST_PROFILE,
+            deployment_id=deployment_id, bundle_id=bundle_id, name="digits", version=version, profile=profile
         )
         infos.append(client.publish(topics.desired(device_id), desired.to_bytes(), qos=1, retain=True))
         for info in infos:
@@ -451,18 +438,10 @@ def publish_bundle_parts(
 ) -> BundleMeta:
     """Like publish_bundle, but only the chunks named by `chunks` (an iterable of indices; None: all), and
     the meta and desired state only when asked: lets a test put a delivery exactly where it wants it."""
-    data = bundle.read_bytes()
-    bundle_id = hashlib.sha256(data).hexdigest()
-    pieces = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
-    bundle_meta = BundleMeta(
-        bundle_id=bundle_id,
-        size=len(data),
-        chunk_size=chunk_size,
-        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in pieces],
-        name="digits",
-        version=version,
-        profile=TEST_PROFILE,
+    pieces, bundle_meta = chunked_bundle(
+        bundle.read_bytes(), chunk_size, version=version, profile=TEST_PROFILE
     )
+    bundle_id = bundle_meta.bundle_id
     client = _connected_client(url, "test-parts")
     try:
         infos = [

@@ -3,12 +3,12 @@ ledger (persisted, a damaged file set aside), and what start-up cleans after a c
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from pathlib import Path
 
 from agent_helpers import TEST_PROFILE, Keys, file_sha256
+from support_bundles import chunked_bundle
 
 from edgefleet.agent.delivery import ChunkAssembler
 from edgefleet.agent.ledger import Ledger, ProbationRecord, Verdict
@@ -21,11 +21,8 @@ CHUNK = 1000
 
 
 def _meta(data: bytes, chunk: int = CHUNK) -> BundleMeta:
-    pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
-    return BundleMeta(
-        bundle_id=hashlib.sha256(data).hexdigest(), size=len(data), chunk_size=chunk,
-        chunk_sha256=[hashlib.sha256(p).hexdigest() for p in pieces], name="m", version="1", profile="p",
-    )  # fmt: skip
+    _, meta = chunked_bundle(data, chunk, name="m", version="1", profile="p")
+    return meta
 
 
 def test_chunk_log_resume_trusts_nothing_it_does_not_rehash(tmp_path: Path) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
+from support_bundles import chunked_bundle
 
 from edgefleet.agent.delivery import ChunkAssembler
 from edgefleet.contract.errors import BundleError
@@ -17,15 +17,13 @@ CHUNK = 1000
 
 
 def _meta(data: bytes, bundle_id: str | None = None) -> BundleMeta:
-    chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
-    return BundleMeta(
-        bundle_id=bundle_id or hashlib.sha256(data).hexdigest(), size=len(data), chunk_size=CHUNK,
-        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks], name="m", version="1", profile="p",
-    )  # fmt: skip
+    _, meta = chunked_bundle(data, CHUNK, name="m", version="1", profile="p")
+    return BundleMeta(**{**meta.model_dump(), "bundle_id": bundle_id}) if bundle_id else meta
 
 
 def _chunks(data: bytes) -> list[bytes]:
-    return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+    chunks, _ = chunked_bundle(data, CHUNK, name="m", version="1", profile="p")
+    return chunks
 
 
 def test_assembles_out_of_order_with_duplicates_and_bad_chunks(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from agent_helpers import DEVICE, TEST_PROFILE, Keys
+from support_bundles import chunked_bundle
 
 from edgefleet.agent.deployment import Deployer, DeploymentSettings
 from edgefleet.agent.model_slot import ModelSlot
@@ -16,7 +17,7 @@ from edgefleet.agent.session import Envelope, MqttSession
 from edgefleet.agent.status import StatusReporter
 from edgefleet.agent.store import BundleStore
 from edgefleet.contract import topics
-from edgefleet.contract.messages import BundleMeta, DesiredState
+from edgefleet.contract.messages import DesiredState
 from edgefleet.contract.profiles import load_profile
 from edgefleet.contract.signing import load_public_key
 from edgefleet.mqtt import BrokerAddress
@@ -100,13 +101,8 @@ def test_a_full_disk_defers_the_deployment_and_it_is_tried_again_with_backoff(
     (disk, descriptors, memory) gets no verdict: the retained desired state is tried again, 5 s then
     doubling, until it succeeds."""
     harness = _Harness(tmp_path, keys)
-    chunks = [b"x" * (4 * MIB)] * 3
-    bundle_id = hashlib.sha256(b"".join(chunks)).hexdigest()
-    meta = BundleMeta(
-        bundle_id=bundle_id, size=12 * MIB, chunk_size=4 * MIB,
-        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
-        name="digits", version="2", profile=TEST_PROFILE,
-    ).to_bytes()  # fmt: skip
+    _, bundle_meta = chunked_bundle(b"x" * (12 * MIB), 4 * MIB, version="2", profile=TEST_PROFILE)
+    bundle_id, meta = bundle_meta.bundle_id, bundle_meta.to_bytes()
     desired = DesiredState(
         deployment_id="d-2", bundle_id=bundle_id, name="digits", version="2", profile=TEST_PROFILE
     ).to_bytes()

@@ -4,7 +4,6 @@ chunk, activation and rejection), and the record it keeps of what every device r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import threading
@@ -14,10 +13,11 @@ from pathlib import Path
 
 import pytest
 from fleet_helpers import collect_retained, plain_client, publish_wait
+from support_bundles import chunked_bundle
 
 from edgefleet.cli import main
 from edgefleet.contract import topics
-from edgefleet.contract.messages import BundleMeta, DesiredState, DeviceEvent, DeviceStatus, Presence
+from edgefleet.contract.messages import DesiredState, DeviceEvent, DeviceStatus, Presence
 from edgefleet.fleet.broker import MosquittoProcess, free_port
 from edgefleet.fleet.session import BrokerSession
 from edgefleet.fleet.simulator import Simulator, SimulatorError, read_record
@@ -38,20 +38,11 @@ def _put_bundle(
     client, data: bytes, chunk_size: int, profile: str = "rpi4", corrupt: int | None = None
 ) -> str:
     """Retained chunks (chunk `corrupt` with flipped bytes) and the retained meta, as a deployer would."""
-    bundle_id = hashlib.sha256(data).hexdigest()
-    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+    chunks, meta = chunked_bundle(data, chunk_size, version="7", profile=profile)
+    bundle_id = meta.bundle_id
     for index, chunk in enumerate(chunks):
         payload = bytes(b ^ 0xFF for b in chunk) if index == corrupt else chunk
         publish_wait(client, topics.bundle_chunk(bundle_id, index), payload, retain=True)
-    meta = BundleMeta(
-        bundle_id=bundle_id,
-        size=len(data),
-        chunk_size=chunk_size,
-        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
-        name="digits",
-        version="7",
-        profile=profile,
-    )
     publish_wait(client, topics.bundle_meta(bundle_id), meta.to_bytes(), retain=True)
     return bundle_id
 

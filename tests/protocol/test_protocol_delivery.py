@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support_bundles import chunked_bundle
 
 from edgefleet.agent.delivery import ChunkAssembler
 from edgefleet.contract import topics
@@ -37,16 +38,7 @@ class Clock:
 
 def make_bundle(chunks: int, profile: str = "rpi4") -> tuple[bytes, BundleMeta]:
     data = bytes((i * 7 + i // CHUNK) % 251 for i in range(chunks * CHUNK - 10))
-    pieces = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
-    meta = BundleMeta(
-        bundle_id=hashlib.sha256(data).hexdigest(),
-        size=len(data),
-        chunk_size=CHUNK,
-        chunk_sha256=[hashlib.sha256(p).hexdigest() for p in pieces],
-        name="digits",
-        version="2",
-        profile=profile,
-    )
+    _, meta = chunked_bundle(data, CHUNK, version="2", profile=profile)
     return data, meta
 
 
