@@ -11,7 +11,7 @@ import math
 import queue
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -174,33 +174,27 @@ class RolloutDisplay:
             self.say(text)
 
 
+@dataclass
 class RolloutRunner:
     """Drives one rollout to its end (completed or halted) over one broker session."""
 
-    def __init__(
-        self,
-        state: RolloutState,
-        store: RolloutStore,
-        session: BrokerSession,
-        inventory: Inventory,
-        display: RolloutDisplay,
-        *,
-        rollback_wait_s: float = DEFAULT_ROLLBACK_WAIT_S,
-        on_tick: Callable[[RolloutState], None] | None = None,
-    ) -> None:
-        self.state = state
-        self.store = store
-        self.session = session
-        self.inventory = inventory
-        self.display = display
-        self.rollback_wait_s = rollback_wait_s
-        self.on_tick = on_tick
-        self._dirty = False
-        self._saved_at = 0.0
-        # host clock (monotonic) at which each device's stage timer started; reset on resume
-        self._clock: dict[str, float] = {}
-        self._online_since: dict[str, float] = {}
-        self._verbose = len(state.devices) <= PER_DEVICE_LINES_UP_TO
+    state: RolloutState
+    store: RolloutStore
+    session: BrokerSession
+    inventory: Inventory
+    display: RolloutDisplay
+    _: KW_ONLY
+    rollback_wait_s: float = DEFAULT_ROLLBACK_WAIT_S
+    on_tick: Callable[[RolloutState], None] | None = None
+    _dirty: bool = field(default=False, init=False)
+    _saved_at: float = field(default=0.0, init=False)
+    # host clock (monotonic) at which each device's stage timer started; reset on resume
+    _clock: dict[str, float] = field(default_factory=dict, init=False)
+    _online_since: dict[str, float] = field(default_factory=dict, init=False)
+
+    @property
+    def _verbose(self) -> bool:
+        return len(self.state.devices) <= PER_DEVICE_LINES_UP_TO
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> RolloutState:

@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
 
@@ -36,27 +36,18 @@ class TrafficStats:
         self.failures.extend(other.failures[: max(0, 5 - len(self.failures))])
 
 
+@dataclass
 class TrafficDriver:
     """Sends the samples of `inputs` (one row = one request of batch 1) to one device."""
 
-    def __init__(
-        self,
-        client: InferenceClient,
-        device_id: str,
-        input_name: str,
-        inputs: np.ndarray,
-        labels: np.ndarray | None,
-        *,
-        in_flight: int = 4,
-        timeout: float = 10.0,
-    ) -> None:
-        self.client = client
-        self.device_id = device_id
-        self.input_name = input_name
-        self.inputs = inputs
-        self.labels = labels
-        self.in_flight = in_flight
-        self.timeout = timeout
+    client: InferenceClient
+    device_id: str
+    input_name: str
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    _: KW_ONLY
+    in_flight: int = 4
+    timeout: float = 10.0
 
     def one_pass(self) -> TrafficStats:
         """Every sample once; accuracy covers exactly this pass."""
