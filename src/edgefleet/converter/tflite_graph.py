@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefleet.converter import litert_adapter
+
 
 @dataclass(frozen=True)
 class TfliteTensor:
@@ -66,15 +68,13 @@ def enum_names(enum_class: Any) -> dict[int, str]:
 
 def fused_activation(op: TfliteOp) -> str | None:
     """NONE/RELU/RELU6/... for ops whose options carry a fused activation; None for the others."""
-    from ai_edge_litert import schema_py_generated as schema
-
+    schema = litert_adapter.schema()
     code = getattr(op.options, "fusedActivationFunction", None)
     return None if code is None else enum_names(schema.ActivationFunctionType)[code]
 
 
 def read_tflite(source: Path | bytes) -> TfliteGraph:
-    from ai_edge_litert import schema_py_generated as schema
-
+    schema = litert_adapter.schema()
     data = source.read_bytes() if isinstance(source, Path) else source
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     builtin_names = enum_names(schema.BuiltinOperator)

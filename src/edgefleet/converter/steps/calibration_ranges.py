@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.converter import litert_adapter
 from edgefleet.converter.context import CalibrationMethod, ConversionContext
 from edgefleet.converter.shared_work import model_key
 from edgefleet.converter.steps.calibration import TensorSet
@@ -256,11 +257,9 @@ def rewrite_tflite_ranges(calibrated: bytes, ctx: ConversionContext, translation
     ranges = onnx_activation_ranges(ctx)
     if not ranges:
         return calibrated
-    from tensorflow.lite.tools import flatbuffer_utils
-
     model = ctx.need(ctx.model, "the source model")
     output_of = {node_label(node): node.output[0] for node in model.graph.node}
-    flat = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    flat = litert_adapter.read_model(calibrated)
     subgraph = flat.subgraphs[0]
     onnx_inputs = list(translation.input_perms)
     order = keras_input_order([subgraph.tensors[i].name.decode() for i in subgraph.inputs], onnx_inputs)
@@ -278,4 +277,4 @@ def rewrite_tflite_ranges(calibrated: bytes, ctx: ConversionContext, translation
             continue
         low, high = ranges[name]
         quant.min, quant.max = [low], [high]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
+    return litert_adapter.write_model(flat)

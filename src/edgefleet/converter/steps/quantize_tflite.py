@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from edgefleet.converter import litert_adapter
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.errors import ConversionError
 from edgefleet.converter.shared_work import model_key
@@ -107,9 +108,7 @@ def name_io_tensors(flatbuffer: bytes, input_names: list[str], output_names: lis
     the artifact, the manifest and a client's request all use one name per tensor. Inputs are matched by
     name (the converter sorts them by name); outputs are named output_0, output_1, ... in the Keras order.
     """
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    model = litert_adapter.read_model(flatbuffer)
     subgraph = model.subgraphs[0]
     signature = model.signatureDefs[0] if model.signatureDefs else None
     if signature:
@@ -130,7 +129,7 @@ def name_io_tensors(flatbuffer: bytes, input_names: list[str], output_names: lis
     if signature:
         for entry in [*signature.inputs, *signature.outputs]:
             entry.name = renames[entry.tensorIndex].encode()
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return litert_adapter.write_model(model)
 
 
 def _ordered_outputs(model: object) -> list[int]:
@@ -144,15 +143,13 @@ def _ordered_outputs(model: object) -> list[int]:
 def float_output_tensors(calibrated: bytes, source: object, layers: Iterable[str]) -> dict[str, str]:
     """TFLite output tensor name -> ONNX output name, for the outputs whose ONNX producer is among `layers`:
     the last op writes the graph output under the converter's own name, which carries no layer name."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
     kept = set(layers)
     graph = source.graph  # type: ignore[attr-defined]
     producers = {output: node_label(node) for node in graph.node for output in node.output}
     wanted = [i for i, value in enumerate(graph.output) if producers.get(value.name) in kept]
     if not wanted:
         return {}
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    model = litert_adapter.read_model(calibrated)
     tensors, order = model.subgraphs[0].tensors, _ordered_outputs(model)
     return {tensors[order[i]].name.decode(): graph.output[i].name for i in wanted}
 
@@ -237,8 +234,6 @@ class QuantizeTflite:
 
     def _calibrated(self, ctx: ConversionContext, translation: KerasTranslation) -> bytes:
         import_keras()  # the Keras twin and TensorFlow must agree on the backend
-        import tensorflow as tf
-
         calib = ctx.need(ctx.calib, "calibration data")
         names = [t.name for t in ctx.need(ctx.model_info, "model description").inputs]
 
@@ -254,14 +249,9 @@ class QuantizeTflite:
                     sample[keras_safe_name(name)] = x
                 yield sample
 
-        converter = tf.lite.TFLiteConverter.from_keras_model(translation.model)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter._experimental_calibrate_only = True  # ranges only; quantized below (see module doc)
         with _quiet():
             try:
-                calibrated = converter.convert()
+                calibrated = litert_adapter.calibrate(translation.model, representative)
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ConversionError(
@@ -271,9 +261,6 @@ class QuantizeTflite:
             return rewrite_tflite_ranges(calibrated, ctx, translation)
 
     def run(self, ctx: ConversionContext) -> None:
-        import tensorflow as tf
-        from tensorflow.lite.python.convert import mlir_quantize
-
         calibrated = self._calibrate(ctx)
         translation: KerasTranslation = ctx.need(ctx.keras_model, "the Keras model")
         float_ops: list[str] = []
@@ -290,19 +277,14 @@ class QuantizeTflite:
             float_outputs = float_output_tensors(calibrated, ctx.need(ctx.model, "the source model"), layers)
             float_ops += list(float_outputs)
             note_rule_floats(ctx, by_rule)
-        io_type = tf.int8 if self.io_dtype == "int8" else tf.uint8
+        io_type = self.io_dtype
         # An output computed in float (a YOLO head joining boxes in pixels with scores in [0, 1]) would be
         # re-quantized to one int8 scale at the very end, crushing the scores again: such models keep
         # float32 outputs (only where the profile allows float ops; the artifact's specs say so).
-        output_type = tf.float32 if set(float_ops) & set(_output_tensor_names(calibrated)) else io_type
+        output_type = "float32" if set(float_ops) & set(_output_tensor_names(calibrated)) else io_type
         with _quiet():
             try:
-                flatbuffer = mlir_quantize(
-                    calibrated,
-                    input_data_type=io_type,
-                    output_data_type=output_type,
-                    denylisted_nodes=float_ops or None,
-                )
+                flatbuffer = litert_adapter.quantize(calibrated, io_type, output_type, float_ops)
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ConversionError(

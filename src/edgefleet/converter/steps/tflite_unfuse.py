@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgefleet.converter import litert_adapter
 from edgefleet.converter.tflite_graph import enum_names
 
 UNFUSED_OPS = {"TRANSPOSE_CONV", "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION"}
@@ -31,13 +32,11 @@ def _inert(bounds: tuple[float, float | None], scale: float, zero_point: int, qm
 
 def unfuse_inert_activations(flatbuffer: bytes) -> tuple[bytes, int]:
     """The model with inert fused activations removed (see module doc), and how many were removed."""
-    from ai_edge_litert import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
+    schema = litert_adapter.schema()
     names = enum_names(schema.BuiltinOperator)
     activations = enum_names(schema.ActivationFunctionType)
     types = enum_names(schema.TensorType)
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    model = litert_adapter.read_model(flatbuffer)
     codes = model.operatorCodes
     removed = 0
     still_fused: set[int] = set()
@@ -78,4 +77,4 @@ def unfuse_inert_activations(flatbuffer: bytes) -> tuple[bytes, int]:
             codes[index].version = _TRANSPOSE_CONV_VERSION[has_bias]
     if not removed:
         return flatbuffer, 0
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), removed
+    return litert_adapter.write_model(model), removed
