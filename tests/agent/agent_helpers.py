@@ -91,32 +91,41 @@ def publish_bundle(
     profile = desired_profile or TEST_PROFILE
     chunks, meta = chunked_bundle(bundle.read_bytes(), chunk_size, version=version, profile=profile)
     bundle_id = meta.bundle_id
-    client = _connected_client(url, "test-deployer")
-    try:
-        infos = []
-        for index, chunk in enumerate(chunks):
-            payload = bytes(b ^ 0xFF for b in chunk[:16]) + chunk[16:] if index == corrupt_chunk else chunk
-            infos.append(client.publish(topics.bundle_chunk(bundle_id, index), payload, qos=1, retain=True))
-        infos.append(client.publish(topics.bundle_meta(bundle_id), meta.to_bytes(), qos=1, retain=True))
-        desired = DesiredState(
-            deployment_id=deployment_id, bundle_id=bundle_id, name="digits", version=version, profile=profile
+    messages = [
+        (
+            topics.bundle_chunk(bundle_id, index),
+            bytes(b ^ 0xFF for b in chunk[:16]) + chunk[16:] if index == corrupt_chunk else chunk,
         )
-        infos.append(client.publish(topics.desired(device_id), desired.to_bytes(), qos=1, retain=True))
-        for info in infos:
-            info.wait_for_publish(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+        for index, chunk in enumerate(chunks)
+    ]
+    desired = DesiredState(
+        deployment_id=deployment_id, bundle_id=bundle_id, name="digits", version=version, profile=profile
+    )
+    messages += [
+        (topics.bundle_meta(bundle_id), meta.to_bytes()),
+        (topics.desired(device_id), desired.to_bytes()),
+    ]
+    _publish(url, "test-deployer", messages, retain=True)
     return bundle_id
 
 
-def publish_raw(url: str, topic: str, payload: bytes, retain: bool = False) -> None:
-    client = _connected_client(url, "test-raw")
+def _publish(
+    url: str, name: str, messages: list[tuple[str, bytes]], retain: bool, timeout: float = 5
+) -> None:
+    """Publish the (topic, payload) messages in order at QoS 1 from a fresh client named after `name`, and
+    wait until the broker has taken every one."""
+    client = _connected_client(url, name)
     try:
-        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+        infos = [client.publish(topic, payload, qos=1, retain=retain) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(timeout)
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def publish_raw(url: str, topic: str, payload: bytes, retain: bool = False) -> None:
+    _publish(url, "test-raw", [(topic, payload)], retain)
 
 
 @dataclass
@@ -319,6 +328,12 @@ class RunningAgent:
     observer: Observer
     broker: MosquittoProcess
 
+    def deploy(self, bundle: Path, version: str) -> dict[str, Any]:
+        """publish_bundle(bundle) to this agent as deployment d-v<version>; the device's status once that
+        version is active."""
+        publish_bundle(self.broker.url, DEVICE, bundle, f"d-v{version}", version=version)
+        return self.observer.wait_active(version)
+
 
 @contextmanager
 def started_agent(
@@ -442,30 +457,22 @@ def publish_bundle_parts(
         bundle.read_bytes(), chunk_size, version=version, profile=TEST_PROFILE
     )
     bundle_id = bundle_meta.bundle_id
-    client = _connected_client(url, "test-parts")
-    try:
-        infos = [
-            client.publish(topics.bundle_chunk(bundle_id, i), pieces[i], qos=1, retain=True)
-            for i in (range(len(pieces)) if chunks is None else chunks)
-        ]
-        if meta:
-            infos.append(
-                client.publish(topics.bundle_meta(bundle_id), bundle_meta.to_bytes(), qos=1, retain=True)
-            )
-        if desired:
-            state = DesiredState(
-                deployment_id=deployment_id,
-                bundle_id=bundle_id,
-                name="digits",
-                version=version,
-                profile=TEST_PROFILE,
-            )
-            infos.append(client.publish(topics.desired(device_id), state.to_bytes(), qos=1, retain=True))
-        for info in infos:
-            info.wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    messages = [
+        (topics.bundle_chunk(bundle_id, i), pieces[i])
+        for i in (range(len(pieces)) if chunks is None else chunks)
+    ]
+    if meta:
+        messages.append((topics.bundle_meta(bundle_id), bundle_meta.to_bytes()))
+    if desired:
+        state = DesiredState(
+            deployment_id=deployment_id,
+            bundle_id=bundle_id,
+            name="digits",
+            version=version,
+            profile=TEST_PROFILE,
+        )
+        messages.append((topics.desired(device_id), state.to_bytes()))
+    _publish(url, "test-parts", messages, retain=True, timeout=10)
     return bundle_meta
 
 

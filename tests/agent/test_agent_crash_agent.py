@@ -87,8 +87,7 @@ def test_agent_kill_9_at_varied_moments_never_leaves_a_partial_model(
 ) -> None:
     obs, url, process = crash_agent.observer, crash_agent.broker.url, crash_agent.process
     state = tmp_path / "state"
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    crash_agent.deploy(bundles["v1"], "1")
     allowed = {file_sha256(bundles["v1"]): "1"}
     rng = random.Random(20261122)
     moments = ["mid-delivery", "activating", "activated", "random", "random", "random"]
@@ -167,8 +166,7 @@ def test_agent_crashing_during_probation_rolls_back_after_three_starts(
     crash_agent: RunningAgent, bundles: dict[str, Path], tmp_path: Path
 ) -> None:
     obs, url, process = crash_agent.observer, crash_agent.broker.url, crash_agent.process
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    crash_agent.deploy(bundles["v1"], "1")
     publish_bundle(url, DEVICE, bundles["v2"], "d-v2", version="2")
     obs.wait_for("status", lambda s: (s.get("probation") or {}).get("version") == "2")
     for starts in (1, 2):

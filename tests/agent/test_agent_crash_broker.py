@@ -19,7 +19,6 @@ from agent_helpers import (
     RunningAgent,
     agent_config,
     make_custom_bundle,
-    publish_bundle,
     publish_bundle_parts,
     saving_broker,
     wait_until,
@@ -102,8 +101,7 @@ def test_broker_that_lost_everything_gets_just_the_missing_chunks_from_the_host(
     broker = saving_broker(tmp_path / "broker", autosave_interval=3600).start()  # no save before the kill
     running = agent_factory["a"] = _start(tmp_path, broker, keys, profiles_dir)
     obs, process = running.observer, running.process
-    publish_bundle(broker.url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    running.deploy(bundles["v1"], "1")
     big = make_custom_bundle(
         tmp_path / "big.efb", reference_dir / "digits_cnn_v2.onnx", keys.private, "2", padding_bytes=4 * 2**20
     )

@@ -52,15 +52,14 @@ def test_oip_endpoints_and_infer_match_the_mqtt_path(
     http_agent: tuple[RunningAgent, OipClient], bundles: dict[str, Path], reference_dir: Path
 ) -> None:
     agent, client = http_agent
-    obs, url = agent.observer, agent.broker.url
+    obs = agent.observer
     images = _images(reference_dir, 16)
 
     assert client.get("/v2/health/live") == (200, {"live": True})
     assert client.get("/v2/health/ready") == (400, {"error": "no model is active"})
     assert client.infer("digits", {"image": images}) == (503, {"error": "no model is active"})
 
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    agent.deploy(bundles["v1"], "1")
     assert client.get("/v2/health/ready") == (200, {"ready": True})
     server = {"name": "edgefleet-agent", "version": __version__, "extensions": ["binary_tensor_data"]}
     assert client.get("/v2") == (200, server)
@@ -183,8 +182,7 @@ def test_bad_requests_get_clear_errors_and_do_not_disturb_concurrent_good_ones(
 ) -> None:
     agent, client = http_agent
     obs = agent.observer
-    publish_bundle(agent.broker.url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    agent.deploy(bundles["v1"], "1")
     images = _images(reference_dir, 4)
     status, reply = client.infer("digits", {"image": images})
     assert status == 200

@@ -72,8 +72,7 @@ def test_junk_on_every_subscribed_topic_disturbs_neither_serving_nor_delivery(
 ) -> None:
     obs, url, process = running_agent.observer, running_agent.broker.url, running_agent.process
     state = tmp_path / "state"
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    running_agent.deploy(bundles["v1"], "1")
     # a delivery in progress, so the agent is also subscribed to a bundle's meta and chunk topics
     big = make_custom_bundle(
         tmp_path / "big.efb", reference_dir / "digits_cnn_v2.onnx", keys.private, "2", padding_bytes=2**20
@@ -173,8 +172,7 @@ def test_a_message_larger_than_any_request_or_chunk_never_reaches_the_agent(
     """The agent tells the broker its maximum packet size (MQTT 5): a 100 MiB message to its request topic
     is dropped by the broker instead of being read whole (it took the agent to 930 MiB before)."""
     obs, url, process = running_agent.observer, running_agent.broker.url, running_agent.process
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    running_agent.deploy(bundles["v1"], "1")
     assert process.process is not None
     before = _peak_rss_mib(process.process.pid)
     client = _connected_client(url, "flooder")

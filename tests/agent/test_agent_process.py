@@ -42,12 +42,11 @@ def _eval_images(reference_dir: Path, n: int = 16) -> np.ndarray:
 def test_deploy_v1_then_v2_without_restart(
     running_agent: RunningAgent, bundles: dict[str, Path], reference_dir: Path
 ) -> None:
-    obs, url = running_agent.observer, running_agent.broker.url
+    obs = running_agent.observer
     pid = running_agent.process.process.pid  # type: ignore[union-attr]
     images = _eval_images(reference_dir)
 
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    status = obs.wait_active("1")
+    status = running_agent.deploy(bundles["v1"], "1")
     assert status["state"] == "serving"
     assert status["backend"]["engine"] == "onnxruntime"
     assert status["backend"]["providers"] == ["CPUExecutionProvider"]
@@ -75,8 +74,7 @@ def test_deploy_v1_then_v2_without_restart(
     loader.start()
     try:
         time.sleep(0.2)
-        publish_bundle(url, DEVICE, bundles["v2"], "d-v2", version="2")
-        status = obs.wait_active("2")
+        status = running_agent.deploy(bundles["v2"], "2")
         deadline = time.monotonic() + 5
         while ("ok", "2") not in results[-5:] and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -100,8 +98,7 @@ def test_telemetry_has_sane_numbers(
     running_agent: RunningAgent, bundles: dict[str, Path], reference_dir: Path
 ) -> None:
     obs = running_agent.observer
-    publish_bundle(running_agent.broker.url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    running_agent.deploy(bundles["v1"], "1")
     images = _eval_images(reference_dir, 1)
     for _ in range(30):
         assert obs.infer(images).status == "ok"
@@ -129,8 +126,7 @@ def test_restart_comes_back_with_active_bundle_and_sigterm_says_offline(
     running_agent: RunningAgent, bundles: dict[str, Path], reference_dir: Path
 ) -> None:
     obs, url, process = running_agent.observer, running_agent.broker.url, running_agent.process
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    running_agent.deploy(bundles["v1"], "1")
 
     assert process.stop(signal.SIGTERM) == 0
     offline = obs.wait_for("online", lambda m: m["online"] is False)
@@ -157,8 +153,7 @@ def test_bad_bundles_are_rejected_and_the_old_model_keeps_serving(
 ) -> None:
     obs, url = running_agent.observer, running_agent.broker.url
     images = _eval_images(reference_dir, 4)
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    running_agent.deploy(bundles["v1"], "1")
 
     untrusted = make_bundle(
         tmp_path / "u.bundle", reference_dir / "digits_cnn_v2.onnx", other_keys.private, "2"
@@ -190,8 +185,7 @@ def test_corrupted_chunk_is_dropped_and_refetched(
     running_agent: RunningAgent, bundles: dict[str, Path], reference_dir: Path
 ) -> None:
     obs, url = running_agent.observer, running_agent.broker.url
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    running_agent.deploy(bundles["v1"], "1")
 
     bundle_id = publish_bundle(url, DEVICE, bundles["v2"], "d-v2", version="2", corrupt_chunk=1)
     warning = obs.wait_for("events", lambda e: e["kind"] == "warning" and "chunk 1" in e["detail"])
@@ -219,8 +213,7 @@ def test_bad_requests_get_error_replies_and_do_not_disturb(
         "no model is active",
     )
 
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    running_agent.deploy(bundles["v1"], "1")
     bad = {
         "wrong shape": (encode_npy(np.zeros((1, 64), np.float32)), "application/x-npy", "expected float32"),
         "wrong dtype": (encode_npy(np.zeros((1, 1, 8, 8), np.float64)), "application/x-npy", "got float64"),
@@ -253,8 +246,7 @@ def test_reconnects_after_broker_restart(
     running_agent: RunningAgent, bundles: dict[str, Path], reference_dir: Path
 ) -> None:
     obs, broker = running_agent.observer, running_agent.broker
-    publish_bundle(broker.url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    running_agent.deploy(bundles["v1"], "1")
     broker.stop()
     time.sleep(0.5)
     broker.start()

@@ -61,8 +61,7 @@ def test_failed_health_check_rejects_and_the_old_model_keeps_serving(
     running_agent: RunningAgent, bundles: dict[str, Path], keys: Keys, tmp_path: Path
 ) -> None:
     obs, url, process = running_agent.observer, running_agent.broker.url, running_agent.process
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    running_agent.deploy(bundles["v1"], "1")
     nan_bundle = make_custom_bundle(
         tmp_path / "nan.efb", sqrt_model(tmp_path / "sqrt.onnx"), keys.private, "2", health_samples=NEGATIVE
     )
@@ -104,8 +103,7 @@ def test_probation_failure_rolls_back_without_dropping_a_request(
     probation_agent: RunningAgent, bundles: dict[str, Path], keys: Keys, tmp_path: Path
 ) -> None:
     obs, url, process = probation_agent.observer, probation_agent.broker.url, probation_agent.process
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    probation_agent.deploy(bundles["v1"], "1")
     # passes its health check (positive samples), but real traffic (negative inputs) gives NaN
     fragile = make_custom_bundle(
         tmp_path / "fragile.efb",
@@ -179,8 +177,7 @@ def test_bad_signature_bundles_are_rejected_and_the_old_model_keeps_serving(
 ) -> None:
     obs, url = running_agent.observer, running_agent.broker.url
     state = tmp_path / "state"
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
+    running_agent.deploy(bundles["v1"], "1")
     tampered = _tampered(bundles["v2"], tmp_path / "tampered.efb")
     untrusted = make_bundle(tmp_path / "u.efb", reference_dir / "digits_cnn_v2.onnx", other_keys.private, "2")
     with Traffic(obs, POSITIVE) as traffic:
@@ -204,10 +201,8 @@ def test_rollback_command_reactivates_a_kept_version_without_download(
     running_agent: RunningAgent, bundles: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     obs, url, process = running_agent.observer, running_agent.broker.url, running_agent.process
-    publish_bundle(url, DEVICE, bundles["v1"], "d-v1", version="1")
-    obs.wait_active("1")
-    publish_bundle(url, DEVICE, bundles["v2"], "d-v2", version="2")
-    obs.wait_active("2")
+    running_agent.deploy(bundles["v1"], "1")
+    running_agent.deploy(bundles["v2"], "2")
     obs.wait_for("status", lambda s: [k["version"] for k in s["kept"]] == ["2", "1"])
     obs.wait_for("events", lambda e: e["kind"] == "activated" and e["deployment_id"] == "d-v2")
     n_events = len(obs.of("events"))
