@@ -8,6 +8,8 @@ import hashlib
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,27 @@ def plain_client(broker: MosquittoProcess, name: str = "test") -> mqtt.Client:
 def publish_wait(client: mqtt.Client, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:
     info = client.publish(topic, payload, qos=qos, retain=retain)
     info.wait_for_publish(5)
+
+
+@contextmanager
+def repeating(action: Callable[[int], None], every_s: float = 0.05) -> Iterator[None]:
+    """Calls action(1), action(2), ... every `every_s` on a background thread while the block runs (a
+    device's periodic telemetry); the thread has stopped when the block ends."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        n = 0
+        while not stop.wait(every_s):
+            n += 1
+            action(n)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def collect_retained(

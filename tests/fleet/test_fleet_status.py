@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
-from fleet_helpers import device_status, plain_client, publish_wait
+from fleet_helpers import device_status, plain_client, publish_wait, repeating
 
 from edgefleet.cli import main
 from edgefleet.contract import topics
@@ -62,20 +61,12 @@ def fleet(broker: MosquittoProcess):
     publish_wait(client, topics.status("broken-1"), b"\x00{not json at all", retain=True)
     publish_wait(client, topics.telemetry("broken-1"), b"[1, 2, 3]", retain=False, qos=0)
 
-    stop = threading.Event()
+    def send_telemetry(n: int) -> None:
+        client.publish(topics.telemetry("pi-kitchen"), _telemetry("pi-kitchen", 10 * n), qos=0)
+        client.publish(topics.telemetry("broken-1"), b"{{{", qos=0)
 
-    def send_telemetry() -> None:
-        n = 0
-        while not stop.wait(0.05):
-            n += 10
-            client.publish(topics.telemetry("pi-kitchen"), _telemetry("pi-kitchen", n), qos=0)
-            client.publish(topics.telemetry("broken-1"), b"{{{", qos=0)
-
-    sender = threading.Thread(target=send_telemetry, daemon=True)
-    sender.start()
-    yield broker
-    stop.set()
-    sender.join()
+    with repeating(send_telemetry):
+        yield broker
     client.disconnect()
     client.loop_stop()
 

@@ -14,13 +14,12 @@ import struct
 import subprocess
 import sys
 import termios
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet_helpers import device_status, plain_client, publish_wait
+from fleet_helpers import device_status, plain_client, publish_wait, repeating
 from rich.console import Console
 from rich.text import Text
 
@@ -138,21 +137,14 @@ def reporting_fleet(broker: MosquittoProcess) -> Iterator[MosquittoProcess]:
             client, topics.status(device), device_status(device, "rpi4", MODEL).to_bytes(), retain=True
         )
     publish_wait(client, topics.online("bad-1"), Presence(online=True).to_bytes(), retain=True)
-    stop = threading.Event()
 
-    def send() -> None:
-        n = 0
-        while not stop.wait(0.05):
-            n += 1
-            for device in ("pi-1", "pi-2"):
-                client.publish(topics.telemetry(device), telemetry(device, requests=n), qos=0)
-            client.publish(topics.telemetry("bad-1"), b'{"device_id": "bad-1", "latency_ms": 3}', qos=0)
+    def send(n: int) -> None:
+        for device in ("pi-1", "pi-2"):
+            client.publish(topics.telemetry(device), telemetry(device, requests=n), qos=0)
+        client.publish(topics.telemetry("bad-1"), b'{"device_id": "bad-1", "latency_ms": 3}', qos=0)
 
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
-    yield broker
-    stop.set()
-    sender.join()
+    with repeating(send):
+        yield broker
     client.disconnect()
     client.loop_stop()
 
