@@ -52,6 +52,17 @@ def publish_wait(client: mqtt.Client, topic: str, payload: bytes, retain: bool =
     info.wait_for_publish(5)
 
 
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition", every_s: float = 0.05
+) -> None:
+    """Polls `predicate` every `every_s` until it is true; AssertionError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every_s)
+
+
 @contextmanager
 def repeating(action: Callable[[int], None], every_s: float = 0.05) -> Iterator[None]:
     """Calls action(1), action(2), ... every `every_s` on a background thread while the block runs (a

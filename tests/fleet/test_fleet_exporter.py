@@ -9,11 +9,10 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fleet_helpers import device_status, plain_client, publish_wait
+from fleet_helpers import device_status, plain_client, publish_wait, wait_until
 from prometheus_lint import problems, rule_problems
 
 from edgefleet.cli import main
@@ -74,15 +73,6 @@ def one(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
     return found[0]
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_exporter_serves_per_device_metrics_and_shows_garbage_as_garbage(
     broker: MosquittoProcess, tmp_path: Path
 ) -> None:
@@ -100,7 +90,7 @@ def test_exporter_serves_per_device_metrics_and_shows_garbage_as_garbage(
         )
         publish_wait(client, topics.telemetry("cam-1"), telemetry("cam-1", 20, p95=0.4))
         publish_wait(client, topics.telemetry("junk-1"), b'{"device_id": "junk-1"}')
-        _wait_for(lambda: exporter.monitor.snapshot().telemetry_messages == 3)
+        wait_until(lambda: exporter.monitor.snapshot().telemetry_messages == 3, timeout=10)
         metrics = scrape(exporter.url)
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(exporter.url.replace("/metrics", "/nothing"), timeout=5)
@@ -152,7 +142,7 @@ def test_exporters_in_a_share_group_split_the_telemetry(broker: MosquittoProcess
                 client.publish(topics.telemetry(device), telemetry(device, n), qos=1)
                 sent += 1
         counts = lambda: [e.monitor.snapshot().telemetry_messages for e in (first, second)]  # noqa: E731
-        _wait_for(lambda: sum(counts()) >= sent)
+        wait_until(lambda: sum(counts()) >= sent, timeout=10)
         a, b = counts()
         metrics_a, metrics_b = scrape(first.url), scrape(second.url)
     client.disconnect()

@@ -9,12 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet_helpers import collect_retained
+from fleet_helpers import collect_retained, wait_until
 
 from edgefleet.cli import main
 from edgefleet.contract import topics
@@ -30,16 +29,8 @@ pytestmark = pytest.mark.mqtt
 FAST = {"min_healthy_s": 0.5, "stage_timeout_s": 20.0, "rollback_wait_s": 10.0}
 
 
-def _wait(predicate, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def _announced(broker: MosquittoProcess, count: int) -> None:
-    _wait(
+    wait_until(
         lambda: sum(r.announced for r in collect_inventory(broker.url, listen_s=0)[0].records()) >= count,
         what=f"{count} devices announced",
     )
@@ -195,7 +186,9 @@ def test_an_offline_device_gets_the_bundle_when_it_returns(
     sim = _start(simulators, broker, 5, tags={"site": "lab"})
     _announced(broker, 5)
     sim.drop(["sim-0001"])
-    _wait(lambda: collect_inventory(broker.url, listen_s=0)[0].online("sim-0001") is False, what="offline")
+    wait_until(
+        lambda: collect_inventory(broker.url, listen_s=0)[0].online("sim-0001") is False, what="offline"
+    )
 
     state = start_rollout(
         broker.url, make_bundle(version="2"), "site=lab", canary="1", batch="100%", state_dir=tmp_path, **FAST
@@ -207,7 +200,7 @@ def test_an_offline_device_gets_the_bundle_when_it_returns(
     assert state.counts() == {"healthy": 4, "deploying": 1}
 
     sim.revive(["sim-0001"])
-    _wait(lambda: sim.logs()["sim-0001"].active_bundle == state.bundle.bundle_id, what="the catch-up")
+    wait_until(lambda: sim.logs()["sim-0001"].active_bundle == state.bundle.bundle_id, what="the catch-up")
     assert main(["rollout", "status", "--state-dir", str(tmp_path), "--broker", broker.url, "--json"]) == 0
     refreshed = json.loads(capsys.readouterr().out)
     assert refreshed["devices"]["sim-0001"]["state"] == "active"
@@ -279,7 +272,7 @@ def test_a_killed_rollout_resumes_where_it_stopped(
         return bool(ids) and store.load(ids[0]).stage >= 1
 
     try:
-        _wait(in_batch_one, timeout=30, what="the first batch to start")
+        wait_until(in_batch_one, timeout=30, what="the first batch to start")
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(10)

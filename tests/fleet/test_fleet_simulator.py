@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fleet_helpers import collect_retained, plain_client, publish_wait
+from fleet_helpers import collect_retained, plain_client, publish_wait, wait_until
 from support_bundles import chunked_bundle
 
 from edgefleet.cli import main
@@ -24,14 +24,6 @@ from edgefleet.fleet.simulator import Simulator, SimulatorError, read_record
 from edgefleet.mqtt import BrokerError
 
 pytestmark = pytest.mark.mqtt
-
-
-def _wait(predicate, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _put_bundle(
@@ -76,7 +68,7 @@ def test_two_hundred_devices_on_one_loop_announce_themselves_and_send_telemetry(
         # one loop thread drives every client (paho's loop_start would add one thread per client)
         assert threading.active_count() - threads_before <= 1
         assert simulator.connected_count == 200
-        _wait(
+        wait_until(
             lambda: all(log.telemetry_sent >= 4 for log in simulator.logs().values()),
             timeout=60,
             what="four telemetry messages from every device",
@@ -85,7 +77,7 @@ def test_two_hundred_devices_on_one_loop_announce_themselves_and_send_telemetry(
     logs = simulator.logs()
     sent = {device_id: log.telemetry_sent for device_id, log in logs.items()}
     # the last messages may still be on their way through the broker
-    _wait(lambda: sum(per_device.values()) >= sum(sent.values()), timeout=10, what="the last telemetry")
+    wait_until(lambda: sum(per_device.values()) >= sum(sent.values()), timeout=10, what="the last telemetry")
     observer.close()
 
     statuses = {
@@ -117,15 +109,19 @@ def test_delivery_is_verified_per_chunk_and_refetched(broker: MosquittoProcess) 
     with Simulator(broker.url, 3, "rpi4", telemetry_hz=0, activation_s=0.01) as simulator:
         bundle_id = _put_bundle(client, data, 65536, corrupt=2)
         _desire(client, "sim-0001", bundle_id)
-        _wait(lambda: simulator.logs()["sim-0001"].fetched.get(bundle_id, None) is not None, what="chunks")
-        _wait(lambda: simulator.logs()["sim-0001"].fetched[bundle_id].chunks_dropped >= 1, what="a drop")
+        wait_until(
+            lambda: simulator.logs()["sim-0001"].fetched.get(bundle_id, None) is not None, what="chunks"
+        )
+        wait_until(lambda: simulator.logs()["sim-0001"].fetched[bundle_id].chunks_dropped >= 1, what="a drop")
         fetched = simulator.logs()["sim-0001"].fetched[bundle_id]
         assert fetched.chunks_received == 3 and not fetched.complete
         assert simulator.logs()["sim-0001"].active_version == "0"
         # the deployer republishes chunk 2: the device (still subscribed, and asking again after its backoff)
         # takes the good copy and activates
         publish_wait(client, topics.bundle_chunk(bundle_id, 2), data[2 * 65536 : 3 * 65536], retain=True)
-        _wait(lambda: simulator.logs()["sim-0001"].active_bundle == bundle_id, timeout=10, what="activation")
+        wait_until(
+            lambda: simulator.logs()["sim-0001"].active_bundle == bundle_id, timeout=10, what="activation"
+        )
         log = simulator.logs()["sim-0001"]
         assert log.fetched[bundle_id].complete and log.fetched[bundle_id].bytes_received == len(data)
         assert log.activated == [bundle_id] and log.desired_seen == [bundle_id]
@@ -155,7 +151,7 @@ def test_failing_devices_reject_and_other_profiles_are_refused(broker: Mosquitto
         bundle_id = _put_bundle(client, b"x" * 1000, 512)
         for device_id in simulator.device_ids:
             _desire(client, device_id, bundle_id)
-        _wait(
+        wait_until(
             lambda: len([e for _, e in events if e.kind in ("activated", "rejected")]) == 4, what="verdicts"
         )
         logs = simulator.logs()
@@ -170,7 +166,7 @@ def test_failing_devices_reject_and_other_profiles_are_refused(broker: Mosquitto
         # a desired state for another profile is refused before anything is fetched
         other_id = _put_bundle(client, b"y" * 1000, 512, profile="jetson-nano")
         _desire(client, healthy[0], other_id, profile="jetson-nano", deployment="d-other")
-        _wait(lambda: any(e.deployment_id == "d-other" for _, e in events), what="the refusal")
+        wait_until(lambda: any(e.deployment_id == "d-other" for _, e in events), what="the refusal")
         refusal = next(e for _, e in events if e.deployment_id == "d-other")
         assert refusal.kind == "rejected" and "profile 'jetson-nano'" in refusal.detail
         assert other_id not in simulator.logs()[healthy[0]].fetched
@@ -183,7 +179,7 @@ def test_a_dropped_device_goes_offline_by_its_will_and_catches_up_on_revival(
     client = plain_client(broker)
     with Simulator(broker.url, 2, "rpi4", telemetry_hz=0, activation_s=0.01) as simulator:
         simulator.drop(["sim-0000"])
-        _wait(
+        wait_until(
             lambda: (
                 not Presence.model_validate_json(
                     collect_retained(broker, [topics.online("sim-0000")], 0.2)[
@@ -198,7 +194,9 @@ def test_a_dropped_device_goes_offline_by_its_will_and_catches_up_on_revival(
         time.sleep(0.5)
         assert not simulator.logs()["sim-0000"].received_any_of(bundle_id)
         simulator.revive(["sim-0000"])
-        _wait(lambda: simulator.logs()["sim-0000"].active_bundle == bundle_id, what="catch-up after revival")
+        wait_until(
+            lambda: simulator.logs()["sim-0000"].active_bundle == bundle_id, what="catch-up after revival"
+        )
         assert simulator.logs()["sim-0000"].connects == 2
     client.disconnect()
 
