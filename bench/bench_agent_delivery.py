@@ -40,13 +40,11 @@ from bench_agent_support import (
     machine_load,
 )
 
-from edgefleet.contract import topics
-from edgefleet.contract.messages import CONTENT_JSON, DesiredState
+from edgefleet.contract.messages import DesiredState
 from edgefleet.fleet.broker import MosquittoProcess
-from edgefleet.fleet.deploy import deploy_bundle, new_deployment_id
+from edgefleet.fleet.deploy import deploy_bundle, new_deployment_id, publish_desired
 from edgefleet.fleet.session import BrokerSession
 from edgefleet.fleet.upload import prepare_bundle, upload_bundle
-from edgefleet.mqtt import publish_properties
 
 MIB = 1024**2
 CHUNK_LOG_HEADER, CHUNK_LOG_ENTRY = 12, 4  # agent.delivery: magic + chunk size, then a u32 per chunk
@@ -200,14 +198,7 @@ def main() -> None:
             )
             since = time.monotonic()
             with BrokerSession(broker.url, "bench-desired") as session:
-                mid = session.publish(
-                    topics.desired(DEVICE),
-                    desired.to_bytes(),
-                    qos=1,
-                    retain=True,
-                    properties=publish_properties(ContentType=CONTENT_JSON),
-                )
-                session.wait_published(mid, "the desired state")
+                publish_desired(session, DEVICE, desired)
             total = len(prepared.meta.chunk_sha256)
             state_dir = tmp_path / "agent" / "state"
             deadline = time.monotonic() + 30
