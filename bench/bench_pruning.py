@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from edgefleet.converter.compression.distill import DistillConfig, distill
-from edgefleet.converter.compression.prune import prune_channels
+from edgefleet.converter.compression.prune import PruneOptions, prune_channels
 from edgefleet.converter.compression.stats import compare
 from edgefleet.converter.inputs.pytorch import example_inputs, export_module
 from edgefleet.converter.steps.calibration import TensorSet
@@ -54,7 +54,7 @@ def main() -> None:
 
     shapes = {INPUT_NAME: [1, 3, TRAIN_SIZE, TRAIN_SIZE]}
     start = time.perf_counter()
-    student = prune_channels(teacher, example_inputs(shapes), args.ratio)
+    student = prune_channels(teacher, example_inputs(shapes), PruneOptions(ratio=args.ratio))
     config = DistillConfig(epochs=args.distill_epochs)
 
     def on_epoch(epoch: int, epochs: int, loss: float) -> None:

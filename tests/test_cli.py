@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -41,3 +42,18 @@ def test_commands_a_script_calls_print_json(tmp_path, capsys: pytest.CaptureFixt
     assert json.loads(capsys.readouterr().out)["memory_budget_mb"] == 512
     assert main(["keys", "init", "--dir", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["public_key"] == str(tmp_path / "fleet.pub")
+
+
+def test_convert_choices_are_the_requests_own() -> None:
+    """The parser stays light (no converter import), so its choices are written out; they must be the
+    request's Literal types exactly."""
+    from typing import get_args
+
+    from edgefleet.cli import build_parser
+    from edgefleet.converter.context import CalibrationMethod, PruneCriterion
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    convert = sub.choices["convert"]
+    choices = {a.dest: a.choices for a in convert._actions if a.choices}
+    assert tuple(choices["prune_criterion"]) == get_args(PruneCriterion)
+    assert tuple(choices["calib_method"]) == get_args(CalibrationMethod)

@@ -399,6 +399,39 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--prune", type=_fraction, metavar="RATIO", help="remove this share of channels (PyTorch models)"
     )
+    compress.add_argument(
+        "--prune-criterion",
+        choices=["l1", "l2", "taylor", "bn-scale", "activation", "entropy"],
+        default="l2",
+        help="how channels are ranked: weight norm (l1, l2), Taylor (weight x gradient on the recovery "
+        "data), BatchNorm scale, mean activation or activation entropy on the recovery data (default l2)",
+    )
+    compress.add_argument(
+        "--prune-global",
+        action="store_true",
+        help="channels compete across layers (default: every layer loses the same share)",
+    )
+    compress.add_argument(
+        "--prune-max-layer-ratio",
+        type=_fraction,
+        default=0.9,
+        metavar="R",
+        help="with --prune-global: the most any one layer loses (default 0.9)",
+    )
+    compress.add_argument(
+        "--prune-protect",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module name (as in named_modules()) never pruned; repeatable",
+    )
+    compress.add_argument(
+        "--prune-steps",
+        type=int,
+        default=1,
+        metavar="N",
+        help="prune in N steps, distilling between them (--distill-epochs shared out; default 1)",
+    )
     compress.add_argument("--train", type=Path, help="recovery data for --prune (.npz/images; else --calib)")
     compress.add_argument(
         "--distill-epochs", type=int, default=60, help="distillation epochs after --prune (60)"

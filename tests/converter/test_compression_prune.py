@@ -22,7 +22,7 @@ def test_output_layers_are_found_and_kept_whole() -> None:
     import torch
     from tiny_torch_models import digits_cnn, fully_convolutional
 
-    from edgefleet.converter.compression.prune import output_layers, prune_channels
+    from edgefleet.converter.compression.prune import PruneOptions, output_layers, prune_channels
 
     example = (torch.zeros(1, 1, 8, 8),)
     cnn = digits_cnn()
@@ -30,7 +30,7 @@ def test_output_layers_are_found_and_kept_whole() -> None:
     fcn = fully_convolutional()
     assert output_layers(fcn, example) == [fcn[3]]  # the 1x1 conv to classes, behind BN, pooling, flatten
     for model in (cnn, fcn):
-        pruned = prune_channels(model, example, 0.5)
+        pruned = prune_channels(model, example, PruneOptions(ratio=0.5))
         with torch.no_grad():
             assert pruned(*example).shape == (1, 10)
 
@@ -40,13 +40,13 @@ def test_pruning_removes_channels_physically(tmp_path: Path) -> None:
     import torch
     from tiny_torch_models import digits_cnn
 
-    from edgefleet.converter.compression.prune import count_params, prune_channels
+    from edgefleet.converter.compression.prune import PruneOptions, count_params, prune_channels
     from edgefleet.converter.compression.stats import count_macs
     from edgefleet.converter.compression.stats import count_params as onnx_params
     from edgefleet.converter.inputs.pytorch import export_module
 
     model = digits_cnn()
-    pruned = prune_channels(model, (torch.zeros(1, 1, 8, 8),), 0.5)
+    pruned = prune_channels(model, (torch.zeros(1, 1, 8, 8),), PruneOptions(ratio=0.5))
     assert count_params(pruned) < 0.5 * count_params(model)
     convs = [m for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
     originals = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -102,8 +102,127 @@ def test_prune_uses_labels_of_the_training_set(
     (report,) = convert(request, torch_module=digits_cnn()).compression
     assert "360 samples from --train, with its labels" in report.notes[0]
     assert report.after.params < report.before.params
+    assert "ratio 0.25 by l2, uniform, 1 step(s)" in report.setting
+    assert "features.0: 16 -> 12 channels" in report.layers  # the report lists kept channels per layer
+
+
+def test_prune_criterion_steps_and_protection_through_convert(
+    make_request: Callable[..., ConversionRequest],
+) -> None:
+    from tiny_torch_models import digits_cnn
+
+    request = make_request(
+        "jetson-nano",
+        model=Path("digits_cnn"),
+        name="pruned",
+        input_shapes={"image": (1, 1, 8, 8)},
+        prune=0.5,
+        prune_criterion="taylor",
+        prune_steps=2,
+        prune_protect=("features.0",),
+        distill_epochs=2,
+    )
+    (report,) = convert(request, torch_module=digits_cnn()).compression
+    assert "ratio 0.5 by taylor, uniform, 2 step(s)" in report.setting
+    assert (
+        "features.0: 16 -> 16 channels" in report.layers and "features.2: 32 -> 16 channels" in report.layers
+    )
+    assert "protected: features.0" in report.notes
+    with pytest.raises(ConversionError, match="--prune-criterion, --prune-steps shape --prune"):
+        convert(make_request("jetson-nano", prune_criterion="taylor", prune_steps=3))
 
 
 def test_prune_needs_a_pytorch_model(make_request: Callable[..., ConversionRequest]) -> None:
     with pytest.raises(ConversionError, match="channel pruning needs the PyTorch model"):
         convert(make_request("jetson-nano", prune=0.5))
+
+
+def _kept_channels(model: object) -> dict[str, int]:
+    from edgefleet.converter.compression.prune import channel_counts
+
+    return channel_counts(model)
+
+
+def _kept_rows(original: object, pruned: object, layer: str) -> list[int]:
+    """Which output channels of `layer` survived, found by matching the pruned filters to the originals."""
+    kept = dict(pruned.named_modules())[layer].weight.detach()  # type: ignore[attr-defined]
+    every = dict(original.named_modules())[layer].weight.detach()  # type: ignore[attr-defined]
+    rows, all_rows = kept.reshape(len(kept), -1), every.reshape(len(every), -1)
+    return sorted(int((all_rows[:, : rows.shape[1]] - row).abs().sum(1).argmin()) for row in rows)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor", "activation", "entropy"])
+def test_every_criterion_prunes_and_ranks_channels_its_own_way(criterion: str, reference_dir: Path) -> None:
+    """Each criterion removes half of every layer's channels and keeps a working model; the data criteria
+    keep other channels than the weight norm does (one falling back to it would keep the same ones)."""
+    import numpy as np
+    import torch
+    from tiny_torch_models import digits_cnn
+
+    from edgefleet.converter.compression.prune import PruneOptions, prune_channels
+
+    model = digits_cnn()
+    with np.load(reference_dir / "calib.npz") as data:
+        images = data["image"][:128]
+    example = (torch.zeros(1, 1, 8, 8),)
+    options = PruneOptions(ratio=0.5, criterion=criterion)  # type: ignore[arg-type]
+    pruned = prune_channels(model, example, options, [images])
+    with torch.no_grad():
+        assert pruned(*example).shape == (1, 10)
+    before, after = _kept_channels(model), _kept_channels(pruned)
+    convs = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
+    assert all(after[name] == before[name] // 2 for name in convs)
+    by_norm = prune_channels(model, example, PruneOptions(ratio=0.5))
+    same = _kept_rows(model, pruned, convs[0]) == _kept_rows(model, by_norm, convs[0])
+    assert same == (criterion in ("l1", "l2"))  # l1 and l2 rank this layer alike
+
+
+def test_bn_scale_keeps_the_channels_with_the_largest_batchnorm_gamma() -> None:
+    import torch
+    from tiny_torch_models import digits_cnn, fully_convolutional
+
+    from edgefleet.converter.compression.prune import PruneOptions, prune_channels
+
+    model = fully_convolutional()
+    with torch.no_grad():
+        model[1].weight.copy_(
+            torch.linspace(-1.0, 1.0, 16)[torch.randperm(16, generator=torch.Generator().manual_seed(0))]
+        )
+    example = (torch.zeros(1, 1, 8, 8),)
+    pruned = prune_channels(model, example, PruneOptions(ratio=0.5, criterion="bn-scale"))
+    largest = sorted(torch.argsort(model[1].weight.detach().abs(), descending=True)[:8].tolist())
+    assert _kept_rows(model, pruned, "0") == largest
+    with pytest.raises(ValueError, match="needs BatchNorm layers"):  # the digits CNN has none
+        prune_channels(digits_cnn(), example, PruneOptions(ratio=0.5, criterion="bn-scale"))
+
+
+def test_global_allocation_protection_and_steps() -> None:
+    """Global allocation prunes layers unevenly within the per-layer cap; a protected layer keeps every
+    channel; two steps reach the same ratio with the recovery hook called between them."""
+    import numpy as np
+    import torch
+    from tiny_torch_models import digits_cnn
+
+    from edgefleet.converter.compression.prune import PruneOptions, prune_channels
+
+    torch.manual_seed(0)
+    model = digits_cnn()
+    example = (torch.zeros(1, 1, 8, 8),)
+    before = _kept_channels(model)
+    convs = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
+    uneven = _kept_channels(
+        prune_channels(model, example, PruneOptions(ratio=0.5, global_allocation=True, max_layer_ratio=0.8))
+    )
+    shares = [uneven[name] / before[name] for name in convs]
+    assert min(shares) >= 0.2 - 1e-9 and len(set(shares)) > 1  # capped, and not the same share everywhere
+    protected = _kept_channels(prune_channels(model, example, PruneOptions(ratio=0.5, protected=(convs[0],))))
+    assert protected[convs[0]] == before[convs[0]] and protected[convs[1]] == before[convs[1]] // 2
+    calls: list[int] = []
+    images = np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32)
+    stepped = prune_channels(
+        model, example, PruneOptions(ratio=0.5), [images], None, steps=2,
+        between_steps=lambda _model, step: calls.append(step),
+    )  # fmt: skip
+    assert calls == [1] and _kept_channels(stepped)[convs[1]] == before[convs[1]] // 2
+    with pytest.raises(ValueError, match="not modules of the model"):
+        prune_channels(model, example, PruneOptions(ratio=0.5, protected=("no.such.layer",)))

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from edgefleet.converter.steps.load_onnx import ModelInfo
     from edgefleet.converter.steps.mixed_precision import BudgetOutcome
 
+# How --prune ranks channels (see compression/prune.py; kept here so the request needs no torch import).
+PruneCriterion = Literal["l1", "l2", "taylor", "bn-scale", "activation", "entropy"]
 # How activation ranges are chosen from the calibration data (see steps/calibration_ranges.py).
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 
@@ -85,6 +87,15 @@ class ConversionRequest(BaseModel):
     )
     train: Path | None = Field(default=None, description="recovery training data for `prune` (else calib)")
     prune: float | None = Field(default=None, gt=0, lt=1, description="share of channels to remove (PyTorch)")
+    prune_criterion: PruneCriterion = Field(default="l2", description="how channels are ranked for --prune")
+    prune_global: bool = Field(default=False, description="channels compete across layers (else uniform)")
+    prune_max_layer_ratio: float = Field(
+        default=0.9, gt=0, le=1, description="with global allocation: the most any one layer loses"
+    )
+    prune_protect: tuple[str, ...] = Field(default=(), description="module names never pruned")
+    prune_steps: int = Field(
+        default=1, ge=1, le=20, description="prune in this many steps, distilling between"
+    )
     distill_epochs: int = Field(default=60, ge=0, le=10000, description="recovery epochs after `prune`")
     low_rank: float | None = Field(default=None, gt=0, lt=1, description="SVD energy kept per FC/1x1 weight")
     magnitude_prune: float | None = Field(default=None, gt=0, lt=1, description="share of weights set to 0")

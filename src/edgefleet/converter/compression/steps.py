@@ -5,6 +5,8 @@ Order: channel pruning (PyTorch, with distillation), low-rank factorization, mag
 
 from __future__ import annotations
 
+from typing import Any
+
 from edgefleet.contract.profiles import ArtifactFormat
 from edgefleet.converter.compression.stats import CompressionReport, compare
 from edgefleet.converter.context import ConversionContext, ConversionRequest, Step
@@ -68,6 +70,9 @@ class CheckCompressionOptions:
                 f"(profile '{ctx.profile.name}'); compress the Keras model itself, or convert for an ONNX "
                 "profile"
             )
+        pruning_options = pruning_flags(request)
+        if pruning_options and request.prune is None:
+            raise ConversionError(f"{', '.join(pruning_options)} shape --prune; pass --prune RATIO too")
         if request.train is not None and request.prune is None:
             raise ConversionError(
                 f"--train {request.train} is recovery data for --prune; pass --prune RATIO too"
@@ -86,41 +91,73 @@ class LoadTrainingData:
 
 
 class PruneChannels:
-    """torch-pruning removes `ratio` of the channels; distillation from the unpruned model recovers."""
+    """torch-pruning removes `ratio` of the channels, ranked by the chosen criterion, in one or more steps;
+    distillation from the unpruned model recovers after each step."""
 
     name = "prune channels + distill"
 
     def run(self, ctx: ConversionContext) -> None:
+        from dataclasses import replace
+
         from edgefleet.converter.compression.distill import DistillConfig, distill
-        from edgefleet.converter.compression.prune import prune_channels
+        from edgefleet.converter.compression.prune import PruneOptions, channel_counts, prune_channels
         from edgefleet.converter.inputs.pytorch import example_inputs, export_module, require_compress_extra
 
         require_compress_extra(("torch", "torch_pruning"), "--prune")
         request = ctx.request
-        ratio = ctx.need(request.prune, "the pruning ratio")
+        options = PruneOptions(
+            ratio=ctx.need(request.prune, "the pruning ratio"),
+            criterion=request.prune_criterion,
+            global_allocation=request.prune_global,
+            max_layer_ratio=request.prune_max_layer_ratio,
+            protected=request.prune_protect,
+        )
         teacher = ctx.need(ctx.torch_module, "the PyTorch model")
         shapes = export_shapes(request, f"model '{request.model}'")
-        student = prune_channels(teacher, example_inputs(shapes), ratio)
         data = ctx.train if ctx.train is not None else ctx.need(ctx.calib, "calibration data")
+        inputs = [data.inputs[name] for name in shapes]
+        steps = request.prune_steps
         config = DistillConfig(epochs=request.distill_epochs)
+        # iterative: the epochs are shared out, a part after every step (the last step gets the rest)
+        per_step = replace(config, epochs=config.epochs // steps)
 
         def on_epoch(epoch: int, epochs: int, loss: float) -> None:
             if ctx.detail is not None:
                 ctx.detail(f"distillation epoch {epoch}/{epochs}, loss {loss:.4f}")
 
-        distill(student, teacher, [data.inputs[name] for name in shapes], data.labels, config, on_epoch)
+        def between_steps(model: Any, step: int) -> None:
+            if ctx.detail is not None:
+                ctx.detail(f"pruning step {step}/{steps} done; distilling")
+            distill(model, teacher, inputs, data.labels, per_step, on_epoch)
+
+        try:
+            student = prune_channels(
+                teacher, example_inputs(shapes), options, inputs, data.labels, steps, between_steps
+            )
+        except ValueError as exc:
+            raise ConversionError(f"--prune: {exc}") from exc
+        last = replace(config, epochs=config.epochs - per_step.epochs * (steps - 1))
+        distill(student, teacher, inputs, data.labels, last, on_epoch)
         pruned = ctx.work_dir / "pruned.onnx"
         export_module(student, shapes, pruned, request.opset)
         source = "--train" if ctx.train is not None else "the calibration set"
         labels = "with its labels" if data.labels is not None else "unlabeled (soft targets only)"
+        allocation = (
+            f"global (at most {options.max_layer_ratio:g} per layer)"
+            if options.global_allocation
+            else "uniform"
+        )
+        before, after = channel_counts(teacher), channel_counts(student)
         report = compare(
             "channel_pruning",
-            f"ratio {ratio:g}, distillation {config.epochs} epochs at T={config.temperature:g}"
-            + (", mixup" if config.mixup else ""),
+            f"ratio {options.ratio:g} by {options.criterion}, {allocation}, {steps} step(s); distillation "
+            f"{config.epochs} epochs at T={config.temperature:g}" + (", mixup" if config.mixup else ""),
             request.model,
             pruned,
             _measure_set(ctx),
-            notes=[f"recovery: {data.samples} samples from {source}, {labels}"],
+            layers=[f"{name}: {before[name]} -> {after.get(name, 0)} channels" for name in before],
+            notes=[f"recovery: {data.samples} samples from {source}, {labels}"]
+            + ([f"protected: {', '.join(options.protected)}"] if options.protected else []),
         )
         _record(ctx, report)
         ctx.torch_module = student
@@ -192,10 +229,22 @@ class MagnitudePrune:
         use_fp32_model(ctx, after)
 
 
+def pruning_flags(request: ConversionRequest) -> list[str]:
+    """The options that shape --prune which were given (other than their defaults)."""
+    given = (
+        ("--prune-criterion", request.prune_criterion != "l2"),
+        ("--prune-global", request.prune_global),
+        ("--prune-protect", bool(request.prune_protect)),
+        ("--prune-steps", request.prune_steps != 1),
+    )
+    return [flag for flag, set_ in given if set_]
+
+
 def check_steps(request: ConversionRequest, kind: SourceKind) -> list[Step]:
     """Cheap checks for the compression options, first in the plan (empty when none were asked for)."""
     asked = (request.prune, request.low_rank, request.magnitude_prune, request.train)
-    return [CheckCompressionOptions(kind)] if any(v is not None for v in asked) else []
+    wanted = any(v is not None for v in asked) or pruning_flags(request)
+    return [CheckCompressionOptions(kind)] if wanted else []
 
 
 def data_steps(request: ConversionRequest) -> list[Step]:
