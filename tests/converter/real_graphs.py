@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from target_graphs import checked_model
 
 SEED = 0
 
@@ -163,10 +164,7 @@ def bn_overflow(variance: float = 1e8) -> onnx.ModelProto:
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return checked_model(graph, 17)
 
 
 def activation_overflow(gain: float = 1e5) -> Any:

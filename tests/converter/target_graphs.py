@@ -12,6 +12,14 @@ from onnx import TensorProto, helper, numpy_helper
 RNG = np.random.default_rng(7)
 
 
+def checked_model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
+    """The graph as a model at `opset` (IR version 8, what the pinned onnxruntime reads), checked by onnx."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 class Graph:
     """Nodes appended in order, each reading the previous output; initializers made from arrays."""
 
@@ -52,10 +60,7 @@ class Graph:
             [helper.make_tensor_value_info(self.last, TensorProto.FLOAT, output_shape)],
             self.inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
-        model.ir_version = 8
-        onnx.checker.check_model(model)
-        return model
+        return checked_model(graph, self.opset)
 
 
 def classifier(

@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from target_graphs import checked_model
 
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.errors import UnsupportedModelError
@@ -72,10 +73,7 @@ class GraphBuilder:
             [helper.make_tensor_value_info(self.last, TensorProto.FLOAT, out_shape)],
             self.inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
-        model.ir_version = 8
-        onnx.checker.check_model(model)
-        return model
+        return checked_model(graph, self.opset)
 
 
 def mobilenet_like() -> onnx.ModelProto:
