@@ -432,6 +432,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="prune in N steps, distilling between them (--distill-epochs shared out; default 1)",
     )
+    compress.add_argument(
+        "--sparsity-reg",
+        type=float,
+        metavar="LAMBDA",
+        help="before --prune, sparsity training (network slimming): after each step every BatchNorm "
+        "scale (else channel weight norm) shrinks by LAMBDA toward 0 (proximal L1, e.g. 0.005), so the "
+        "channels the model can do without reach 0 before pruning",
+    )
+    compress.add_argument(
+        "--sparsity-epochs", type=int, default=10, metavar="N", help="epochs of --sparsity-reg training (10)"
+    )
     compress.add_argument("--train", type=Path, help="recovery data for --prune (.npz/images; else --calib)")
     compress.add_argument(
         "--distill-epochs", type=int, default=60, help="distillation epochs after --prune (60)"

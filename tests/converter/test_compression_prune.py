@@ -226,3 +226,48 @@ def test_global_allocation_protection_and_steps() -> None:
     assert calls == [1] and _kept_channels(stepped)[convs[1]] == before[convs[1]] // 2
     with pytest.raises(ValueError, match="not modules of the model"):
         prune_channels(model, example, PruneOptions(ratio=0.5, protected=("no.such.layer",)))
+
+
+def test_sparsity_training_drives_channel_scales_to_zero(reference_dir: Path) -> None:
+    """The L1 penalty on BatchNorm scales (network slimming) leaves channels near zero that bn-scale
+    pruning then removes; without it the same training leaves none there."""
+    import copy
+
+    import numpy as np
+    from tiny_torch_models import fully_convolutional
+
+    from edgefleet.converter.compression.distill import DistillConfig, distill
+    from edgefleet.converter.compression.prune import sparsity_penalty
+
+    with np.load(reference_dir / "calib.npz") as data:
+        images = data["image"]
+    teacher = fully_convolutional()
+    config = DistillConfig(epochs=15, mixup=False)
+    plain, slimmed = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    shrink, small_share = sparsity_penalty(slimmed, 0.01)
+    assert small_share(slimmed) == 0.0
+    distill(plain, teacher, [images], None, config)
+    distill(slimmed, teacher, [images], None, config, after_step=shrink)
+    assert small_share(slimmed) > 0.2 and small_share(plain) == 0.0
+
+
+def test_sparsity_reg_through_convert_reports_its_effect(
+    make_request: Callable[..., ConversionRequest],
+) -> None:
+    from tiny_torch_models import digits_cnn
+
+    request = make_request(
+        "jetson-nano",
+        model=Path("digits_cnn"),
+        name="slimmed",
+        input_shapes={"image": (1, 1, 8, 8)},
+        prune=0.5,
+        sparsity_reg=0.01,
+        sparsity_epochs=2,
+        distill_epochs=2,
+    )
+    (report,) = convert(request, torch_module=digits_cnn()).compression
+    (note,) = [n for n in report.notes if n.startswith("sparsity training")]
+    assert "L1 shrink 0.01 per step on channel weight norms (no BatchNorm) for 2 epochs; scales below" in note
+    with pytest.raises(ConversionError, match="--sparsity-reg shape --prune"):
+        convert(make_request("jetson-nano", sparsity_reg=0.01))

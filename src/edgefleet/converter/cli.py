@@ -74,6 +74,8 @@ def request_from_args(args: argparse.Namespace, profile: str) -> ConversionReque
             prune_max_layer_ratio=args.prune_max_layer_ratio,
             prune_protect=tuple(args.prune_protect),
             prune_steps=args.prune_steps,
+            sparsity_reg=args.sparsity_reg,
+            sparsity_epochs=args.sparsity_epochs,
             distill_epochs=args.distill_epochs,
             low_rank=args.low_rank,
             magnitude_prune=args.magnitude_prune,

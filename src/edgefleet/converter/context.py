@@ -93,6 +93,10 @@ class ConversionRequest(BaseModel):
         default=0.9, gt=0, le=1, description="with global allocation: the most any one layer loses"
     )
     prune_protect: tuple[str, ...] = Field(default=(), description="module names never pruned")
+    sparsity_reg: float | None = Field(
+        default=None, gt=0, description="proximal L1 shrink per step of sparsity training before --prune"
+    )
+    sparsity_epochs: int = Field(default=10, ge=1, le=1000, description="epochs of sparsity training")
     prune_steps: int = Field(
         default=1, ge=1, le=20, description="prune in this many steps, distilling between"
     )

@@ -64,9 +64,11 @@ def distill(
     labels: np.ndarray | None,
     config: DistillConfig,
     on_epoch: EpochCallback | None = None,
+    after_step: Callable[[Any], None] | None = None,
 ) -> Any:
     """Train `student` in place to match `teacher` on `inputs` (one array per model input, first axis =
-    sample); return it in eval mode. The teacher runs in eval mode and is not changed."""
+    sample); return it in eval mode. The teacher runs in eval mode and is not changed. `after_step(student)`
+    runs after every optimizer step (sparsity training's proximal shrinkage)."""
     import torch
 
     torch.manual_seed(config.seed)
@@ -103,6 +105,8 @@ def distill(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step(student)
             schedule.step()
             total, batches = total + loss.item(), batches + 1
         if on_epoch is not None:

@@ -275,3 +275,48 @@ def prune_channels(
             between_steps(pruned, step + 1)
             pruned.eval()
     return pruned
+
+
+SMALL_SCALE = 1e-2  # a channel whose scale (BatchNorm |gamma|, or filter norm) is below this does little
+
+
+def sparsity_penalty(model: Any, strength: float) -> tuple[Callable[[Any], None], Callable[[Any], float]]:
+    """L1 sparsity training before pruning (network slimming, Liu et al. 2017), as a proximal step: after
+    every optimizer step each BatchNorm |gamma| (without BatchNorm: each Conv/Linear output channel's
+    weight norm, group lasso) shrinks by `strength`, stopping at 0. Channels the loss needs grow back; the
+    others reach 0. (A penalty term in the loss would not do it under Adam, which rescales its gradient
+    and shrinks every scale alike.) Returns the shrink step and a measure of its effect: the share of
+    channel scales below SMALL_SCALE."""
+    import torch
+    from torch import nn
+
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+    def owners(module: Any) -> list[Any]:
+        kinds = (nn.modules.batchnorm._BatchNorm,) if has_bn else (nn.modules.conv._ConvNd, nn.Linear)
+        return [m for m in module.modules() if isinstance(m, kinds)]
+
+    def scales(layer: Any) -> Any:
+        weight = layer.weight.detach()
+        return weight.abs() if has_bn else weight.reshape(weight.shape[0], -1).norm(dim=1)
+
+    @torch.no_grad()
+    def shrink(module: Any) -> None:
+        for layer in owners(module):
+            scale = scales(layer)
+            factor = (1 - strength / scale.clamp_min(1e-12)).clamp_min(0)
+            layer.weight.mul_(factor.reshape(-1, *[1] * (layer.weight.dim() - 1)))
+
+    def small_share(module: Any) -> float:
+        values = torch.cat([scales(layer).reshape(-1) for layer in owners(module)])
+        return float((values < SMALL_SCALE).float().mean())
+
+    return shrink, small_share
+
+
+def penalized_scales(model: Any) -> str:
+    """What sparsity_penalty penalizes on this model, in words."""
+    from torch import nn
+
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return "BatchNorm scales" if has_bn else "channel weight norms (no BatchNorm)"

@@ -97,10 +97,18 @@ class PruneChannels:
     name = "prune channels + distill"
 
     def run(self, ctx: ConversionContext) -> None:
+        import copy
         from dataclasses import replace
 
         from edgefleet.converter.compression.distill import DistillConfig, distill
-        from edgefleet.converter.compression.prune import PruneOptions, channel_counts, prune_channels
+        from edgefleet.converter.compression.prune import (
+            SMALL_SCALE,
+            PruneOptions,
+            channel_counts,
+            penalized_scales,
+            prune_channels,
+            sparsity_penalty,
+        )
         from edgefleet.converter.inputs.pytorch import example_inputs, export_module, require_compress_extra
 
         require_compress_extra(("torch", "torch_pruning"), "--prune")
@@ -130,9 +138,22 @@ class PruneChannels:
                 ctx.detail(f"pruning step {step}/{steps} done; distilling")
             distill(model, teacher, inputs, data.labels, per_step, on_epoch)
 
+        notes = [f"recovery: {data.samples} samples from {'--train' if ctx.train else 'the calibration set'}"]
+        to_prune = teacher
+        if request.sparsity_reg is not None:  # network slimming: drive channel scales to 0 first
+            to_prune = copy.deepcopy(teacher)
+            shrink, small_share = sparsity_penalty(to_prune, request.sparsity_reg)
+            share_before = small_share(to_prune)
+            regularized = replace(config, epochs=request.sparsity_epochs)
+            distill(to_prune, teacher, inputs, data.labels, regularized, on_epoch, shrink)
+            notes.append(
+                f"sparsity training: L1 shrink {request.sparsity_reg:g} per step on "
+                f"{penalized_scales(to_prune)} for {request.sparsity_epochs} epochs; scales below "
+                f"{SMALL_SCALE:g}: {share_before:.0%} -> {small_share(to_prune):.0%}"
+            )
         try:
             student = prune_channels(
-                teacher, example_inputs(shapes), options, inputs, data.labels, steps, between_steps
+                to_prune, example_inputs(shapes), options, inputs, data.labels, steps, between_steps
             )
         except ValueError as exc:
             raise ConversionError(f"--prune: {exc}") from exc
@@ -140,8 +161,8 @@ class PruneChannels:
         distill(student, teacher, inputs, data.labels, last, on_epoch)
         pruned = ctx.work_dir / "pruned.onnx"
         export_module(student, shapes, pruned, request.opset)
-        source = "--train" if ctx.train is not None else "the calibration set"
         labels = "with its labels" if data.labels is not None else "unlabeled (soft targets only)"
+        notes[0] += f", {labels}"
         allocation = (
             f"global (at most {options.max_layer_ratio:g} per layer)"
             if options.global_allocation
@@ -156,8 +177,7 @@ class PruneChannels:
             pruned,
             _measure_set(ctx),
             layers=[f"{name}: {before[name]} -> {after.get(name, 0)} channels" for name in before],
-            notes=[f"recovery: {data.samples} samples from {source}, {labels}"]
-            + ([f"protected: {', '.join(options.protected)}"] if options.protected else []),
+            notes=notes + ([f"protected: {', '.join(options.protected)}"] if options.protected else []),
         )
         _record(ctx, report)
         ctx.torch_module = student
@@ -236,6 +256,7 @@ def pruning_flags(request: ConversionRequest) -> list[str]:
         ("--prune-global", request.prune_global),
         ("--prune-protect", bool(request.prune_protect)),
         ("--prune-steps", request.prune_steps != 1),
+        ("--sparsity-reg", request.sparsity_reg is not None),
     )
     return [flag for flag, set_ in given if set_]
 
