@@ -443,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--sparsity-epochs", type=int, default=10, metavar="N", help="epochs of --sparsity-reg training (10)"
     )
+    compress.add_argument(
+        "--sparsity-2-4",
+        action="store_true",
+        help="2:4 structured sparsity (PyTorch models), fine-tuned by distillation with the masks kept; "
+        "TensorRT on Jetson Orin runs it on sparse tensor cores (the bundle is marked for it)",
+    )
     compress.add_argument("--train", type=Path, help="recovery data for --prune (.npz/images; else --calib)")
     compress.add_argument(
         "--distill-epochs", type=int, default=60, help="distillation epochs after --prune (60)"

@@ -31,10 +31,11 @@ from edgefleet.contract.profiles import Engine, Precision, RuntimeSpec, load_pro
 GPU_BUILD = [TENSORRT, CUDA, CPU]  # what onnxruntime-gpu with TensorRT reports on a Jetson
 
 
-def _trt_options(fp16: str, int8: str, cache: Path) -> dict[str, str]:
+def _trt_options(fp16: str, int8: str, cache: Path, sparse: str = "False") -> dict[str, str]:
     return {
         "trt_fp16_enable": fp16,
         "trt_int8_enable": int8,
+        "trt_sparsity_enable": sparse,
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": str(cache),
         "trt_timing_cache_enable": "True",
@@ -53,6 +54,14 @@ def test_tensorrt_provider_options_follow_the_artifact_precision(
     plan = plan_providers(profile.runtime, profile.artifact.precision, GPU_BUILD, tmp_path / "cache")
     assert plan.providers == [(TENSORRT, _trt_options(fp16, int8, tmp_path / "cache")), (CUDA, {}), (CPU, {})]
     assert plan.fallbacks == []
+
+
+def test_a_bundle_marked_2_4_asks_tensorrt_for_sparse_kernels(tmp_path: Path) -> None:
+    """The code path up to the TensorRT call (no Jetson here): the provider option is set, nothing else."""
+    profile = load_profile("jetson-orin-nano")
+    cache = tmp_path / "cache"
+    plan = plan_providers(profile.runtime, Precision.INT8, GPU_BUILD, cache, sparse_2_4=True)
+    assert plan.providers[0] == (TENSORRT, _trt_options("True", "True", cache, sparse="True"))
 
 
 def test_fp32_on_tensorrt_keeps_fp32_and_a_cpu_only_build_reports_both_gpu_providers(tmp_path: Path) -> None:

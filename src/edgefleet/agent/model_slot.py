@@ -111,7 +111,11 @@ class LoadedModel:
             chosen = choice.manifest
             try:
                 backend = open_backend(
-                    chosen.format, bundle_dir / chosen.artifact, choice.runtime, chosen.precision
+                    chosen.format,
+                    bundle_dir / chosen.artifact,
+                    choice.runtime,
+                    chosen.precision,
+                    sparse_2_4=chosen.weight_sparsity == "2:4",
                 )
                 try:
                     model = cls(bundle_id, chosen, backend, reference_outputs=manifest.outputs)

@@ -186,6 +186,11 @@ class BundleManifest(_Model):
     target_checks: TargetChecks | None = Field(
         default=None, description="what the converter checked about the target running the artifact"
     )
+    weight_sparsity: Literal["2:4"] | None = Field(
+        default=None,
+        description="the artifact's weights follow this structured sparsity pattern (checked by the "
+        "converter); the agent asks TensorRT for sparse kernels",
+    )
     report: dict[str, Any] | None = Field(
         default=None,
         description="the converter's report.json (accuracy budget, per-output and per-layer error, every "

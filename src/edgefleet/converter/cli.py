@@ -76,6 +76,7 @@ def request_from_args(args: argparse.Namespace, profile: str) -> ConversionReque
             prune_steps=args.prune_steps,
             sparsity_reg=args.sparsity_reg,
             sparsity_epochs=args.sparsity_epochs,
+            sparsity_2_4=args.sparsity_2_4,
             distill_epochs=args.distill_epochs,
             low_rank=args.low_rank,
             magnitude_prune=args.magnitude_prune,

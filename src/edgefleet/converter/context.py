@@ -97,6 +97,10 @@ class ConversionRequest(BaseModel):
         default=None, gt=0, description="proximal L1 shrink per step of sparsity training before --prune"
     )
     sparsity_epochs: int = Field(default=10, ge=1, le=1000, description="epochs of sparsity training")
+    sparsity_2_4: bool = Field(
+        default=False,
+        description="2:4 structured sparsity with fine-tuning (PyTorch; for TensorRT on Ampere+)",
+    )
     prune_steps: int = Field(
         default=1, ge=1, le=20, description="prune in this many steps, distilling between"
     )
@@ -140,6 +144,7 @@ class ConversionContext:
     torch_module: Any = None  # torch.nn.Module of a PyTorch source (replaced by the pruned one after --prune)
     train: TensorSet | None = None  # recovery-training data for --prune
     compression: list[CompressionReport] = field(default_factory=list)  # before/after of each method applied
+    weight_sparsity: str | None = None  # "2:4" once Sparsify24 made the weights follow that pattern
     # What the user converted, for messages and reports: request.model is swapped for the fp32 ONNX file
     # in the work directory when the source is PyTorch/Keras or after a compression step.
     source_model: str = ""

@@ -108,6 +108,7 @@ def plan(
         *artifact,
         DescribeArtifact(),
         EnforceBudget(requantize=artifact[-1], describe=DescribeArtifact()),  # mixed precision if needed
+        *(compression.artifact_check_steps(request) if request else []),
         *target_check_steps(profile),
         Evaluate(),
         *alternative_steps(profile),

@@ -15,12 +15,14 @@ def open_backend(
     model_path: Path,
     runtime: RuntimeSpec,
     precision: Precision = Precision.FP32,
+    sparse_2_4: bool = False,
 ) -> Backend:
-    """Load `model_path` with the runtime the artifact format and the profile's engine call for."""
+    """Load `model_path` with the runtime the artifact format and the profile's engine call for
+    (`sparse_2_4`: the weights follow 2:4, for TensorRT)."""
     if artifact_format is ArtifactFormat.ONNX and runtime.engine is Engine.ONNXRUNTIME:
         from edgefleet.agent.backends.ort import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(model_path, runtime, precision)
+        return OnnxRuntimeBackend(model_path, runtime, precision, sparse_2_4=sparse_2_4)
     if artifact_format is ArtifactFormat.TFLITE and runtime.engine is Engine.LITERT:
         from edgefleet.agent.backends.litert import LiteRtBackend
 

@@ -39,16 +39,18 @@ def _flag(value: bool) -> str:
     return "True" if value else "False"
 
 
-def tensorrt_options(precision: Precision, cache_dir: Path) -> dict[str, str]:
+def tensorrt_options(precision: Precision, cache_dir: Path, sparse_2_4: bool = False) -> dict[str, str]:
     """TensorRT EP options for an artifact of `precision`.
 
     fp16: FP16 kernels allowed. int8: the artifact is a QDQ model (explicit quantization: the scales are in
     the graph, so no calibration table), INT8 enabled, and FP16 too for the layers outside Q/DQ pairs.
-    fp32: neither, TensorRT keeps FP32.
+    fp32: neither, TensorRT keeps FP32. `sparse_2_4` (a bundle marked weight_sparsity "2:4"): TensorRT may
+    pick sparse tensor-core kernels where they are faster (Ampere and later; not verified on hardware here).
     """
     return {
         "trt_fp16_enable": _flag(precision in (Precision.FP16, Precision.INT8)),
         "trt_int8_enable": _flag(precision is Precision.INT8),
+        "trt_sparsity_enable": _flag(sparse_2_4),
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": str(cache_dir),
         "trt_timing_cache_enable": "True",
@@ -74,6 +76,7 @@ def plan_providers(
     available: Sequence[str],
     cache_dir: Path,
     ort_version: str = "",
+    sparse_2_4: bool = False,
 ) -> ProviderPlan:
     """The profile's providers that this build has, in the profile's order, with their options."""
     wanted = list(runtime.providers) or [CPU]
@@ -88,7 +91,7 @@ def plan_providers(
     for name in wanted:
         if name not in available:
             continue
-        options = tensorrt_options(precision, cache_dir) if name == TENSORRT else {}
+        options = tensorrt_options(precision, cache_dir, sparse_2_4) if name == TENSORRT else {}
         providers.append((name, options))
     if not providers:
         providers = [(CPU, {})]
@@ -110,11 +113,13 @@ class OnnxRuntimeBackend:
         runtime: RuntimeSpec,
         precision: Precision = Precision.FP32,
         cache_dir: Path | None = None,
+        sparse_2_4: bool = False,
     ) -> None:
         import onnxruntime as ort
 
         cache_dir = cache_dir or model_path.parent / ENGINE_CACHE_DIR
-        plan = plan_providers(runtime, precision, ort.get_available_providers(), cache_dir, ort.__version__)
+        available = ort.get_available_providers()
+        plan = plan_providers(runtime, precision, available, cache_dir, ort.__version__, sparse_2_4)
         fallbacks = list(plan.fallbacks)
         wanted = list(runtime.providers) or [CPU]
         if TENSORRT in plan.names:

@@ -50,6 +50,11 @@ class CheckCompressionOptions:
 
     def run(self, ctx: ConversionContext) -> None:
         request = ctx.request
+        if request.sparsity_2_4 and self.kind != "pytorch":
+            raise ConversionError(
+                "--sparsity-2-4 fine-tunes the model with the masks kept: it needs the PyTorch model; pass "
+                "`package.module:factory` with --input-shape"
+            )
         if request.prune is not None and self.kind != "pytorch":
             raise ConversionError(
                 f"--prune {request.prune}: channel pruning needs the PyTorch model (it retrains it); pass "
@@ -184,6 +189,110 @@ class PruneChannels:
         use_fp32_model(ctx, pruned)
 
 
+class Sparsify24:
+    """2:4 structured sparsity (Ampere tensor cores under TensorRT): magnitude masks, kept through
+    distillation from the dense model."""
+
+    name = "2:4 sparsity + distill"
+
+    def run(self, ctx: ConversionContext) -> None:
+        import copy
+
+        import onnx
+
+        from edgefleet.converter.compression.distill import DistillConfig, distill
+        from edgefleet.converter.compression.prune import output_layers
+        from edgefleet.converter.compression.sparse24 import (
+            PATTERN,
+            apply_masks,
+            keep_masks,
+            onnx_weights_2_4,
+        )
+        from edgefleet.converter.inputs.pytorch import example_inputs, export_module, require_compress_extra
+
+        require_compress_extra(("torch",), "--sparsity-2-4")
+        request = ctx.request
+        teacher = ctx.need(ctx.torch_module, "the PyTorch model")
+        shapes = export_shapes(request, f"model '{request.model}'")
+        data = ctx.train if ctx.train is not None else ctx.need(ctx.calib, "calibration data")
+        student = copy.deepcopy(teacher)
+        names = {layer: name for name, layer in student.named_modules()}
+        outputs = {names[layer] for layer in output_layers(student, example_inputs(shapes))}
+        masks, dense = apply_masks(student, skip=outputs)
+        if not masks:
+            raise ConversionError(
+                "--sparsity-2-4: no Conv/Linear layer has input channels in multiples of 4: "
+                + "; ".join(dense)
+            )
+
+        def on_epoch(epoch: int, epochs: int, loss: float) -> None:
+            if ctx.detail is not None:
+                ctx.detail(f"2:4 fine-tuning epoch {epoch}/{epochs}, loss {loss:.4f}")
+
+        config = DistillConfig(epochs=request.distill_epochs)
+        inputs = [data.inputs[name] for name in shapes]
+        distill(student, teacher, inputs, data.labels, config, on_epoch, keep_masks(masks))
+        after = ctx.work_dir / "sparse_2_4.onnx"
+        export_module(student, shapes, after, request.opset)
+        followed, candidates = onnx_weights_2_4(onnx.load(str(after)))
+        if followed < len(masks):
+            raise ConversionError(
+                f"--sparsity-2-4: only {followed} of the {len(masks)} masked weights keep the 2:4 pattern in "
+                "the exported ONNX; this is a converter bug - please report it with the model"
+            )
+        report = compare(
+            "sparsity_2_4",
+            f"{PATTERN} on {len(masks)} layers, distillation {config.epochs} epochs keeping the masks",
+            request.model,
+            after,
+            _measure_set(ctx),
+            layers=[f"{name}: {PATTERN}" for name in masks]
+            + dense
+            + [f"{n}: dense (an output layer)" for n in outputs],
+            notes=[
+                f"{PATTERN} pattern verified in the exported ONNX on {followed} of {candidates} weights",
+                "the zeros are stored and multiplied like any other value except by TensorRT's sparse tensor "
+                "cores (Ampere and later, e.g. Jetson Orin); speed-up not measured here (no such GPU)",
+            ],
+        )
+        _record(ctx, report)
+        ctx.torch_module = student
+        ctx.weight_sparsity = PATTERN
+        use_fp32_model(ctx, after)
+
+
+class CheckSparsePattern:
+    """After the artifact is built: does it still carry the 2:4 pattern? Only then is the bundle marked for
+    TensorRT's sparse kernels (a TFLite artifact is never: no TFLite runtime here uses 2:4)."""
+
+    name = "check 2:4 pattern in the artifact"
+
+    def run(self, ctx: ConversionContext) -> None:
+        import onnx
+
+        from edgefleet.converter.compression.sparse24 import onnx_weights_2_4
+
+        if ctx.weight_sparsity is None:
+            return
+        artifact = ctx.need(ctx.artifact_path, "the artifact")
+        if artifact.suffix != ".onnx":
+            ctx.notes.append(
+                f"2:4 sparsity: the {ctx.profile.name} artifact is {artifact.suffix[1:]}, whose runtimes "
+                "multiply the zeros densely; the bundle is not marked for sparse kernels"
+            )
+            ctx.weight_sparsity = None
+            return
+        followed, candidates = onnx_weights_2_4(onnx.load(str(artifact)))
+        if followed == 0:
+            ctx.notes.append("2:4 sparsity: the artifact's weights lost the pattern; not marked for TensorRT")
+            ctx.weight_sparsity = None
+        else:
+            ctx.notes.append(
+                f"2:4 sparsity: {followed} of {candidates} weights of the artifact follow it; marked for "
+                "TensorRT's sparse tensor cores (trt_sparsity_enable on the device)"
+            )
+
+
 class LowRank:
     """Truncated SVD of fully-connected and 1x1-conv weights where it saves MACs."""
 
@@ -264,7 +373,7 @@ def pruning_flags(request: ConversionRequest) -> list[str]:
 def check_steps(request: ConversionRequest, kind: SourceKind) -> list[Step]:
     """Cheap checks for the compression options, first in the plan (empty when none were asked for)."""
     asked = (request.prune, request.low_rank, request.magnitude_prune, request.train)
-    wanted = any(v is not None for v in asked) or pruning_flags(request)
+    wanted = any(v is not None for v in asked) or pruning_flags(request) or request.sparsity_2_4
     return [CheckCompressionOptions(kind)] if wanted else []
 
 
@@ -278,8 +387,15 @@ def compression_steps(request: ConversionRequest) -> list[Step]:
     steps: list[Step] = []
     if request.prune is not None:
         steps.append(PruneChannels())
+    if request.sparsity_2_4:
+        steps.append(Sparsify24())
     if request.low_rank is not None:
         steps.append(LowRank())
     if request.magnitude_prune is not None:
         steps.append(MagnitudePrune())
     return steps
+
+
+def artifact_check_steps(request: ConversionRequest) -> list[Step]:
+    """Checks on the built artifact that a compression method asks for (empty when none)."""
+    return [CheckSparsePattern()] if request.sparsity_2_4 else []

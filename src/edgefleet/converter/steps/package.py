@@ -110,6 +110,7 @@ class Package:
             health_reference=reference,
             alternatives=ctx.alternatives,
             target_checks=ctx.target_checks,
+            weight_sparsity="2:4" if ctx.weight_sparsity == "2:4" else None,
             report=ctx.report.model_dump(mode="json") if ctx.report is not None else None,
         )
         out = request.out / bundle_file_name(request.name, request.version, profile.name)
