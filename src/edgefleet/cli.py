@@ -457,6 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--low-rank", type=_fraction, metavar="ENERGY", help="SVD of FC/1x1-conv weights keeping this energy"
     )
     compress.add_argument(
+        "--low-rank-conv",
+        action="store_true",
+        help="with --low-rank: KxK convolutions too, by Tucker-2 decomposition (where it cuts MACs)",
+    )
+    compress.add_argument(
         "--magnitude-prune", type=_fraction, metavar="SPARSITY", help="zero this share of each weight tensor"
     )
     convert.set_defaults(handler=_lazy("edgefleet.converter.cli:run_convert"))

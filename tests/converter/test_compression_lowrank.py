@@ -139,3 +139,44 @@ def test_3x3_and_grouped_convs_are_not_candidates() -> None:
     for model in (conv3, grouped):
         _, decisions = low_rank_factorize(model, 0.5)
         assert decisions == []
+
+
+@pytest.mark.parametrize("attrs", [{"pads": [1, 1, 1, 1]}, {"strides": [2, 2], "pads": [1, 1, 1, 1]}])
+def test_a_low_rank_3x3_conv_gets_an_exact_tucker2_decomposition(attrs: dict[str, object]) -> None:
+    """A 3x3 convolution whose weight has ranks 4 (outputs) x 3 (inputs) becomes projection, core and
+    expansion convolutions with the same outputs (padding and stride kept) and fewer MACs."""
+    rng = np.random.default_rng(0)
+    core = rng.normal(size=(4, 3, 3, 3))
+    weight = np.einsum("abrs,ka,cb->kcrs", core, rng.normal(size=(48, 4)), rng.normal(size=(32, 3)))
+    model = _conv_model(
+        weight.astype(np.float32), rng.normal(size=48).astype(np.float32), kernel_shape=[3, 3], **attrs
+    )
+    factorized, (decision,) = low_rank_factorize(model, 0.999, convolutions=True)
+    assert decision.applied and decision.ranks == (4, 3)  # type: ignore[union-attr]
+    assert [n.op_type for n in factorized.graph.node] == ["Conv", "Conv", "Conv"]
+    assert count_macs(factorized) < 0.2 * count_macs(model)
+    x = rng.normal(size=(1, 32, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(_run(factorized, {"x": x}), _run(model, {"x": x}), rtol=1e-4, atol=1e-3)
+    assert "Tucker-2 ranks 4x3, MACs per position 13824 -> " in decision.describe()
+
+
+def test_a_full_rank_3x3_conv_is_left_alone_and_only_when_asked() -> None:
+    rng = np.random.default_rng(0)
+    model = _conv_model(
+        rng.normal(size=(8, 8, 3, 3)).astype(np.float32), np.zeros(8, np.float32), pads=[1] * 4
+    )
+    assert low_rank_factorize(model, 0.99)[1] == []  # SVD alone: not a candidate
+    factorized, (decision,) = low_rank_factorize(model, 0.99, convolutions=True)
+    assert not decision.applied and "skipped, Tucker-2 ranks" in decision.describe()
+    assert count_macs(factorized) == count_macs(model)
+
+
+def test_low_rank_conv_through_convert(make_request: Callable[..., ConversionRequest]) -> None:
+    from edgefleet.converter.errors import ConversionError
+
+    result = convert(make_request("jetson-nano", name="tucker", low_rank=0.9, low_rank_conv=True))
+    (report,) = result.compression
+    assert report.setting.endswith("(SVD, Tucker-2 on KxK convolutions)")
+    assert any("Tucker-2 ranks" in line for line in report.layers)  # the 3x3 convs were candidates
+    with pytest.raises(ConversionError, match="--low-rank-conv extends --low-rank"):
+        convert(make_request("jetson-nano", low_rank_conv=True))

@@ -79,6 +79,7 @@ def request_from_args(args: argparse.Namespace, profile: str) -> ConversionReque
             sparsity_2_4=args.sparsity_2_4,
             distill_epochs=args.distill_epochs,
             low_rank=args.low_rank,
+            low_rank_conv=args.low_rank_conv,
             magnitude_prune=args.magnitude_prune,
         )
     except ValidationError as exc:

@@ -50,6 +50,10 @@ class CheckCompressionOptions:
 
     def run(self, ctx: ConversionContext) -> None:
         request = ctx.request
+        if request.low_rank_conv and request.low_rank is None:
+            raise ConversionError(
+                "--low-rank-conv extends --low-rank to KxK convolutions; pass --low-rank ENERGY"
+            )
         if request.sparsity_2_4 and self.kind != "pytorch":
             raise ConversionError(
                 "--sparsity-2-4 fine-tunes the model with the masks kept: it needs the PyTorch model; pass "
@@ -305,20 +309,23 @@ class LowRank:
 
         energy = ctx.need(ctx.request.low_rank, "the energy threshold")
         before = ctx.request.model
-        factorized, decisions = low_rank_factorize(onnx.load(str(before)), energy)
+        convolutions = ctx.request.low_rank_conv
+        factorized, decisions = low_rank_factorize(onnx.load(str(before)), energy, convolutions)
         applied = [d for d in decisions if d.applied]
         after = ctx.work_dir / "low_rank.onnx"
         onnx.save(factorized, str(after))
         notes = []
         if not decisions:
+            kxk = ", KxK Conv" if convolutions else ""
             notes.append(
-                "no Gemm, MatMul with a constant 2-D weight, or 1x1 Conv to factorize: model unchanged"
+                f"no Gemm, MatMul with a constant 2-D weight, or 1x1 Conv{kxk} to factorize: model unchanged"
             )
         elif not applied:
             notes.append(f"no layer kept {energy:g} of its energy at a rank that saves MACs: model unchanged")
         report = compare(
             "low_rank",
-            f"energy {energy:g}, {len(applied)} of {len(decisions)} layers factorized",
+            f"energy {energy:g}, {len(applied)} of {len(decisions)} layers factorized"
+            + (" (SVD, Tucker-2 on KxK convolutions)" if convolutions else " (SVD)"),
             before,
             after,
             _measure_set(ctx),
@@ -373,7 +380,8 @@ def pruning_flags(request: ConversionRequest) -> list[str]:
 def check_steps(request: ConversionRequest, kind: SourceKind) -> list[Step]:
     """Cheap checks for the compression options, first in the plan (empty when none were asked for)."""
     asked = (request.prune, request.low_rank, request.magnitude_prune, request.train)
-    wanted = any(v is not None for v in asked) or pruning_flags(request) or request.sparsity_2_4
+    flags = request.sparsity_2_4 or request.low_rank_conv
+    wanted = any(v is not None for v in asked) or pruning_flags(request) or flags
     return [CheckCompressionOptions(kind)] if wanted else []
 
 
