@@ -454,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--distill-epochs", type=int, default=60, help="distillation epochs after --prune (60)"
     )
     compress.add_argument(
+        "--distill-features",
+        metavar="LAYERS",
+        help="also align intermediate outputs during distillation: module names, comma-separated, or auto "
+        "(4 Conv/Linear layers spread over the model); a 1x1 adapter bridges pruned widths",
+    )
+    compress.add_argument(
         "--low-rank", type=_fraction, metavar="ENERGY", help="SVD of FC/1x1-conv weights keeping this energy"
     )
     compress.add_argument(

@@ -271,3 +271,40 @@ def test_sparsity_reg_through_convert_reports_its_effect(
     assert "L1 shrink 0.01 per step on channel weight norms (no BatchNorm) for 2 epochs; scales below" in note
     with pytest.raises(ConversionError, match="--sparsity-reg shape --prune"):
         convert(make_request("jetson-nano", sparsity_reg=0.01))
+
+
+def test_feature_distillation_aligns_pruned_layers_through_adapters(
+    make_request: Callable[..., ConversionRequest],
+) -> None:
+    """--distill-features auto: the student also learns the teacher's intermediate outputs, through 1x1
+    adapters where pruning halved the widths; the alignment MSE falls over the training."""
+    import re
+
+    import torch
+    from tiny_torch_models import digits_cnn
+
+    from edgefleet.converter.compression.distill import FeatureAlignment, feature_layers
+    from edgefleet.converter.compression.prune import PruneOptions, prune_channels
+
+    teacher = digits_cnn()
+    layers = feature_layers(("auto",), teacher, {"classifier.3"})
+    assert "classifier.3" not in layers and 0 < len(layers) <= 4
+    student = prune_channels(teacher, (torch.zeros(1, 1, 8, 8),), PruneOptions(ratio=0.5))
+    alignment = FeatureAlignment(student, teacher, ("features.2",), [torch.zeros(2, 1, 8, 8)])
+    ((_, adapter),) = alignment.pairs
+    assert isinstance(adapter, torch.nn.Conv2d) and (adapter.in_channels, adapter.out_channels) == (16, 32)
+    alignment.close()
+    with pytest.raises(ValueError, match="not modules of both models"):
+        FeatureAlignment(student, teacher, ("no.such",), [torch.zeros(2, 1, 8, 8)])
+
+    request = make_request(
+        "jetson-nano", model=Path("digits_cnn"), name="featured", input_shapes={"image": (1, 1, 8, 8)},
+        prune=0.5, distill_features=("auto",), distill_epochs=6,
+    )  # fmt: skip
+    (report,) = convert(request, torch_module=digits_cnn()).compression
+    assert f"features of {', '.join(layers)}" in report.setting
+    (note,) = [n for n in report.notes if n.startswith("feature alignment MSE")]
+    first, last = (float(v) for v in re.findall(r"([0-9.e+-]+) in the (?:first|last)", note))
+    assert last < first
+    with pytest.raises(ConversionError, match="--distill-features shapes the recovery training"):
+        convert(make_request("jetson-nano", distill_features=("auto",)))

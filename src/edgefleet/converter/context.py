@@ -106,6 +106,10 @@ class ConversionRequest(BaseModel):
     )
     distill_epochs: int = Field(default=60, ge=0, le=10000, description="recovery epochs after `prune`")
     low_rank: float | None = Field(default=None, gt=0, lt=1, description="SVD energy kept per FC/1x1 weight")
+    distill_features: tuple[str, ...] = Field(
+        default=(),
+        description="layers whose outputs the student also learns (module names, or ('auto',)); empty: off",
+    )
     low_rank_conv: bool = Field(default=False, description="--low-rank also on KxK convolutions (Tucker-2)")
     magnitude_prune: float | None = Field(default=None, gt=0, lt=1, description="share of weights set to 0")
 

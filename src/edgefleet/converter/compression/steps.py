@@ -50,6 +50,11 @@ class CheckCompressionOptions:
 
     def run(self, ctx: ConversionContext) -> None:
         request = ctx.request
+        if request.distill_features and request.prune is None and not request.sparsity_2_4:
+            raise ConversionError(
+                "--distill-features shapes the recovery training of --prune or --sparsity-2-4; pass one of "
+                "them"
+            )
         if request.low_rank_conv and request.low_rank is None:
             raise ConversionError(
                 "--low-rank-conv extends --low-rank to KxK convolutions; pass --low-rank ENERGY"
@@ -99,6 +104,37 @@ class LoadTrainingData:
             ctx.train = load_tensor_set(ctx.request.train, info, "training", MIN_TRAINING_SAMPLES)
 
 
+def _distill_config(ctx: ConversionContext, teacher: Any, shapes: dict[str, list[int]]) -> Any:
+    """The recovery training of --distill-epochs, with feature alignment on the --distill-features layers."""
+    from edgefleet.converter.compression.distill import DistillConfig, feature_layers
+    from edgefleet.converter.compression.prune import output_layers
+    from edgefleet.converter.inputs.pytorch import example_inputs
+
+    request = ctx.request
+    layers: tuple[str, ...] = ()
+    if request.distill_features:
+        names = {layer: name for name, layer in teacher.named_modules()}
+        outputs = {names[layer] for layer in output_layers(teacher, example_inputs(shapes))}
+        layers = feature_layers(request.distill_features, teacher, outputs)
+    return DistillConfig(epochs=request.distill_epochs, feature_layers=layers)
+
+
+def _distill_setting(config: Any) -> str:
+    features = f", features of {', '.join(config.feature_layers)}" if config.feature_layers else ""
+    return (
+        f"distillation {config.epochs} epochs at T={config.temperature:g}"
+        + (", mixup" if config.mixup else "")
+        + features
+    )
+
+
+def _feature_note(losses: list[float]) -> list[str]:
+    """What feature alignment achieved: its MSE in the first and the last epoch."""
+    if not losses:
+        return []
+    return [f"feature alignment MSE: {losses[0]:.4g} in the first epoch -> {losses[-1]:.4g} in the last"]
+
+
 class PruneChannels:
     """torch-pruning removes `ratio` of the channels, ranked by the chosen criterion, in one or more steps;
     distillation from the unpruned model recovers after each step."""
@@ -109,7 +145,7 @@ class PruneChannels:
         import copy
         from dataclasses import replace
 
-        from edgefleet.converter.compression.distill import DistillConfig, distill
+        from edgefleet.converter.compression.distill import distill
         from edgefleet.converter.compression.prune import (
             SMALL_SCALE,
             PruneOptions,
@@ -134,7 +170,7 @@ class PruneChannels:
         data = ctx.train if ctx.train is not None else ctx.need(ctx.calib, "calibration data")
         inputs = [data.inputs[name] for name in shapes]
         steps = request.prune_steps
-        config = DistillConfig(epochs=request.distill_epochs)
+        config = _distill_config(ctx, teacher, shapes)
         # iterative: the epochs are shared out, a part after every step (the last step gets the rest)
         per_step = replace(config, epochs=config.epochs // steps)
 
@@ -167,7 +203,9 @@ class PruneChannels:
         except ValueError as exc:
             raise ConversionError(f"--prune: {exc}") from exc
         last = replace(config, epochs=config.epochs - per_step.epochs * (steps - 1))
-        distill(student, teacher, inputs, data.labels, last, on_epoch)
+        aligned: list[float] = []
+        distill(student, teacher, inputs, data.labels, last, on_epoch, feature_losses=aligned)
+        notes += _feature_note(aligned)
         pruned = ctx.work_dir / "pruned.onnx"
         export_module(student, shapes, pruned, request.opset)
         labels = "with its labels" if data.labels is not None else "unlabeled (soft targets only)"
@@ -180,8 +218,8 @@ class PruneChannels:
         before, after = channel_counts(teacher), channel_counts(student)
         report = compare(
             "channel_pruning",
-            f"ratio {options.ratio:g} by {options.criterion}, {allocation}, {steps} step(s); distillation "
-            f"{config.epochs} epochs at T={config.temperature:g}" + (", mixup" if config.mixup else ""),
+            f"ratio {options.ratio:g} by {options.criterion}, {allocation}, {steps} step(s); "
+            + _distill_setting(config),
             request.model,
             pruned,
             _measure_set(ctx),
@@ -204,7 +242,7 @@ class Sparsify24:
 
         import onnx
 
-        from edgefleet.converter.compression.distill import DistillConfig, distill
+        from edgefleet.converter.compression.distill import distill
         from edgefleet.converter.compression.prune import output_layers
         from edgefleet.converter.compression.sparse24 import (
             PATTERN,
@@ -233,9 +271,10 @@ class Sparsify24:
             if ctx.detail is not None:
                 ctx.detail(f"2:4 fine-tuning epoch {epoch}/{epochs}, loss {loss:.4f}")
 
-        config = DistillConfig(epochs=request.distill_epochs)
+        config = _distill_config(ctx, teacher, shapes)
         inputs = [data.inputs[name] for name in shapes]
-        distill(student, teacher, inputs, data.labels, config, on_epoch, keep_masks(masks))
+        aligned: list[float] = []
+        distill(student, teacher, inputs, data.labels, config, on_epoch, keep_masks(masks), aligned)
         after = ctx.work_dir / "sparse_2_4.onnx"
         export_module(student, shapes, after, request.opset)
         followed, candidates = onnx_weights_2_4(onnx.load(str(after)))
@@ -246,7 +285,7 @@ class Sparsify24:
             )
         report = compare(
             "sparsity_2_4",
-            f"{PATTERN} on {len(masks)} layers, distillation {config.epochs} epochs keeping the masks",
+            f"{PATTERN} on {len(masks)} layers, masks kept; " + _distill_setting(config),
             request.model,
             after,
             _measure_set(ctx),
@@ -257,6 +296,7 @@ class Sparsify24:
                 f"{PATTERN} pattern verified in the exported ONNX on {followed} of {candidates} weights",
                 "the zeros are stored and multiplied like any other value except by TensorRT's sparse tensor "
                 "cores (Ampere and later, e.g. Jetson Orin); speed-up not measured here (no such GPU)",
+                *_feature_note(aligned),
             ],
         )
         _record(ctx, report)
@@ -380,7 +420,7 @@ def pruning_flags(request: ConversionRequest) -> list[str]:
 def check_steps(request: ConversionRequest, kind: SourceKind) -> list[Step]:
     """Cheap checks for the compression options, first in the plan (empty when none were asked for)."""
     asked = (request.prune, request.low_rank, request.magnitude_prune, request.train)
-    flags = request.sparsity_2_4 or request.low_rank_conv
+    flags = request.sparsity_2_4 or request.low_rank_conv or bool(request.distill_features)
     wanted = any(v is not None for v in asked) or pruning_flags(request) or flags
     return [CheckCompressionOptions(kind)] if wanted else []
 
