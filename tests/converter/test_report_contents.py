@@ -162,3 +162,22 @@ def test_report_html_lists_the_worst_layers_by_full_name(
     assert table.count("<tr>") == len(worst) + 1  # a header and one row per layer shown
     assert f'<td class="name">{worst[0].layer}</td>' in table.split("</tr>")[1]  # the worst comes first
     assert all(f'<td class="name">{layer.layer}</td>' in table for layer in worst)
+
+
+def test_report_html_shows_compression_with_a_macs_accuracy_plot(
+    make_request: Callable[..., ConversionRequest],
+) -> None:
+    """--low-rank (a method that changes MACs and is measured): the table row, the layers, and the source and
+    the compressed model as two points on the MACs-accuracy plane."""
+    result = convert(make_request("jetson-nano", name="lowrank-report", low_rank=0.9))
+    (compression,) = result.compression
+    html = result.report_files[1].read_text()
+    parser = _Elements()
+    parser.feed(html)
+    assert parser.open == []
+    section = html[html.index("<h2>Compression</h2>") :]
+    assert "<td>low_rank</td>" in section and compression.setting in section
+    plot = section[section.index("<h3>MACs against accuracy</h3>") :]
+    plot = plot[: plot.index("</svg>")]
+    assert plot.count("<circle") == 2 and "fp32 source" in plot and "after low_rank" in plot
+    assert f"{compression.before.macs / 1e6:.4g} M MACs" in plot

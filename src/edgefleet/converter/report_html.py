@@ -85,6 +85,97 @@ def bar_chart(bars: list[Bar], unit: str, marker: tuple[float, str] | None = Non
     return "".join(parts)
 
 
+@dataclass(frozen=True)
+class Point:
+    label: str
+    x: float
+    y: float
+    color: str
+
+
+def scatter_chart(points: list[Point], x_unit: str, y_unit: str) -> str:
+    """Labelled points on linear axes from 0 (x) and from just below the lowest value (y): where each
+    model sits in cost against accuracy, the cheap and accurate ones to the upper left."""
+    if not points:
+        return '<p class="muted">nothing to plot</p>'
+    left, top, plot_w, plot_h = 60, 12, WIDTH - 260, 220
+    x_max = max(p.x for p in points) * 1.05 or 1.0
+    y_low = min(p.y for p in points)
+    y_high = max(p.y for p in points)
+    y_min = max(0.0, y_low - max(1.0, (y_high - y_low) * 0.2))
+    y_span = max(y_high - y_min, 1e-9) * 1.05
+
+    def at(point: Point) -> tuple[float, float]:
+        return left + point.x / x_max * plot_w, top + plot_h - (point.y - y_min) / y_span * plot_h
+
+    parts = [
+        f'<svg width="{WIDTH}" height="{plot_h + top + 40}" role="img" xmlns="http://www.w3.org/2000/svg">'
+    ]
+    parts.append(
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#dadce0"/>'
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#dadce0"/>'
+        f'<text x="{left}" y="{top + plot_h + 16}" class="muted">0</text>'
+        f'<text x="{left + plot_w}" y="{top + plot_h + 16}" text-anchor="end">'
+        f"{x_max:.3g} {escape(x_unit)}</text>"
+        f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" class="muted">{y_min:.3g}</text>'
+        f'<text x="{left - 6}" y="{top + 10}" text-anchor="end">{y_min + y_span:.3g} {escape(y_unit)}</text>'
+    )
+    for point in points:
+        x, y = at(point)
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{point.color}"><title>{escape(point.label)}: '
+            f"{point.x:.4g} {escape(x_unit)}, {point.y:.2f} {escape(y_unit)}</title></circle>"
+            f'<text x="{x + 8:.1f}" y="{y + 4:.1f}">{escape(point.label)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _compression_section(report: ConversionReport) -> list[str]:
+    """Each compression method's before/after, and the models on a MACs-accuracy plane."""
+    if not report.compression:
+        return []
+    rows = []
+    for c in report.compression:
+        b, a = c.before, c.after
+        rows.append(
+            [
+                c.method,
+                c.setting,
+                f"{b.params} -> {a.params}",
+                f"{b.macs if b.macs is not None else '?'} -> {a.macs if a.macs is not None else '?'}",
+                f"{b.size_bytes / 1024:.1f} -> {a.size_bytes / 1024:.1f} KiB",
+                f"{b.host_latency_ms:.3f} -> {a.host_latency_ms:.3f} ms",
+                f"{_fmt(b.accuracy, '.2f')} -> {_fmt(a.accuracy, '.2f')}%",
+            ]
+        )
+    points = []
+    first = report.compression[0].before
+    if first.macs is not None and first.accuracy is not None:
+        points.append(Point("fp32 source", first.macs / 1e6, first.accuracy, COLORS["source"]))
+    for c in report.compression:
+        if c.after.macs is not None and c.after.accuracy is not None:
+            points.append(
+                Point(f"after {c.method}", c.after.macs / 1e6, c.after.accuracy, COLORS["preferred"])
+            )
+    sections = [
+        "<h2>Compression</h2>",
+        '<p class="muted">Each method measured on the same samples before and after (fp32 models, host '
+        "latency; accuracy is top-1 with labels, else agreement with the uncompressed model).</p>",
+        _table(["method", "setting", "params", "MACs", "size", "host latency", "accuracy"], rows, set()),
+    ]
+    for c in report.compression:
+        lines = [*c.layers, *c.notes]
+        if lines:
+            items = "".join(f"<li>{escape(line)}</li>" for line in lines)
+            sections.append(
+                f"<details><summary>{escape(c.method)}: layers and notes</summary><ul>{items}</ul></details>"
+            )
+    if len(points) > 1:
+        sections += ["<h3>MACs against accuracy</h3>", scatter_chart(points, "M MACs", "%")]
+    return sections
+
+
 def _artifact_label(artifact: ArtifactSummary) -> str:
     if artifact.role == "source":
         return "fp32 (source model)"
@@ -340,6 +431,7 @@ def render_html(report: ConversionReport) -> str:
             (budget.max_drop_points, f"budget {budget.max_drop_points:.2f}") if budget else None,
         ),
     ]
+    sections += _compression_section(report)
     if report.outputs:
         sections += [
             "<h2>Outputs</h2>",
