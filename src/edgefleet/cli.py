@@ -444,6 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--sparsity-epochs", type=int, default=10, metavar="N", help="epochs of --sparsity-reg training (10)"
     )
     compress.add_argument(
+        "--qat",
+        type=int,
+        metavar="EPOCHS",
+        dest="qat_epochs",
+        help="quantization-aware training (PyTorch models, int8 profiles): fine-tune this many epochs with "
+        "int8 simulated in the target's scheme; the learned activation ranges replace calibration",
+    )
+    compress.add_argument(
         "--sparsity-2-4",
         action="store_true",
         help="2:4 structured sparsity (PyTorch models), fine-tuned by distillation with the masks kept; "

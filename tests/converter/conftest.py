@@ -52,6 +52,22 @@ def make_request(
 
 
 @pytest.fixture(scope="session")
+def torch_request(make_request: Callable[..., ConversionRequest]) -> Callable[..., ConversionRequest]:
+    """torch_request(profile, name, **overrides): a request for the tiny digits CNN given as a torch module
+    (pass torch_module=tiny_torch_models.digits_cnn() to convert), batch fixed to 1."""
+
+    def build(profile: str, name: str, **overrides: object) -> ConversionRequest:
+        fields: dict[str, object] = {
+            "model": Path("digits_cnn"),
+            "name": name,
+            "input_shapes": {"image": (1, 1, 8, 8)},
+        }
+        return make_request(profile, **{**fields, **overrides})
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def converted(make_request: Callable[..., ConversionRequest]) -> Callable[[str], ConversionResult]:
     """converted(profile) -> the result of converting digits_cnn_v1 for it, computed once per session."""
     cache: dict[str, ConversionResult] = {}

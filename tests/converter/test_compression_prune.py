@@ -107,15 +107,13 @@ def test_prune_uses_labels_of_the_training_set(
 
 
 def test_prune_criterion_steps_and_protection_through_convert(
-    make_request: Callable[..., ConversionRequest],
+    make_request: Callable[..., ConversionRequest], torch_request: Callable[..., ConversionRequest]
 ) -> None:
     from tiny_torch_models import digits_cnn
 
-    request = make_request(
+    request = torch_request(
         "jetson-nano",
-        model=Path("digits_cnn"),
-        name="pruned",
-        input_shapes={"image": (1, 1, 8, 8)},
+        "pruned",
         prune=0.5,
         prune_criterion="taylor",
         prune_steps=2,
@@ -252,15 +250,13 @@ def test_sparsity_training_drives_channel_scales_to_zero(reference_dir: Path) ->
 
 
 def test_sparsity_reg_through_convert_reports_its_effect(
-    make_request: Callable[..., ConversionRequest],
+    make_request: Callable[..., ConversionRequest], torch_request: Callable[..., ConversionRequest]
 ) -> None:
     from tiny_torch_models import digits_cnn
 
-    request = make_request(
+    request = torch_request(
         "jetson-nano",
-        model=Path("digits_cnn"),
-        name="slimmed",
-        input_shapes={"image": (1, 1, 8, 8)},
+        "slimmed",
         prune=0.5,
         sparsity_reg=0.01,
         sparsity_epochs=2,

@@ -77,6 +77,7 @@ def request_from_args(args: argparse.Namespace, profile: str) -> ConversionReque
             sparsity_reg=args.sparsity_reg,
             sparsity_epochs=args.sparsity_epochs,
             sparsity_2_4=args.sparsity_2_4,
+            qat_epochs=args.qat_epochs,
             distill_features=tuple(n.strip() for n in (args.distill_features or "").split(",") if n.strip()),
             distill_epochs=args.distill_epochs,
             low_rank=args.low_rank,

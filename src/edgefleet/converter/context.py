@@ -110,6 +110,9 @@ class ConversionRequest(BaseModel):
         default=(),
         description="layers whose outputs the student also learns (module names, or ('auto',)); empty: off",
     )
+    qat_epochs: int | None = Field(
+        default=None, ge=1, le=1000, description="quantization-aware training epochs (PyTorch; int8 profiles)"
+    )
     low_rank_conv: bool = Field(default=False, description="--low-rank also on KxK convolutions (Tucker-2)")
     magnitude_prune: float | None = Field(default=None, gt=0, lt=1, description="share of weights set to 0")
 
@@ -149,6 +152,8 @@ class ConversionContext:
     torch_module: Any = None  # torch.nn.Module of a PyTorch source (replaced by the pruned one after --prune)
     train: TensorSet | None = None  # recovery-training data for --prune
     compression: list[CompressionReport] = field(default_factory=list)  # before/after of each method applied
+    # activation ranges quantization-aware training learned, by ONNX tensor name (used instead of calibration)
+    learned_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     weight_sparsity: str | None = None  # "2:4" once Sparsify24 made the weights follow that pattern
     # What the user converted, for messages and reports: request.model is swapped for the fp32 ONNX file
     # in the work directory when the source is PyTorch/Keras or after a compression step.

@@ -18,7 +18,7 @@ TIMING_SECONDS = 0.5
 TIMING_WARMUP = 5
 EVAL_BATCH = 256
 
-Method = Literal["channel_pruning", "sparsity_2_4", "low_rank", "magnitude_pruning"]
+Method = Literal["channel_pruning", "sparsity_2_4", "low_rank", "magnitude_pruning", "qat"]
 AccuracyMetric = Literal["top1", "top1_agreement"]
 
 

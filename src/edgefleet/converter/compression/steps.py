@@ -5,9 +5,10 @@ Order: channel pruning (PyTorch, with distillation), low-rank factorization, mag
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from edgefleet.contract.profiles import ArtifactFormat
+from edgefleet.contract.profiles import ArtifactFormat, Precision
 from edgefleet.converter.compression.stats import CompressionReport, compare
 from edgefleet.converter.context import ConversionContext, ConversionRequest, Step
 from edgefleet.converter.errors import ConversionError
@@ -55,6 +56,17 @@ class CheckCompressionOptions:
                 "--distill-features shapes the recovery training of --prune or --sparsity-2-4; pass one of "
                 "them"
             )
+        if request.qat_epochs is not None:
+            if self.kind != "pytorch":
+                raise ConversionError(
+                    "--qat fine-tunes the model: it needs the PyTorch model; pass `package.module:factory` "
+                    "with --input-shape"
+                )
+            if ctx.profile.artifact.precision is not Precision.INT8:
+                raise ConversionError(
+                    f"--qat trains for int8; profile '{ctx.profile.name}' makes a "
+                    f"{ctx.profile.artifact.precision.value} artifact"
+                )
         if request.low_rank_conv and request.low_rank is None:
             raise ConversionError(
                 "--low-rank-conv extends --low-rank to KxK convolutions; pass --low-rank ENERGY"
@@ -337,6 +349,62 @@ class CheckSparsePattern:
             )
 
 
+class QuantizationAwareTraining:
+    """Fine-tune with int8 simulated (weights per channel, activations per tensor, the target's scheme) and
+    carry the activation ranges it learned to the artifact's quantization."""
+
+    name = "quantization-aware training"
+
+    def run(self, ctx: ConversionContext) -> None:
+        import copy
+
+        import onnx
+
+        from edgefleet.converter.compression.distill import distill
+        from edgefleet.converter.compression.qat import learned_onnx_ranges, quantization_simulated
+        from edgefleet.converter.inputs.pytorch import export_module, require_compress_extra
+
+        require_compress_extra(("torch",), "--qat")
+        request = ctx.request
+        epochs = ctx.need(request.qat_epochs, "the QAT epochs")
+        teacher = ctx.need(ctx.torch_module, "the PyTorch model")
+        shapes = export_shapes(request, f"model '{request.model}'")
+        data = ctx.train if ctx.train is not None else ctx.need(ctx.calib, "calibration data")
+        inputs = [data.inputs[name] for name in shapes]
+        symmetric = ctx.profile.artifact.quant_flavor == "tensorrt"
+        student = copy.deepcopy(teacher)
+        config = replace(_distill_config(ctx, teacher, shapes), epochs=epochs, mixup=False)
+
+        def on_epoch(epoch: int, total: int, loss: float) -> None:
+            if ctx.detail is not None:
+                ctx.detail(f"QAT epoch {epoch}/{total}, loss {loss:.4f}")
+
+        with quantization_simulated(student, symmetric) as ranges:
+            distill(student, teacher, inputs, data.labels, config, on_epoch)
+        after = ctx.work_dir / "qat.onnx"
+        export_module(student, shapes, after, request.opset)
+        # which ONNX tensor holds which module's output: compared by value on two samples
+        sample = {name: data.inputs[name][:2] for name in shapes}
+        ctx.learned_ranges = learned_onnx_ranges(student, onnx.load(str(after)), sample, ranges)
+        scheme = "symmetric (TensorRT)" if symmetric else "asymmetric"
+        report = compare(
+            "qat",
+            f"{epochs} epochs, weights int8 per channel, activations int8 per tensor {scheme}; "
+            + _distill_setting(config),
+            request.model,
+            after,
+            _measure_set(ctx),
+            notes=[
+                f"{len(ctx.learned_ranges)} of {len(ranges)} learned activation ranges matched to ONNX "
+                "tensors and used for the artifact's quantization instead of calibration",
+                "the weights stay on their int8 grid: the artifact's weights are the ones trained with",
+            ],
+        )
+        _record(ctx, report)
+        ctx.torch_module = student
+        use_fp32_model(ctx, after)
+
+
 class LowRank:
     """Truncated SVD of fully-connected and 1x1-conv weights where it saves MACs."""
 
@@ -420,7 +488,12 @@ def pruning_flags(request: ConversionRequest) -> list[str]:
 def check_steps(request: ConversionRequest, kind: SourceKind) -> list[Step]:
     """Cheap checks for the compression options, first in the plan (empty when none were asked for)."""
     asked = (request.prune, request.low_rank, request.magnitude_prune, request.train)
-    flags = request.sparsity_2_4 or request.low_rank_conv or bool(request.distill_features)
+    flags = (
+        request.sparsity_2_4
+        or request.low_rank_conv
+        or bool(request.distill_features)
+        or request.qat_epochs is not None
+    )
     wanted = any(v is not None for v in asked) or pruning_flags(request) or flags
     return [CheckCompressionOptions(kind)] if wanted else []
 
@@ -441,6 +514,8 @@ def compression_steps(request: ConversionRequest) -> list[Step]:
         steps.append(LowRank())
     if request.magnitude_prune is not None:
         steps.append(MagnitudePrune())
+    if request.qat_epochs is not None:  # last: any later rewrite would move the weights off their grid
+        steps.append(QuantizationAwareTraining())
     return steps
 
 

@@ -134,7 +134,7 @@ def onnxruntime_calibration(method: CalibrationMethod) -> object:
     return OrtMethod.MinMax
 
 
-def _session_with_outputs(model: Any, names: list[str]) -> Any:
+def session_with_outputs(model: Any, names: list[str]) -> Any:
     """An onnxruntime session of `model` that also outputs the tensors `names` (intermediates)."""
     import onnx
     import onnxruntime as ort
@@ -156,10 +156,11 @@ def _fixed_batch(model: Any) -> bool:
 def onnx_activation_ranges(ctx: ConversionContext) -> dict[str, Range]:
     """`method`'s range of every float activation (and graph input) of the fp32 ONNX model, by tensor name;
     {} for minmax (each quantizer's own calibration observes those ranges). Computed once per run: shared
-    with the alternatives' contexts and the other profiles of `convert --profile a,b,c`."""
+    with the alternatives' contexts and the other profiles of `convert --profile a,b,c`. The ranges that
+    quantization-aware training learned (ctx.learned_ranges) replace the calibrated ones of their tensors."""
     method = calibration_method(ctx)
     if method == "minmax":
-        return {}
+        return dict(ctx.learned_ranges)  # quantization-aware training's, else none
     model = ctx.need(ctx.model, "the source model")
 
     def collect() -> dict[str, Range]:
@@ -169,7 +170,7 @@ def onnx_activation_ranges(ctx: ConversionContext) -> dict[str, Range]:
             ctx.detail(f"{method} ranges from {calib.samples} samples")
         return _run_and_collect(model, method, batches, calib.samples)
 
-    return ctx.shared.once(f"ranges:{method}:{model_key(ctx)}", collect)
+    return {**ctx.shared.once(f"ranges:{method}:{model_key(ctx)}", collect), **ctx.learned_ranges}
 
 
 def observed_ranges(model: Any, data: TensorSet) -> dict[str, Range]:
@@ -182,7 +183,7 @@ def observed_ranges(model: Any, data: TensorSet) -> dict[str, Range]:
 def tensor_peaks(model: Any, data: TensorSet, names: list[str]) -> dict[str, float]:
     """max |x| of each named tensor of `model` over `data` (one batched fp32 run with just those outputs)."""
 
-    session = _session_with_outputs(model, names)
+    session = session_with_outputs(model, names)
     peaks = dict.fromkeys(names, 0.0)
     for feeds in data.sample_batches(1 if _fixed_batch(model) else RANGE_BATCH):
         for name, value in zip(names, session.run(names, feeds), strict=True):
@@ -211,7 +212,7 @@ def _run_and_collect(
         if out in known and out not in initializers
     ]
     inputs = [i.name for i in model.graph.input if i.name not in initializers]
-    session = _session_with_outputs(model, activations)
+    session = session_with_outputs(model, activations)
     names = [o.name for o in session.get_outputs()]
     wanted = set(activations) | set(inputs)
 
