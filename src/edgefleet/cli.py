@@ -33,26 +33,24 @@ def _lazy(target: str) -> Handler:
     return run
 
 
-def _fraction(text: str) -> float:
-    """A number strictly between 0 and 1 (a ratio, sparsity or energy share)."""
+def _number(text: str, ok: Callable[[float], bool], wanted: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1 (e.g. 0.5)")
+    if not ok(value):  # comparisons are False for nan: refused too
+        raise argparse.ArgumentTypeError(f"{text} must be {wanted}")
     return value
+
+
+def _fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (a ratio, sparsity or energy share)."""
+    return _number(text, lambda v: 0 < v < 1, "between 0 and 1 (e.g. 0.5)")
 
 
 def _non_negative(text: str) -> float:
-    """A number >= 0 (accuracy points)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more (points of accuracy, e.g. 0.5)")
-    return value
+    """A number >= 0 (accuracy points, requests per second)."""
+    return _number(text, lambda v: v >= 0, "0 or more (e.g. 0.5)")
 
 
 def _profiles_list(args: argparse.Namespace) -> int:

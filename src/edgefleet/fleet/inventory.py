@@ -94,17 +94,25 @@ def collect_inventory(broker_url: str, listen_s: float = 2.0) -> tuple[Inventory
     return inventory, address
 
 
+def short_age(seconds: float | None) -> str:
+    """An age in the largest unit that keeps it short: 5s, 10m, 3h, 2d; "never" for None."""
+    if seconds is None:
+        return "never"
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
 def format_age(then: datetime | None, now: datetime | None = None) -> str:
+    """How long ago `then` was: "5s ago", ..., "never"."""
     if then is None:
         return "never"
-    seconds = max(0.0, ((now or utc_now()) - then) / timedelta(seconds=1))
-    if seconds < 90:
-        return f"{seconds:.0f}s ago"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f}m ago"
-    if seconds < 36 * 3600:
-        return f"{seconds / 3600:.0f}h ago"
-    return f"{seconds / 86400:.0f}d ago"
+    return short_age(((now or utc_now()) - then) / timedelta(seconds=1)) + " ago"
 
 
 def render_devices(records: list[DeviceRecord], broker: str) -> Table:

@@ -31,6 +31,7 @@ from edgefleet.contract.messages import LatencySummary
 from edgefleet.contract.profiles import DeviceProfile, load_profile
 from edgefleet.fleet.consoles import stdout_console
 from edgefleet.fleet.fleet_feed import FleetFeed
+from edgefleet.fleet.inventory import short_age
 from edgefleet.fleet.monitor import DeviceHealth, FleetMonitor, FleetSnapshot, telemetry_extra
 from edgefleet.fleet.stop_signals import stop_on_signals
 from edgefleet.fleet.telemetry_store import HistoryRecorder
@@ -108,19 +109,6 @@ def assess(device: DeviceHealth, now: float) -> Attention:
     return Attention(rank, notes)
 
 
-def format_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 36 * 3600:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86400:.0f}d"
-
-
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -172,7 +160,7 @@ def _row(device: DeviceHealth, attention: Attention, now: float) -> dict[str, st
             "errors": f"[red]{tele.errors}[/]" if device.new_errors else str(tele.errors),
         }
     age = None if device.last_seen is None else now - device.last_seen
-    cells["last seen"] = format_age(age)
+    cells["last seen"] = short_age(age)
     cells["notes"] = "; ".join(attention.notes)
     return cells
 

@@ -155,18 +155,9 @@ def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def export(model: Any, size: int, path: Path) -> None:
-    import torch
+    from edgefleet.reference_models import train_digits_cnn
 
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, 3, size, size),),
-        str(path),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        opset_version=17,
-        dynamo=False,  # the dynamo exporter ignores the requested opset (see toolchain notes)
-    )
+    train_digits_cnn.export(model, path, (1, 3, size, size))
 
 
 def main() -> None:

@@ -71,10 +71,12 @@ def accuracy(model: DigitsCNN, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean() * 100)
 
 
-def export(model: DigitsCNN, path: Path) -> None:
+def export(model: nn.Module, path: Path, example_shape: tuple[int, ...] = (1, 1, 8, 8)) -> None:
+    """The model as ONNX (opset 17) with one input `image` and one output `logits`, dynamic batch; the
+    MobileNet digits model exports through this too."""
     torch.onnx.export(
         model,
-        (torch.zeros(1, 1, 8, 8),),
+        (torch.zeros(*example_shape),),
         str(path),
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
