@@ -36,3 +36,12 @@ class TargetRefusedError(ConversionError):
     def __init__(self, message: str, report_path: object = None) -> None:
         super().__init__(message)
         self.report_path = report_path
+
+
+def first_line(exc: BaseException, fallback: str | None = None) -> str:
+    """The first line of a toolchain's error message (they run to pages), else `fallback` (default: the
+    exception's type name)."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if fallback is None else fallback

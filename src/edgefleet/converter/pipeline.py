@@ -20,7 +20,7 @@ from edgefleet.contract.target_checks import TargetChecks
 from edgefleet.converter.compression import steps as compression
 from edgefleet.converter.compression.stats import CompressionReport
 from edgefleet.converter.context import ConversionContext, ConversionRequest, Step
-from edgefleet.converter.errors import ConversionError, InputDataError, UnsupportedTargetError
+from edgefleet.converter.errors import ConversionError, InputDataError, UnsupportedTargetError, first_line
 from edgefleet.converter.inputs import sources
 from edgefleet.converter.report import BuildReport, CheckBudget, ConversionReport, WriteReport
 from edgefleet.converter.shared_work import SharedWork
@@ -154,7 +154,7 @@ def run_steps(
         except EdgefleetError:
             raise
         except Exception as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            detail = first_line(exc, "")
             raise ConversionError(
                 f"step '{step.name}' failed for {ctx.source_model} -> profile '{ctx.profile.name}': "
                 f"{type(exc).__name__}: {detail[:300]}"

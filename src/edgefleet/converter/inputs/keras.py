@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from edgefleet.converter.errors import ModelError
+from edgefleet.converter.errors import ModelError, first_line
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 DEFAULT_OPSET = 17
@@ -35,7 +35,7 @@ def load_keras_model(path: Path) -> Any:
             warnings.simplefilter("ignore")
             model = keras.models.load_model(str(path), compile=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(
             f"model {path}: Keras cannot load it ({first}); models with custom layers need them registered "
             "(keras.saving.register_keras_serializable) in an importable module"
@@ -113,7 +113,7 @@ def export_keras_onnx(
                 str(path), format="onnx", input_signature=signature, opset_version=opset, verbose=False
             )
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ModelError(f"Keras -> ONNX export failed ({first})") from exc
     exported = onnx.load(str(path))
     _rename_outputs(exported, [keras_safe_name(n) for n in model.output_names])

@@ -10,6 +10,7 @@ from edgefleet.contract.errors import EdgefleetError
 from edgefleet.contract.manifest import ArtifactAlternative
 from edgefleet.contract.profiles import AlternativeKind, ArtifactFormat, DeviceProfile, Precision
 from edgefleet.converter.context import ConversionContext, Step
+from edgefleet.converter.errors import first_line
 
 KIND_SPECS: dict[str, tuple[Precision, str]] = {
     "onnx-int8": (Precision.INT8, "float32"),
@@ -81,7 +82,7 @@ class BuildAlternatives:
                 for step in steps:
                     step.run(sub)
             except Exception as exc:  # any failure: the preferred artifact is still good
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                first = first_line(exc, "")
                 what = first if isinstance(exc, EdgefleetError) else f"{type(exc).__name__}: {first}"
                 ctx.notes.append(
                     f"WARNING: {kind} alternative not built ({what[:300]}); the bundle carries the preferred "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgefleet.contract.manifest import Dim
 from edgefleet.converter.context import ConversionContext
-from edgefleet.converter.errors import ModelError
+from edgefleet.converter.errors import ModelError, first_line
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def load_onnx_model(path: Path):
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(
             f"model {path}: not a valid ONNX model ({first}); export it again (e.g. torch.onnx.export)"
         ) from exc

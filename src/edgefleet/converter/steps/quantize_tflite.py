@@ -21,7 +21,7 @@ import numpy as np
 
 from edgefleet.converter import litert_adapter
 from edgefleet.converter.context import ConversionContext
-from edgefleet.converter.errors import ConversionError
+from edgefleet.converter.errors import ConversionError, first_line
 from edgefleet.converter.shared_work import model_key
 from edgefleet.converter.steps.calibration_ranges import calibration_method, rewrite_tflite_ranges
 from edgefleet.converter.steps.onnx_to_keras import (
@@ -253,7 +253,7 @@ class QuantizeTflite:
             try:
                 calibrated = litert_adapter.calibrate(translation.model, representative)
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise ConversionError(
                     f"TFLite conversion failed ({first}); the model may use an op without a TFLite "
                     "kernel - choose an ONNX profile for it"
@@ -286,7 +286,7 @@ class QuantizeTflite:
             try:
                 flatbuffer = litert_adapter.quantize(calibrated, io_type, output_type, float_ops)
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise ConversionError(
                     f"TFLite full-INT8 quantization failed ({first}); the model may use an op without an "
                     "INT8 TFLite kernel - choose an ONNX profile for it"
