@@ -1,6 +1,8 @@
 """Compression as pipeline steps, run after the data is loaded and before the artifact is built: each one
 replaces the fp32 model the later steps read and appends a before/after CompressionReport to the context.
-Order: channel pruning (PyTorch, with distillation), low-rank factorization, magnitude pruning (ONNX).
+Order: channel pruning and 2:4 sparsity (PyTorch, with distillation), low-rank factorization and magnitude
+pruning (ONNX), then quantization-aware training (PyTorch) last, so that no later rewrite moves the weights
+off their int8 grid. After the artifact is built, CheckSparsePattern decides whether it is marked 2:4.
 """
 
 from __future__ import annotations
@@ -155,7 +157,6 @@ class PruneChannels:
 
     def run(self, ctx: ConversionContext) -> None:
         import copy
-        from dataclasses import replace
 
         from edgefleet.converter.compression.distill import distill
         from edgefleet.converter.compression.prune import (
