@@ -16,9 +16,9 @@ for bit, the committed corpus was built elsewhere):
   edge masks for context).
 
 Data (nothing is downloaded): corpus_data.py's calibration set (64 samples) and the first --eval-samples of
-its evaluation split (the first 64 are the corpus' own); for the pruning rows, --train = the first
---train-samples of make_corpus.py's own training stream (seed 1), with the labels for the classifier. The
-converter accepts --train only with --prune: 2:4 sparsity and QAT fine-tune on the 64 calibration samples.
+its evaluation split (the first 64 are the corpus' own); for every row that fine-tunes (pruning, 2:4, QAT),
+--train = the first --train-samples of make_corpus.py's own training stream (seed 1), with the labels for the
+classifier.
 
 Rows, each one conversion for profile rpi4 (full-int8 TFLite; the score is the int8 artifact's), with
 `max_drop=100` and `allow_low_accuracy` so the accuracy budget compares the methods instead of refusing them:
@@ -82,6 +82,9 @@ COLORS = {
     "qat": "#a142f4",
     "combo": "#d93025",
 }
+
+
+TRAINING_OPTIONS = {"prune", "sparsity_2_4", "qat_epochs"}  # the rows given --train
 
 
 @dataclass(frozen=True)
@@ -278,8 +281,7 @@ def run_row(setup: Setup, method: Method) -> Row:
         profile=method.profile,
         calib=setup.calib,
         eval=setup.eval,
-        # --train is accepted with --prune only: 2:4 and QAT fine-tune on the calibration set
-        train=setup.train if "prune" in method.options else None,
+        train=setup.train if TRAINING_OPTIONS & set(method.options) else None,
         out=out,
         name=f"{setup.name}-{method.key.replace('+', '-')}",
         key=setup.key[0],

@@ -455,7 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="2:4 structured sparsity (PyTorch models), fine-tuned by distillation with the masks kept; "
         "TensorRT on Jetson Orin runs it on sparse tensor cores (the bundle is marked for it)",
     )
-    compress.add_argument("--train", type=Path, help="recovery data for --prune (.npz/images; else --calib)")
+    compress.add_argument(
+        "--train",
+        type=Path,
+        help="fine-tuning data for --prune, --sparsity-2-4, --qat (.npz/images; else --calib)",
+    )
     compress.add_argument(
         "--distill-epochs", type=int, default=60, help="distillation epochs after --prune (60)"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.converter.compression.sparse24 import follows_2_4, mask_2_4, onnx_weights_2_4
+from edgefleet.converter.compression.sparse24 import apply_masks, follows_2_4, mask_2_4, onnx_weights_2_4
 from edgefleet.converter.context import ConversionRequest
 from edgefleet.converter.errors import ConversionError
 from edgefleet.converter.pipeline import convert
@@ -25,6 +25,27 @@ def test_the_mask_keeps_the_two_largest_of_every_four_input_channels() -> None:
     kept = np.abs(sparse).reshape(8, 4, 4, 3, 3)
     assert np.allclose(np.sort(kept, axis=2)[:, :, 2:], np.sort(groups, axis=2)[:, :, 2:])
     assert mask_2_4(np.ones((8, 3, 3, 3), np.float32)) is None  # 3 input channels: cannot follow 2:4
+
+
+def test_masks_go_on_plain_convolutions_and_linears_but_not_transposed_or_grouped_ones() -> None:
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),
+        nn.ConvTranspose2d(8, 8, 2, stride=2),  # weight [in, out, kh, kw]: axis 1 is not the input
+        nn.Flatten(),
+        nn.Linear(8 * 16 * 16, 4),
+    )
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    masks, dense = apply_masks(model, skip={"4"})
+    assert sorted(masks) == ["0"]
+    assert follows_2_4(model[0].weight.detach().numpy())
+    assert dense == ["1: dense (grouped convolution)", "2: dense (transposed convolution)"]
+    for layer in ("1", "2", "4"):
+        assert torch.equal(before[f"{layer}.weight"], dict(model.named_parameters())[f"{layer}.weight"])
 
 
 def test_the_onnx_check_reads_float_and_quantized_weights() -> None:

@@ -65,8 +65,8 @@ def _report(before: float, after: float) -> CompressionReport:
     )
 
 
-def test_train_without_prune_is_refused(
+def test_train_without_a_fine_tuning_step_is_refused(
     make_request: Callable[..., ConversionRequest], reference_dir: Path
 ) -> None:
-    with pytest.raises(ConversionError, match=r"--train .* is recovery data for --prune"):
+    with pytest.raises(ConversionError, match=r"--train .* fine-tuning data of --prune, --sparsity-2-4"):
         convert(make_request("jetson-nano", train=reference_dir / "calib.npz"))

@@ -85,7 +85,7 @@ class ConversionRequest(BaseModel):
     images: ImagePreprocessing = Field(
         default_factory=ImagePreprocessing, description="how image folders given as data become input tensors"
     )
-    train: Path | None = Field(default=None, description="recovery training data for `prune` (else calib)")
+    train: Path | None = Field(default=None, description="fine-tuning data of prune, 2:4, QAT (else calib)")
     prune: float | None = Field(default=None, gt=0, lt=1, description="share of channels to remove (PyTorch)")
     prune_criterion: PruneCriterion = Field(default="l2", description="how channels are ranked for --prune")
     prune_global: bool = Field(default=False, description="channels compete across layers (else uniform)")

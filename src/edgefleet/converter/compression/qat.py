@@ -97,7 +97,7 @@ def quantization_simulated(model: Any, symmetric: bool) -> Iterator[dict[str, _R
             if not isinstance(output, torch.Tensor) or not output.is_floating_point():
                 return None
             tracked = ranges.setdefault(name, _Range())
-            if module.training:
+            if model.training:  # the model's mode: a frozen BatchNorm (eval) still tracks its range
                 detached = output.detach()
                 tracked.update(float(detached.min()), float(detached.max()))
             return _fake_quant(output, tracked.low, tracked.high, symmetric)

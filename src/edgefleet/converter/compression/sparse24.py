@@ -6,7 +6,8 @@ position), at least 2 values are zero. TensorRT uses it when the engine is built
 
 Masks are chosen by magnitude (the 2 largest |w| of each group stay) and kept through fine-tuning: after
 every optimizer step the masked weights are set to zero again. Layers whose input channels are not a
-multiple of 4 (and grouped convolutions) stay dense and are listed. The pattern is checked again in the
+multiple of 4, grouped convolutions and transposed convolutions (whose weight is [in, out, ...], and which
+TensorRT's sparse kernels do not cover) stay dense and are listed. The pattern is checked again in the
 exported ONNX and in the artifact (an int8 QDQ artifact stores the zeros as its zero point).
 """
 
@@ -43,8 +44,9 @@ def follows_2_4(weight: np.ndarray, axis: int = 1) -> bool:
 
 
 def apply_masks(module: Any, skip: set[str]) -> tuple[dict[str, Any], list[str]]:
-    """Zero the masked weights of every Conv (not grouped) and Linear of `module` in place, except the
-    layers named in `skip`; return the masks by layer name and one line per layer left dense (and why)."""
+    """Zero the masked weights of every Conv (not grouped, not transposed) and Linear of `module` in place,
+    except the layers named in `skip`; return the masks by layer name and one line per layer left dense (and
+    why)."""
     import torch
     from torch import nn
 
@@ -52,6 +54,9 @@ def apply_masks(module: Any, skip: set[str]) -> tuple[dict[str, Any], list[str]]
     dense: list[str] = []
     for name, layer in module.named_modules():
         if not isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)) or name in skip:
+            continue
+        if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+            dense.append(f"{name}: dense (transposed convolution)")
             continue
         if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups != 1:
             dense.append(f"{name}: dense (grouped convolution)")
