@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,6 +28,7 @@ from edgefleet.contract import topics
 from edgefleet.contract.messages import CONTENT_NPY, BundleMeta, DesiredState
 from edgefleet.contract.tensors import encode_npy
 from edgefleet.fleet.broker import MosquittoProcess
+from edgefleet.fleet.local_agent import spawn_agent
 from edgefleet.mqtt import BrokerAddress, connect, new_client, publish_properties
 
 DEVICE = "dev-1"
@@ -269,15 +269,7 @@ class AgentProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.cli", "agent", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            env=self.env,
-        )
-        log.close()
+        self.process = spawn_agent(self.config_path, self.log_path, self.env)
         return self
 
     def wait(self, timeout: float = 15) -> int:

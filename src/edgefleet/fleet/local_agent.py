@@ -14,6 +14,18 @@ import yaml
 from edgefleet.fleet.lifecycle import Started
 
 
+def spawn_agent(config_path: Path, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`python -m edgefleet.cli agent --config config_path` as a child process, output added to log_path."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edgefleet.cli", "agent", "--config", str(config_path)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+
+
 class LocalAgent(Started):
     def __init__(
         self,
@@ -52,15 +64,7 @@ class LocalAgent(Started):
         return None if self._process is None else self._process.poll()
 
     def start(self) -> LocalAgent:
-        log = self.log_path.open("ab")
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.cli", "agent", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            env=self._env,
-        )
-        log.close()
+        self._process = spawn_agent(self.config_path, self.log_path, self._env)
         return self
 
     def stop(self, timeout: float = 15.0) -> int | None:
