@@ -79,6 +79,16 @@ class DeviceWatch:
         self.device_id = device_id
         self._view = FleetView(device_ids=(device_id,))
 
+    @classmethod
+    def subscribed(cls, session: BrokerSession, device_id: str) -> DeviceWatch:
+        """Subscribe to the device's status, online and event topics (before anything is published, so no
+        event of what follows can be missed) and take in what the broker holds for it."""
+        session.subscribe([topics.status(device_id), topics.online(device_id), topics.events(device_id)])
+        session.sync()
+        watch = cls(device_id)
+        watch.drain(session.messages)
+        return watch
+
     @property
     def _device(self) -> KnownDevice:
         return self._view.get(self.device_id) or KnownDevice(self.device_id)
@@ -204,11 +214,7 @@ def deploy_bundle(
         display.warn(text)
 
     with BrokerSession(broker_url, "deploy") as session:
-        # Subscribe before anything is published so no event of this deployment can be missed.
-        session.subscribe([topics.status(device_id), topics.online(device_id), topics.events(device_id)])
-        session.sync()
-        watch = DeviceWatch(device_id)
-        watch.drain(session.messages)
+        watch = DeviceWatch.subscribed(session, device_id)
         if "status" in watch.invalid:
             warn(
                 f"device {device_id}: its retained status is unreadable ({watch.invalid['status']}); "

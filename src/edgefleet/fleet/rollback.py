@@ -11,7 +11,7 @@ import argparse
 from pydantic import BaseModel
 from rich.console import Console
 
-from edgefleet.contract import ids, topics
+from edgefleet.contract import ids
 from edgefleet.contract.messages import DesiredState, DeviceStatus, KeptVersion
 from edgefleet.fleet.deploy import (
     DeviceWatch,
@@ -88,10 +88,7 @@ def rollback_device(
         raise RollbackError(str(exc)) from exc
     display = _Display((console or Console(stderr=True)) if progress else None)
     with BrokerSession(broker_url, "rollback") as session:
-        session.subscribe([topics.status(device_id), topics.online(device_id), topics.events(device_id)])
-        session.sync()
-        watch = DeviceWatch(device_id)
-        watch.drain(session.messages)
+        watch = DeviceWatch.subscribed(session, device_id)
         if "status" in watch.invalid:
             reason = watch.invalid["status"]
             raise RollbackError(f"device {device_id}: its retained status is unreadable ({reason})")
