@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fleet_helpers import collect_retained, wait_until
@@ -21,7 +22,7 @@ from edgefleet.contract.messages import DesiredState
 from edgefleet.fleet.broker import MosquittoProcess, free_port
 from edgefleet.fleet.inventory import collect_inventory
 from edgefleet.fleet.rollout import start_rollout
-from edgefleet.fleet.rollout_state import RolloutError, RolloutStore
+from edgefleet.fleet.rollout_state import RolloutError, RolloutState, RolloutStore
 from edgefleet.fleet.simulator import Simulator
 
 pytestmark = pytest.mark.mqtt
@@ -51,6 +52,15 @@ def _start(started: list[Simulator], broker: MosquittoProcess, devices: int, **o
     started.append(simulator)
     simulator.wait_connected()
     return simulator
+
+
+def _roll_out_to_lab(
+    broker: MosquittoProcess, bundle: Path, state_dir: Path, *, canary: str, **options: Any
+) -> RolloutState:
+    """`bundle` to the devices tagged site=lab: the canary stage, then all the others in one batch."""
+    return start_rollout(
+        broker.url, bundle, "site=lab", canary=canary, batch="100%", state_dir=state_dir, **FAST, **options
+    )
 
 
 def test_stages_run_in_order_and_other_profiles_are_never_sent_the_bundle(
@@ -146,16 +156,7 @@ def test_failures_up_to_the_threshold_are_tolerated(
     _start(simulators, broker, 1, tags={"site": "lab"}, id_prefix="a", fail_fraction=1.0, fail_mode="reject")
     _start(simulators, broker, 5, tags={"site": "lab"}, id_prefix="b")
     _announced(broker, 6)
-    state = start_rollout(
-        broker.url,
-        make_bundle(profile="rpi4", version="2"),
-        "site=lab",
-        canary="2",
-        batch="100%",
-        max_failures=1,
-        state_dir=tmp_path,
-        **FAST,
-    )
+    state = _roll_out_to_lab(broker, make_bundle(version="2"), tmp_path, canary="2", max_failures=1)
     assert state.status == "completed" and state.counts() == {"healthy": 5, "failed": 1}
     assert state.devices["a-0000"].failure.startswith("rejected: health check failed")
 
@@ -167,16 +168,7 @@ def test_a_hostile_clients_bad_requests_do_not_fail_a_healthy_device(
     their telemetry); the model is fine, so with no model error allowed the rollout still completes."""
     _start(simulators, broker, 3, tags={"site": "lab"}, fail_fraction=1.0, fail_mode="client_errors")
     _announced(broker, 3)
-    state = start_rollout(
-        broker.url,
-        make_bundle(profile="rpi4", version="2"),
-        "site=lab",
-        canary="1",
-        batch="100%",
-        max_failures=0,
-        state_dir=tmp_path,
-        **FAST,
-    )
+    state = _roll_out_to_lab(broker, make_bundle(version="2"), tmp_path, canary="1", max_failures=0)
     assert state.status == "completed" and state.counts() == {"healthy": 3}, state.counts()
 
 
@@ -190,9 +182,7 @@ def test_an_offline_device_gets_the_bundle_when_it_returns(
         lambda: collect_inventory(broker.url, listen_s=0)[0].online("sim-0001") is False, what="offline"
     )
 
-    state = start_rollout(
-        broker.url, make_bundle(version="2"), "site=lab", canary="1", batch="100%", state_dir=tmp_path, **FAST
-    )
+    state = _roll_out_to_lab(broker, make_bundle(version="2"), tmp_path, canary="1")
     assert state.status == "completed"
     assert state.stages[-1][-1] == "sim-0001"  # offline devices go last
     pending = state.devices["sim-0001"]
@@ -319,9 +309,7 @@ def test_a_device_rolling_back_on_its_own_is_a_failure(
     bad = _start(simulators, broker, 1, id_prefix="a", fail_fraction=1.0, fail_mode="rollback", **common)
     _start(simulators, broker, 3, id_prefix="b", **common)
     _announced(broker, 4)
-    state = start_rollout(
-        broker.url, make_bundle(version="2"), "site=lab", canary="2", batch="100%", state_dir=tmp_path, **FAST
-    )
+    state = _roll_out_to_lab(broker, make_bundle(version="2"), tmp_path, canary="2")
     assert state.status == "halted" and state.stage == 0
     failure = state.devices["a-0000"].failure
     assert failure is not None
