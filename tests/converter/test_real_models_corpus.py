@@ -4,6 +4,7 @@ fits the model and is preprocessed right, and the smallest package-shipped model
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -58,18 +59,8 @@ def test_unknown_names_and_missing_packages_say_what_to_do(
     with pytest.raises(KeyError, match="unknown corpus models"):
         corpus.by_name(["no_such_model"])
     monkeypatch.setenv("EDGEFLEET_CORPUS_DIR", str(tmp_path))
-    missing = corpus.CorpusModel(
-        name="x",
-        task="t",
-        origin="pypi",
-        distribution="nope==1",
-        module="edgefleet_no_such_pkg",
-        resource="m.onnx",
-        input_shapes={},
-        output_kinds={},
-        preprocessing="",
-        preprocessing_source="",
-        make_samples=lambda split, n, path: {},
+    missing = dataclasses.replace(
+        corpus.PYPI_MODELS[0], name="x", distribution="nope==1", module="edgefleet_no_such_pkg"
     )
     with pytest.raises(corpus.CorpusModelMissing, match=r"install_corpus\.sh"):
         corpus.locate(missing)
