@@ -30,7 +30,7 @@ from edgefleet.agent.model_slot import LoadedModel, ModelSlot
 from edgefleet.agent.session import Envelope, MqttSession
 from edgefleet.agent.status import DeploymentFields, EventKind, State, StatusReporter
 from edgefleet.agent.store import BundleStore, InstalledBundle
-from edgefleet.contract.errors import is_resource_error
+from edgefleet.contract.errors import first_validation_error, is_resource_error
 from edgefleet.contract.health import DEFAULT_MIN_REQUESTS, HealthPolicy
 from edgefleet.contract.messages import BundleMeta, DesiredState, KeptVersion, ProbationStatus, utc_now
 from edgefleet.contract.profiles import DeviceProfile
@@ -53,11 +53,6 @@ TICK_EVERY_S = 1.0
 MAX_PROBATION_STARTS = 3  # the agent starting this often while a model is on probation rolls it back
 RETRY_FIRST_S = 5.0  # a deployment the device itself failed is tried again after this, doubling each time
 RETRY_MAX_S = 300.0
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
 
 
 @dataclass(frozen=True)
@@ -310,7 +305,8 @@ class Deployer:
         try:
             desired = DesiredState.model_validate_json(envelope.payload)
         except ValidationError as exc:
-            log.warning("desired_invalid", error=_first_error(exc), bytes=len(envelope.payload))
+            problem = first_validation_error(exc, "(top)")
+            log.warning("desired_invalid", error=problem, bytes=len(envelope.payload))
             return
         log.info(
             "desired",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from edgefleet.contract.errors import ClientError
+from edgefleet.contract.errors import ClientError, first_validation_error
 from edgefleet.contract.manifest import BundleManifest, Dim, TensorSpec
 from edgefleet.contract.profiles import ArtifactFormat
 from edgefleet.contract.tensors import shape_matches
@@ -114,10 +114,9 @@ def parse_request(body: bytes, header_length: int | None = None) -> InferRequest
         request = InferRequest.model_validate_json(head)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "request body"
         if err["type"] == "json_invalid":
             raise OipError(f"request body is not valid JSON ({err['msg']})") from exc
-        raise OipError(f"infer request: {where}: {err['msg']}") from exc
+        raise OipError(f"infer request: {first_validation_error(exc, 'request body')}") from exc
     offset = 0
     for item in request.inputs:
         size = _binary_size(item)

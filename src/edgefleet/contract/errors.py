@@ -2,8 +2,17 @@
 
 import errno
 
+from pydantic import ValidationError
+
 # errors of the machine rather than of what it was given: out of descriptors, memory, disk space
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC, errno.EDQUOT})
+
+
+def first_validation_error(exc: ValidationError, whole: str) -> str:
+    """The first error pydantic found, as `field.path: message`; `whole` stands for the path when the error
+    is about the object as a whole."""
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc']) or whole}: {first['msg']}"
 
 
 def is_resource_error(exc: BaseException) -> bool:

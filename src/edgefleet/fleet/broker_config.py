@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from edgefleet.contract import ids, topics
-from edgefleet.contract.errors import EdgefleetError
+from edgefleet.contract.errors import EdgefleetError, first_validation_error
 from edgefleet.contract.messages import MAX_CHUNK_SIZE, PACKET_HEADROOM
 from edgefleet.fleet.broker import QUEUED_MESSAGES_PER_CLIENT
 from edgefleet.fleet.certs import (
@@ -391,9 +391,7 @@ def run_broker_config(args: argparse.Namespace) -> int:
             run_as=args.run_as,
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "arguments"
-        raise BrokerConfigError(f"broker-config: {where}: {first['msg']}") from None
+        raise BrokerConfigError(f"broker-config: {first_validation_error(exc, 'arguments')}") from None
     files = write_broker_config(spec)
     if args.json:
         print(files.model_dump_json(indent=2))

@@ -8,6 +8,7 @@ import json
 
 from pydantic import ValidationError
 
+from edgefleet.contract.errors import first_validation_error
 from edgefleet.contract.messages import DeviceEvent, DeviceStatus, Message, Presence, Telemetry
 
 SCHEMAS: dict[str, type[Message]] = {
@@ -39,6 +40,5 @@ def parse_device_message(leaf: str, payload: bytes) -> Message | None:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "message"
-        raise InvalidDeviceMessage(f"not a valid {schema.__name__}: {loc}: {first['msg']}") from exc
+        problem = first_validation_error(exc, "message")
+        raise InvalidDeviceMessage(f"not a valid {schema.__name__}: {problem}") from exc

@@ -27,7 +27,7 @@ from typing import Literal, Protocol
 from pydantic import ValidationError
 
 from edgefleet.contract import topics
-from edgefleet.contract.errors import BundleError
+from edgefleet.contract.errors import BundleError, first_validation_error
 from edgefleet.contract.ids import is_sha256_hex
 from edgefleet.contract.messages import BundleMeta, DesiredState, DeviceEventKind
 
@@ -179,11 +179,6 @@ def wrong_profile(desired: DesiredState, profile: str) -> str | None:
     return f"deployment is for profile '{desired.profile}', this device runs profile '{profile}'"
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-
-
 def bundle_of(topic: str) -> str | None:
     parts = topic.split("/")
     return parts[3] if len(parts) >= 5 and parts[2] == "bundles" else None
@@ -254,7 +249,7 @@ class Delivery:
         except (ValidationError, BundleError) as exc:
             # Anyone allowed to publish there may send junk: a meta that contradicts the desired state is
             # ignored, never fatal (the retained one is asked for again when the delivery stalls).
-            problem = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            problem = first_validation_error(exc, "(top)") if isinstance(exc, ValidationError) else str(exc)
             detail = f"bundle meta for {self.bundle_id[:12]} ignored ({problem}); waiting for a valid one"
             return [Log("warning", "meta_invalid", {"error": detail}), *self._warn(detail)]
         return self._start_store(meta)

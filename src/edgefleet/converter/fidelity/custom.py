@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgefleet.contract.errors import first_validation_error
 from edgefleet.converter.errors import ConversionError
 from edgefleet.converter.user_code import UserCodeError, import_callable, split_spec
 
@@ -106,11 +107,9 @@ def _as_result(spec: str, returned: object) -> CustomMetricResult:
     try:
         return CustomMetricResult.model_validate(dict(fields))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "result"
         raise ConversionError(
-            f"--metric {spec} returned {returned!r:.120}: {where}: {first['msg']}; return a finite `score` "
-            "and exactly one of `passed` (bool) or `drop` (points lost vs fp32)"
+            f"--metric {spec} returned {returned!r:.120}: {first_validation_error(exc, 'result')}; return a "
+            "finite `score` and exactly one of `passed` (bool) or `drop` (points lost vs fp32)"
         ) from exc
 
 
