@@ -468,6 +468,15 @@ def publish_bundle_parts(
     return bundle_meta
 
 
+def chunks_logged(state: Path, bundle_id: str) -> int:
+    """How many chunks of a delivery in progress the agent has verified: the entries of its chunk log
+    (agent/delivery.py: a 12-byte header, then 4 bytes a chunk); 0 before the log exists."""
+    try:
+        return ((state / "incoming" / f"{bundle_id}.chunks").stat().st_size - 12) // 4
+    except OSError:
+        return 0
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
     """Poll `predicate` until it returns something truthy; AssertionError naming `what` on timeout."""
     deadline = time.monotonic() + timeout

@@ -21,6 +21,7 @@ from agent_helpers import (
     Observer,
     RunningAgent,
     agent_config,
+    chunks_logged,
     file_sha256,
     make_custom_bundle,
     publish_bundle,
@@ -73,13 +74,6 @@ def since_last_start(process: AgentProcess) -> str:
 
 def serving(obs: Observer, version: str) -> bool:
     return obs.infer(IMAGES).model_version == version
-
-
-def chunks_logged(state: Path, bundle_id: str) -> int:
-    try:
-        return ((state / "incoming" / f"{bundle_id}.chunks").stat().st_size - 12) // 4
-    except OSError:
-        return 0
 
 
 def test_agent_kill_9_at_varied_moments_never_leaves_a_partial_model(

@@ -19,6 +19,7 @@ from agent_helpers import (
     Traffic,
     _connected_client,
     agent_config,
+    chunks_logged,
     make_custom_bundle,
     publish_bundle,
     publish_bundle_parts,
@@ -54,13 +55,6 @@ def junk_payloads() -> dict[str, bytes]:
         "huge random": os.urandom(HUGE),
         "huge JSON": b'{"deployment_id": "' + b"x" * HUGE + b'"}',
     }
-
-
-def chunks_logged(state: Path, bundle_id: str) -> int:
-    try:
-        return ((state / "incoming" / f"{bundle_id}.chunks").stat().st_size - 12) // 4
-    except OSError:
-        return 0
 
 
 def test_junk_on_every_subscribed_topic_disturbs_neither_serving_nor_delivery(
