@@ -372,6 +372,10 @@ class _Translator:
         rank = len(value.tensor.shape)
         return self._perm(value).index(axis % rank)
 
+    def _unflattened(self, value: _Value) -> _Value:
+        """`value`, put back in ONNX layout when it is flat_nhwc (whose axes an axis-wise op cannot name)."""
+        return _Value(self._as_same(value)) if value.layout == "flat_nhwc" else value
+
     def _as_same(self, value: _Value) -> Any:
         """The tensor in ONNX layout. Moving only size-1 axes is a reshape, not a transpose."""
         ops = self.keras.ops
@@ -723,8 +727,7 @@ class _Translator:
         x = self._value(node, node.input[0])
         if not all(n in self.consts for n in node.input[1:5]):
             raise self._unsupported(node, "scale, bias, mean and variance must be constants")
-        if x.layout == "flat_nhwc":
-            x = _Value(self._as_same(x))
+        x = self._unflattened(x)
         scale, shift = self._bn_affine(node)
         rank = len(x.tensor.shape)
         shape = (-1,) + (1,) * (rank - 2)  # the channel axis is ONNX axis 1
@@ -1174,9 +1177,7 @@ class _Translator:
         return target
 
     def _transpose(self, node: Any) -> None:
-        x = self._value(node, node.input[0])
-        if x.layout == "flat_nhwc":
-            x = _Value(self._as_same(x))
+        x = self._unflattened(self._value(node, node.input[0]))
         rank = len(x.tensor.shape)
         wanted = [int(p) for p in _attrs(node).get("perm", list(reversed(range(rank))))]
         # onnx_out = onnx_in.transpose(wanted) and tensor = onnx_in.transpose(perm), so
@@ -1225,9 +1226,7 @@ class _Translator:
         self._set(node, _Value(self._apply(node, concat, *computed), first.layout))
 
     def _split(self, node: Any) -> None:
-        x = self._value(node, node.input[0])
-        if x.layout == "flat_nhwc":
-            x = _Value(self._as_same(x))
+        x = self._unflattened(self._value(node, node.input[0]))
         attrs = _attrs(node)
         shape = self._onnx_shape(x)
         onnx_axis = int(attrs.get("axis", 0)) % len(shape)
@@ -1259,9 +1258,7 @@ class _Translator:
             self._set(node, _Value(result, x.layout), output)
 
     def _slice(self, node: Any) -> None:
-        x = self._value(node, node.input[0])
-        if x.layout == "flat_nhwc":
-            x = _Value(self._as_same(x))
+        x = self._unflattened(self._value(node, node.input[0]))
         shape = self._onnx_shape(x)
         if self.opset < 10:
             attrs = _attrs(node)
@@ -1304,9 +1301,7 @@ class _Translator:
         )
 
     def _pad(self, node: Any) -> None:
-        x = self._value(node, node.input[0])
-        if x.layout == "flat_nhwc":
-            x = _Value(self._as_same(x))
+        x = self._unflattened(self._value(node, node.input[0]))
         attrs = _attrs(node)
         rank = len(x.tensor.shape)
         if self.opset < 11:
@@ -1407,9 +1402,7 @@ class _Translator:
         return [int(np.floor(d * float(f))) for d, f in zip(shape, scales.reshape(-1), strict=True)]
 
     def _reduce(self, node: Any) -> None:
-        x = self._value(node, node.input[0])
-        if x.layout == "flat_nhwc":
-            x = _Value(self._as_same(x))
+        x = self._unflattened(self._value(node, node.input[0]))
         attrs = _attrs(node)
         rank = len(x.tensor.shape)
         axes_c = self._const(node, 1) if len(node.input) > 1 else None
@@ -1454,8 +1447,7 @@ class _Translator:
             result = self._apply(node, lambda t: tf.reshape(fn(tf.reshape(t, flat), axis=-1), shape), tensor)
             self._set(node, _Value(result))
             return
-        if x.layout == "flat_nhwc":
-            x = _Value(self._as_same(x))
+        x = self._unflattened(x)
         mapped = self._axis(x, axis)
         if node.op_type == "Softmax":
             result = self.keras.layers.Softmax(axis=mapped, name=self._name(node))(x.tensor)
