@@ -88,10 +88,10 @@ class ShareRecorder:
         SharedWork.once = once  # type: ignore[method-assign]
         calibrate = QuantizeTflite._calibrate
 
-        def timed_calibrate(step: QuantizeTflite, ctx: Any) -> bytes:
+        def timed_calibrate(step: QuantizeTflite, ctx: Any, method: Any) -> bytes:
             start = time.perf_counter()
             try:
-                return calibrate(step, ctx)
+                return calibrate(step, ctx, method)
             finally:
                 recorder.log.tflite_calibration_seconds += time.perf_counter() - start
 

@@ -1,6 +1,7 @@
 """Over budget with the default calibration and no --calib-method: percentile ranges are scored in full int8
-and kept when within budget or closer to it; the artifact is left built with the method kept. The
-steps are stand-ins that record what they were asked to build; the choice itself is the real code."""
+and kept when within budget or closer to it; the artifact is left built with the method kept and that
+method is the one in force. The quantizer is a stand-in that records what it was asked to build (an
+artifact named after the method); the choice itself is the real code."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from edgefleet.converter.context import ConversionContext, ConversionRequest
 from edgefleet.converter.fidelity.judge import Judgement
 from edgefleet.converter.steps.calibration_ranges import calibration_method
 from edgefleet.converter.steps.mixed_precision import EnforceBudget, MixedPrecisionAttempt
+from edgefleet.converter.steps.quantization import QuantizationChoice, choice_in_force
 
 
 class _Build:
@@ -21,16 +23,28 @@ class _Build:
         self.methods: list[str] = []
 
     def run(self, ctx: ConversionContext) -> None:
-        self.methods.append(calibration_method(ctx))
+        ctx.artifact_path = self.quantize(ctx, choice_in_force(ctx))
+
+    def quantize(self, ctx: ConversionContext, choice: QuantizationChoice) -> Path:
+        self.methods.append(choice.calib_method)
+        return ctx.work_dir / choice.calib_method
+
+
+class _Describe:
+    name = "describe"
+
+    def run(self, ctx: ConversionContext) -> None:
+        pass
 
 
 def _choose(
     badness: dict[str, float], ctx: ConversionContext
 ) -> tuple[Judgement, list[MixedPrecisionAttempt], list[str]]:
     build = _Build()
+    ctx.artifact_path = ctx.work_dir / calibration_method(ctx)  # the artifact as the pipeline built it
 
     def score() -> Judgement:
-        method = calibration_method(ctx)
+        method = ctx.need(ctx.artifact_path, "the artifact").name  # what the artifact was built with
         return Judgement(
             outputs=[],
             custom=None,
@@ -46,7 +60,7 @@ def _choose(
 
     first = score()
     attempts = [MixedPrecisionAttempt.of([], first)]
-    chosen = EnforceBudget(build, _Build())._choose_calibration(ctx, first, score, attempts)
+    chosen = EnforceBudget(build, _Describe())._choose_calibration(ctx, first, score, attempts)
     return chosen, attempts, build.methods
 
 

@@ -39,9 +39,9 @@ def test_qat_weights_sit_on_the_int8_grid_and_learned_ranges_reach_the_qdq_artif
 
     original = calibration_ranges.onnx_activation_ranges
 
-    def spy(ctx):  # type: ignore[no-untyped-def]
+    def spy(ctx, method):  # type: ignore[no-untyped-def]
         captured.update(ctx.learned_ranges)
-        return original(ctx)
+        return original(ctx, method)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(calibration_ranges, "onnx_activation_ranges", spy)

@@ -107,7 +107,7 @@ def plan(
         FoldConstants(),
         *artifact,
         DescribeArtifact(),
-        EnforceBudget(requantize=artifact[-1], describe=DescribeArtifact()),  # mixed precision if needed
+        EnforceBudget(quantizer=artifact[-1], describe=DescribeArtifact()),  # mixed precision if needed
         *(compression.artifact_check_steps(request) if request else []),
         *target_check_steps(profile),
         Evaluate(),

@@ -76,7 +76,7 @@ class BuildAlternatives:
             artifact = artifact_steps(profile)
             # The accuracy budget binds alternatives too, judged without a mixed-precision search: an
             # optional artifact is not worth doubling a long conversion for; one that misses is left out.
-            budget = EnforceBudget(requantize=artifact[-1], describe=DescribeArtifact(), search=False)
+            budget = EnforceBudget(quantizer=artifact[-1], describe=DescribeArtifact(), search=False)
             steps: list[Step] = [*artifact, DescribeArtifact(), budget, Evaluate()]
             try:
                 for step in steps:

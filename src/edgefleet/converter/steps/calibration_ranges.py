@@ -153,12 +153,11 @@ def _fixed_batch(model: Any) -> bool:
     return bool(first) and first[0].HasField("dim_value") and first[0].dim_value > 0
 
 
-def onnx_activation_ranges(ctx: ConversionContext) -> dict[str, Range]:
+def onnx_activation_ranges(ctx: ConversionContext, method: CalibrationMethod) -> dict[str, Range]:
     """`method`'s range of every float activation (and graph input) of the fp32 ONNX model, by tensor name;
     {} for minmax (each quantizer's own calibration observes those ranges). Computed once per run: shared
     with the alternatives' contexts and the other profiles of `convert --profile a,b,c`. The ranges that
     quantization-aware training learned (ctx.learned_ranges) replace the calibrated ones of their tensors."""
-    method = calibration_method(ctx)
     if method == "minmax":
         return dict(ctx.learned_ranges)  # quantization-aware training's, else none
     model = ctx.need(ctx.model, "the source model")
@@ -224,9 +223,11 @@ def _run_and_collect(
     return method_ranges(method, values(), samples)
 
 
-def onnx_range_overrides(ctx: ConversionContext) -> dict[str, list[dict[str, Any]]]:
+def onnx_range_overrides(
+    ctx: ConversionContext, method: CalibrationMethod
+) -> dict[str, list[dict[str, Any]]]:
     """quantize_static TensorQuantOverrides giving every activation the method's range ({} for minmax)."""
-    ranges = dict(onnx_activation_ranges(ctx))
+    ranges = dict(onnx_activation_ranges(ctx, method))
     if not ranges:
         return {}
     model = ctx.need(ctx.model, "the source model")
@@ -251,11 +252,13 @@ def onnx_range_overrides(ctx: ConversionContext) -> dict[str, list[dict[str, Any
     }
 
 
-def rewrite_tflite_ranges(calibrated: bytes, ctx: ConversionContext, translation: KerasTranslation) -> bytes:
+def rewrite_tflite_ranges(
+    calibrated: bytes, ctx: ConversionContext, translation: KerasTranslation, method: CalibrationMethod
+) -> bytes:
     """The calibrated TFLite model with each recorded activation range replaced by the method's range of the
     ONNX tensor it computes. Tensors the translation made up (explicit padding, layout reshapes) keep the
     observed range; so does everything under minmax."""
-    ranges = onnx_activation_ranges(ctx)
+    ranges = onnx_activation_ranges(ctx, method)
     if not ranges:
         return calibrated
     model = ctx.need(ctx.model, "the source model")

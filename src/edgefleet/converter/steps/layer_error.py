@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.steps.calibration import TensorSet
 from edgefleet.converter.steps.onnx_to_keras import keras_input_order, layer_names_in
+from edgefleet.converter.steps.quantization import QuantizationChoice, choice_in_force
 
 if TYPE_CHECKING:
     from edgefleet.converter.steps.onnx_to_keras import KerasTranslation
@@ -342,8 +343,8 @@ def tflite_layer_errors(
 
 
 # --- step ------------------------------------------------------------------------------------------------
-def measure_layer_errors(ctx: ConversionContext) -> list[LayerError]:
-    """Per-layer errors of the current INT8 artifact (empty for fp16/fp32 artifacts)."""
+def measure_layer_errors(ctx: ConversionContext, choice: QuantizationChoice) -> list[LayerError]:
+    """Per-layer errors of the current INT8 artifact, built with `choice` (empty for fp16/fp32 artifacts)."""
     from edgefleet.contract.profiles import Precision
     from edgefleet.converter.steps.quantize_tflite import calibrated_model_path
 
@@ -354,7 +355,11 @@ def measure_layer_errors(ctx: ConversionContext) -> list[LayerError]:
     if path.suffix == ".tflite":
         translation = ctx.need(ctx.keras_model, "the Keras translation")
         errors = tflite_layer_errors(
-            calibrated_model_path(ctx).read_bytes(), path, translation, data, layer_error_samples(data)
+            calibrated_model_path(ctx, choice.calib_method).read_bytes(),
+            path,
+            translation,
+            data,
+            layer_error_samples(data),
         )
     else:
         errors = onnx_layer_errors(
@@ -362,7 +367,7 @@ def measure_layer_errors(ctx: ConversionContext) -> list[LayerError]:
         )
     from edgefleet.converter.steps.quantize_onnx import rule_float_nodes
 
-    return mark_float(errors, [*ctx.float_layers, *rule_float_nodes(ctx)])  # both paths keep the rules
+    return mark_float(errors, [*choice.float_layers, *rule_float_nodes(ctx)])  # both paths keep the rules
 
 
 class MeasureLayerErrors:
@@ -371,4 +376,4 @@ class MeasureLayerErrors:
     name = "measure per-layer error"
 
     def run(self, ctx: ConversionContext) -> None:
-        ctx.layer_errors = measure_layer_errors(ctx)
+        ctx.layer_errors = measure_layer_errors(ctx, choice_in_force(ctx))

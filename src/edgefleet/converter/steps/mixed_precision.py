@@ -12,6 +12,7 @@ Targets without float fallback (Edge TPU) get the culprit layers named instead.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -20,7 +21,6 @@ from edgefleet.contract.profiles import Precision
 from edgefleet.converter.context import CalibrationMethod, ConversionContext, Step
 from edgefleet.converter.fidelity.custom import CustomMetricOutcome
 from edgefleet.converter.fidelity.judge import Judgement
-from edgefleet.converter.steps.calibration_ranges import calibration_method
 from edgefleet.converter.steps.evaluate import (
     accuracy_scorer,
     budget_for,
@@ -31,6 +31,12 @@ from edgefleet.converter.steps.evaluate import (
 from edgefleet.converter.steps.evaluate import score as score_artifact
 from edgefleet.converter.steps.layer_error import LayerError, measure_layer_errors
 from edgefleet.converter.steps.precision_search import rank_layers, search_float_layers
+from edgefleet.converter.steps.quantization import (
+    QuantizationChoice,
+    Quantizer,
+    choice_in_force,
+    keep_choice,
+)
 
 # Tried when the default misses the budget. Percentile only: on the corpus it was the better of the two
 # histogram methods wherever either helped (DBNet on the Coral: mask IoU drop 3.5 -> 1.6 points; entropy 3.7),
@@ -109,17 +115,25 @@ def _describe(errors: list[LayerError], names: list[str]) -> str:
 
 
 class EnforceBudget:
-    """Check the accuracy budget; on targets with float fallback, meet it with the fewest float layers.
+    """Check the accuracy budget; on int8 targets, meet it by choosing the calibration method and, where
+    the target runs float ops, the fewest layers kept in float.
 
-    `requantize` is the step that made the artifact (it reads ctx.float_layers); `describe` re-reads the
-    artifact's I/O after each re-quantization."""
+    `quantizer` is the step that made the artifact (None for an artifact that is not quantized: fp16,
+    fp32); each try is one `quantizer.quantize(ctx, choice)`, after which `describe` re-reads the
+    artifact's I/O. The choice kept is written to the context (`keep_choice`)."""
 
     name = "accuracy budget (mixed precision)"
 
-    def __init__(self, requantize: Step, describe: Step, search: bool = True) -> None:
-        self.requantize = requantize
+    def __init__(self, quantizer: Step, describe: Step, search: bool = True) -> None:
+        self.quantizer = quantizer if isinstance(quantizer, Quantizer) else None
         self.describe = describe
         self.search = search  # False: judge only (a bundle's optional alternative artifacts)
+
+    def _build(self, ctx: ConversionContext, choice: QuantizationChoice) -> None:
+        """The artifact re-made for `choice` (and its I/O described): what `score()` judges next."""
+        quantizer = ctx.need(self.quantizer, "a quantizing artifact step")
+        ctx.artifact_path = quantizer.quantize(ctx, choice)
+        self.describe.run(ctx)
 
     def run(self, ctx: ConversionContext) -> None:
         limits = budget_for(ctx)
@@ -174,7 +188,9 @@ class EnforceBudget:
         first = score()
         attempts = [MixedPrecisionAttempt.of([], first)]
         common = {"checked": True, "attempts": attempts, "fidelity_notes": fidelity_notes(plan, first, data)}
-        searching = self.search and ctx.profile.artifact.precision is Precision.INT8
+        searching = (
+            self.search and ctx.profile.artifact.precision is Precision.INT8 and self.quantizer is not None
+        )
         if not first.met and searching and ctx.request.calib_method is None:
             first = self._choose_calibration(ctx, first, score, attempts)
         if first.met:
@@ -185,7 +201,7 @@ class EnforceBudget:
         if not searching:
             ctx.budget = outcome(**common, **measured(first), met=False, message=over)
             return
-        errors = measure_layer_errors(ctx)
+        errors = measure_layer_errors(ctx, choice_in_force(ctx))
         culprits = _culprits(errors)
         if not allowed:
             ctx.budget = outcome(
@@ -231,32 +247,31 @@ class EnforceBudget:
         """Over budget with the default calibration and no method asked for: the AUTOMATIC_METHODS, scored
         in full int8; the first within budget is kept, else the one closest to it (mixed precision goes on
         from there). The artifact is left built with the chosen method."""
-        default = calibration_method(ctx)
-        attempts[0].calib_method = default
-        best, best_method = first, default
+        default = choice_in_force(ctx)
+        attempts[0].calib_method = default.calib_method
+        best, best_choice, built = first, default, default
         for method in AUTOMATIC_METHODS:
-            if method == default:
+            if method == default.calib_method:
                 continue
-            ctx.calib_method = method
+            choice = replace(default, calib_method=method)
             if callable(ctx.detail):
                 ctx.detail(f"calibration: trying {method} ranges")
-            self.requantize.run(ctx)
-            self.describe.run(ctx)
+            self._build(ctx, choice)
+            built = choice
             judgement = score()
             attempts.append(MixedPrecisionAttempt.of([], judgement, method))
             if judgement.badness < best.badness:
-                best, best_method = judgement, method
+                best, best_choice = judgement, choice
             if judgement.met:
                 break
-        if best_method != default:
+        if best_choice != default:
             ctx.notes.append(
-                f"calibration: {best_method} ranges chosen by measured loss ({default}: {first.message}; "
-                f"{best_method}: {best.message})"
+                f"calibration: {best_choice.calib_method} ranges chosen by measured loss "
+                f"({default.calib_method}: {first.message}; {best_choice.calib_method}: {best.message})"
             )
-        if ctx.calib_method != best_method:
-            ctx.calib_method = best_method
-            self.requantize.run(ctx)
-            self.describe.run(ctx)
+        if best_choice != built:  # the artifact on disk is the last one tried
+            self._build(ctx, best_choice)
+        keep_choice(ctx, best_choice)
         return best
 
     def _search(
@@ -269,13 +284,16 @@ class EnforceBudget:
         """(every layer tried, the float layers of the result, budget met). `score()` judges the current
         artifact: `.met` (every output within its bound) and `.badness` (how far over; lower is better)."""
         nodes = {e.layer: e.nodes for e in errors}
+        full_int8 = choice_in_force(ctx)
+        tried = full_int8
 
         def attempt(layers: list[str]) -> bool:
-            ctx.float_layers = list(dict.fromkeys(n for layer in layers for n in nodes[layer]))
+            nonlocal tried
+            floats = tuple(dict.fromkeys(n for layer in layers for n in nodes[layer]))
+            tried = replace(full_int8, float_layers=floats)
             if callable(ctx.detail):
                 ctx.detail(f"mixed precision: trying {len(layers)} layer(s) in float")
-            self.requantize.run(ctx)
-            self.describe.run(ctx)
+            self._build(ctx, tried)
             judgement = score()
             attempts.append(MixedPrecisionAttempt.of(layers, judgement))
             return judgement.met
@@ -286,14 +304,13 @@ class EnforceBudget:
         cap = max(MAX_FLOAT_LAYERS, len(errors) // 5)
 
         def rerank(kept: list[str]) -> list[str]:
-            again = measure_layer_errors(ctx)
+            again = measure_layer_errors(ctx, tried)
             nodes.update({e.layer: e.nodes for e in again})
             return [*kept, *(n for n in rank_layers(again, MIN_LOSS_DB, cap) if n not in kept)]
 
         found = search_float_layers(rank_layers(errors, MIN_LOSS_DB, cap), attempt, rerank=rerank)
         if not found.met:  # leave the full-int8 artifact, the one the culprits were named for
-            ctx.float_layers = []
-            self.requantize.run(ctx)
-            self.describe.run(ctx)
+            self._build(ctx, full_int8)
             return found.tried, [], False
+        keep_choice(ctx, tried)  # the search ends on the attempt that met the budget
         return found.tried, found.float_layers, True

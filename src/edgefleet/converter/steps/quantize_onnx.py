@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Literal
 
 from edgefleet.converter.context import ConversionContext
 from edgefleet.converter.shared_work import model_key
 from edgefleet.converter.steps.calibration import OnnxCalibrationReader
 from edgefleet.converter.steps.calibration_ranges import (
-    calibration_method,
     onnx_range_overrides,
     onnxruntime_calibration,
     tensor_peaks,
 )
 from edgefleet.converter.steps.float_rules import describe_rules, float_by_rule
+from edgefleet.converter.steps.quantization import QuantizationChoice, choice_in_force
 
 MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) need opset 13
 CALIBRATION_BATCH = 32
@@ -56,9 +57,9 @@ def note_rule_floats(ctx: ConversionContext, by_rule: dict[str, str]) -> None:
 
 
 class QuantizeOnnx:
-    """QDQ INT8, per-channel weights, calibrated on the calibration set with the request's method; the
-    nodes in ctx.float_layers (mixed precision) and, where the target runs float ops, the numerically
-    sensitive nodes float_rules names are left unquantized.
+    """QDQ INT8, per-channel weights, calibrated on the calibration set with the choice's method; its float
+    layers (mixed precision) and, where the target runs float ops, the numerically sensitive nodes
+    float_rules names are left unquantized.
 
     Flavor 'ort': asymmetric uint8 activations (fastest in onnxruntime on CPUs).
     Flavor 'tensorrt': symmetric int8 activations and weights (zero point 0), float bias: the form
@@ -71,6 +72,9 @@ class QuantizeOnnx:
         self.flavor = flavor
 
     def run(self, ctx: ConversionContext) -> None:
+        ctx.artifact_path = self.quantize(ctx, choice_in_force(ctx))
+
+    def quantize(self, ctx: ConversionContext, choice: QuantizationChoice) -> Path:
         import onnx
         import onnxruntime as ort
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -95,7 +99,7 @@ class QuantizeOnnx:
             extra = {}
         calib = ctx.need(ctx.calib, "calibration data")
         by_rule = rule_float_nodes(ctx)
-        overrides = onnx_range_overrides(ctx)
+        overrides = onnx_range_overrides(ctx, choice.calib_method)
         if overrides:
             extra = {**extra, "TensorQuantOverrides": overrides}
         # quantize_static logs a generic "consider pre-processing" warning on the root logger; pre-processing
@@ -110,16 +114,16 @@ class QuantizeOnnx:
                 per_channel=True,
                 activation_type=activation_type,
                 weight_type=QuantType.QInt8,
-                calibrate_method=onnxruntime_calibration(calibration_method(ctx)),
+                calibrate_method=onnxruntime_calibration(choice.calib_method),
                 extra_options=extra,
-                nodes_to_exclude=list(dict.fromkeys([*by_rule, *ctx.float_layers])),
+                nodes_to_exclude=list(dict.fromkeys([*by_rule, *choice.float_layers])),
             )
         finally:
             logging.disable(logging.NOTSET)
         note_rule_floats(ctx, by_rule)
         drop_unused_initializers(out)
         onnx.checker.check_model(str(out))
-        ctx.artifact_path = out
+        return out
 
 
 def drop_unused_initializers(path) -> None:

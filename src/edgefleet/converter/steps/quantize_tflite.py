@@ -20,10 +20,10 @@ from typing import Literal
 import numpy as np
 
 from edgefleet.converter import litert_adapter
-from edgefleet.converter.context import ConversionContext
+from edgefleet.converter.context import CalibrationMethod, ConversionContext
 from edgefleet.converter.errors import ConversionError, first_line
 from edgefleet.converter.shared_work import model_key
-from edgefleet.converter.steps.calibration_ranges import calibration_method, rewrite_tflite_ranges
+from edgefleet.converter.steps.calibration_ranges import rewrite_tflite_ranges
 from edgefleet.converter.steps.onnx_to_keras import (
     KerasTranslation,
     import_keras,
@@ -32,6 +32,7 @@ from edgefleet.converter.steps.onnx_to_keras import (
     layer_names_in,
     node_label,
 )
+from edgefleet.converter.steps.quantization import QuantizationChoice, choice_in_force
 from edgefleet.converter.steps.quantize_onnx import note_rule_floats, rule_float_nodes
 from edgefleet.converter.steps.tflite_unfuse import unfuse_inert_activations
 
@@ -154,10 +155,10 @@ def float_output_tensors(calibrated: bytes, source: object, layers: Iterable[str
     return {tensors[order[i]].name.decode(): graph.output[i].name for i in wanted}
 
 
-def calibrated_model_path(ctx: ConversionContext) -> Path:
-    """The calibrated float TFLite model (ranges recorded, calibration method applied): the float
-    reference of the per-layer comparison and the input of every re-quantization."""
-    return ctx.work_dir / f"calibrated-{calibration_method(ctx)}.tflite"
+def calibrated_model_path(ctx: ConversionContext, method: CalibrationMethod) -> Path:
+    """The calibrated float TFLite model (ranges recorded, `method`'s ranges applied): the float reference
+    of the per-layer comparison and the input of every re-quantization with that method."""
+    return ctx.work_dir / f"calibrated-{method}.tflite"
 
 
 def _output_tensor_names(model: bytes) -> list[str]:
@@ -213,26 +214,28 @@ def _quiet() -> contextlib.ExitStack:
 
 class QuantizeTflite:
     """Calibrate the Keras twin on NHWC calibration samples (batch 1), then quantize with the MLIR quantizer;
-    ctx.float_layers (mixed precision) stay float where the profile allows float fallback."""
+    the choice's float layers (mixed precision) stay float where the profile allows float fallback."""
 
     name = "quantize tflite (full int8)"
 
     def __init__(self, io_dtype: Literal["int8", "uint8"]) -> None:
         self.io_dtype = io_dtype
 
-    def _calibrate(self, ctx: ConversionContext) -> bytes:
+    def _calibrate(self, ctx: ConversionContext, method: CalibrationMethod) -> bytes:
         """The calibrated float model, made once per conversion (re-quantizations reuse it) and once per
         run: profiles quantizing the same Keras translation with the same data share the calibration pass
         (the io dtype and float layers are applied after it)."""
-        path = calibrated_model_path(ctx)
+        path = calibrated_model_path(ctx, method)
         if not path.is_file():
             translation: KerasTranslation = ctx.need(ctx.keras_model, "the Keras model")
             # the translation object is shared by the profiles that use it (OnnxToKeras): its id names it
-            key = f"tflite-calibrated:{calibration_method(ctx)}:{id(translation)}:{model_key(ctx)}"
-            path.write_bytes(ctx.shared.once(key, lambda: self._calibrated(ctx, translation)))
+            key = f"tflite-calibrated:{method}:{id(translation)}:{model_key(ctx)}"
+            path.write_bytes(ctx.shared.once(key, lambda: self._calibrated(ctx, translation, method)))
         return path.read_bytes()
 
-    def _calibrated(self, ctx: ConversionContext, translation: KerasTranslation) -> bytes:
+    def _calibrated(
+        self, ctx: ConversionContext, translation: KerasTranslation, method: CalibrationMethod
+    ) -> bytes:
         import_keras()  # the Keras twin and TensorFlow must agree on the backend
         calib = ctx.need(ctx.calib, "calibration data")
         names = [t.name for t in ctx.need(ctx.model_info, "model description").inputs]
@@ -258,21 +261,24 @@ class QuantizeTflite:
                     f"TFLite conversion failed ({first}); the model may use an op without a TFLite "
                     "kernel - choose an ONNX profile for it"
                 ) from exc
-            return rewrite_tflite_ranges(calibrated, ctx, translation)
+            return rewrite_tflite_ranges(calibrated, ctx, translation, method)
 
     def run(self, ctx: ConversionContext) -> None:
-        calibrated = self._calibrate(ctx)
+        ctx.artifact_path = self.quantize(ctx, choice_in_force(ctx))
+
+    def quantize(self, ctx: ConversionContext, choice: QuantizationChoice) -> Path:
+        calibrated = self._calibrate(ctx, choice.calib_method)
         translation: KerasTranslation = ctx.need(ctx.keras_model, "the Keras model")
         float_ops: list[str] = []
         float_outputs: dict[str, str] = {}
-        if ctx.float_layers and not ctx.profile.artifact.allow_float_fallback:
+        if choice.float_layers and not ctx.profile.artifact.allow_float_fallback:
             raise ConversionError(
                 f"profile '{ctx.profile.name}' does not allow float fallback; layers "
-                f"{ctx.float_layers} cannot be kept in float"
+                f"{list(choice.float_layers)} cannot be kept in float"
             )
         by_rule = rule_float_nodes(ctx)  # {} where the target needs every op in int8
-        if ctx.float_layers or by_rule:
-            layers = list(dict.fromkeys([*by_rule, *ctx.float_layers]))
+        if choice.float_layers or by_rule:
+            layers = list(dict.fromkeys([*by_rule, *choice.float_layers]))
             float_ops = ops_for_layers(tflite_op_outputs(calibrated), translation, layers)
             float_outputs = float_output_tensors(calibrated, ctx.need(ctx.model, "the source model"), layers)
             float_ops += list(float_outputs)
@@ -312,4 +318,4 @@ class QuantizeTflite:
             raise ConversionError(
                 f"the TFLite model is not full-INT8 with static shapes: {'; '.join(problems[:5])}"
             )
-        ctx.artifact_path = out
+        return out
