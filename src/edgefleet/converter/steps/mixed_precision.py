@@ -284,7 +284,7 @@ class EnforceBudget:
         """(every layer tried, the float layers of the result, budget met). `score()` judges the current
         artifact: `.met` (every output within its bound) and `.badness` (how far over; lower is better)."""
         nodes = {e.layer: e.nodes for e in errors}
-        full_int8 = choice_in_force(ctx)
+        full_int8 = replace(choice_in_force(ctx), float_layers=())
         tried = full_int8
 
         def attempt(layers: list[str]) -> bool:
