@@ -29,7 +29,7 @@ Rows, each one conversion for profile rpi4 (full-int8 TFLite; the score is the i
   prune 0.5 taylor; prune 0.5 in 2 steps; prune 0.5 + --distill-features auto; low-rank 0.9 + --low-rank-conv;
   2:4 sparsity + distillation (profile jetson-orin-nano, the only one that marks it: QDQ ONNX int8, scored as
   the converter scores QDQ, fusion off; MACs counted dense); QAT; prune 0.5 + distillation + QAT.
-Distillation --distill-epochs (30) and QAT --qat-epochs (10) epochs: 18 minutes on this 2-core machine.
+Distillation --distill-epochs (30) and QAT --qat-epochs (10) epochs: 35 to 40 minutes on this 2-core machine.
 A row that fails keeps its reason in the table. `*`: on the Pareto front of its model (no other int8 row has
 fewer or equal MACs and a higher score).
 
