@@ -17,9 +17,22 @@ def test_class_scores_are_soft_targets_and_maps_are_matched_value_by_value() -> 
     scores = torch.randn(4, 10)
     # a softmax does not see a constant shift of the class scores...
     assert float(distillation_loss(scores + 3.0, scores, temperature=4.0)) == pytest.approx(0.0, abs=1e-5)
-    # ...but a segmentation map shifted by a constant is a different map
+    # ...but a segmentation map shifted by a constant is a different map (squared error over its variance)
     maps = torch.randn(4, 1, 8, 8)
-    assert float(distillation_loss(maps + 3.0, maps, temperature=4.0)) == pytest.approx(9.0, rel=1e-5)
+    shifted = float(distillation_loss(maps + 3.0, maps, temperature=4.0))
+    assert shifted == pytest.approx(9.0 / float(maps.var()), rel=1e-4)
+
+
+def test_each_output_channel_weighs_the_same_whatever_its_scale() -> None:
+    torch.manual_seed(0)
+    # a YOLO-style head [N, 4 + classes, anchors]: a box coordinate in pixels and a score in [0, 1]
+    head = torch.stack([64 + 30 * torch.randn(8, 100), torch.rand(8, 100)], dim=1)
+    box_off, score_off = head.clone(), head.clone()
+    box_off[:, 0] += 0.5 * head[:, 0].std()
+    score_off[:, 1] += 0.5 * head[:, 1].std()
+    box_loss = float(distillation_loss(box_off, head, temperature=4.0))
+    score_loss = float(distillation_loss(score_off, head, temperature=4.0))
+    assert box_loss == pytest.approx(score_loss, rel=0.05) and score_loss > 0.1
 
 
 def _segmenter() -> nn.Module:

@@ -20,6 +20,7 @@ def test_qat_weights_sit_on_the_int8_grid_and_learned_ranges_reach_the_qdq_artif
     torch_request: Callable[..., ConversionRequest], unpack_artifact: Callable[..., Path]
 ) -> None:
     import onnx
+    import torch
     from onnx import numpy_helper
     from tiny_torch_models import digits_cnn
 
@@ -32,6 +33,15 @@ def test_qat_weights_sit_on_the_int8_grid_and_learned_ranges_reach_the_qdq_artif
     weight = model.features[0].weight.detach().numpy().reshape(16, -1)
     steps = weight / (np.abs(weight).max(axis=1, keepdims=True) / 127)
     assert np.allclose(steps, np.round(steps), atol=1e-3)
+
+    # a module the artifact keeps in float is trained in float: no grid, no range
+    model = digits_cnn()
+    with quantization_simulated(model, symmetric=True, keep_float=frozenset({"features.0"})) as ranges:
+        model.train()(torch.zeros(2, 1, 8, 8))
+    kept = model.features[0].weight.detach().numpy().reshape(16, -1)
+    steps = kept / (np.abs(kept).max(axis=1, keepdims=True) / 127)
+    assert not np.allclose(steps, np.round(steps), atol=1e-3)
+    assert "features.0" not in ranges and "features.1" in ranges
 
     request = torch_request("jetson-orin-nano", "qat", qat_epochs=2)
     captured: dict[str, tuple[float, float]] = {}

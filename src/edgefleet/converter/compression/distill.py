@@ -46,12 +46,16 @@ def _first_output(outputs: Any) -> Any:
 def distillation_loss(student_out: Any, teacher_out: Any, temperature: float) -> Any:
     """Soft targets for class scores ([N, C]): KL divergence at temperature T, scaled by T^2. Any other
     output (a segmentation map, detection boxes and scores, an embedding per position) is matched element by
-    element (MSE): one softmax over all its values would let the student drift by a constant, and would make
-    every pixel compete with every other."""
+    element: one softmax over all its values would let the student drift by a constant, and would make
+    every pixel compete with every other. The squared error is divided by the teacher's variance per
+    channel (axis 1) in the batch, so that channels on different scales weigh the same: a YOLO head's box
+    coordinates in pixels would otherwise drown its scores in [0, 1], which decide what is detected."""
+    if student_out.dim() != 2:
+        reduce = [axis for axis in range(teacher_out.dim()) if axis != 1]
+        variance = teacher_out.var(dim=reduce, keepdim=True).clamp_min(1e-6)
+        return ((student_out - teacher_out) ** 2 / variance).mean()
     import torch.nn.functional as F
 
-    if student_out.dim() != 2:
-        return F.mse_loss(student_out, teacher_out)
     t = temperature
     return F.kl_div(
         F.log_softmax(student_out / t, dim=1), F.softmax(teacher_out / t, dim=1), reduction="batchmean"

@@ -79,11 +79,22 @@ ACTIVATION_MODULES = (
 )
 
 
+def _simulated(module: Any) -> bool:
+    """Is int8 simulated at this module: a Conv/Linear (weights and output), a BatchNorm or an activation
+    (output)?"""
+    from torch import nn
+
+    weighted = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+    return isinstance(module, weighted) or type(module).__name__ in ACTIVATION_MODULES
+
+
 @contextmanager
-def quantization_simulated(model: Any, symmetric: bool) -> Iterator[dict[str, _Range]]:
-    """Within the block, `model` runs with fake-quantized weights and activations; yields the activation
-    ranges by module name (moving averages over the training steps). On exit the weights stay on the int8
-    grid and the hooks are gone."""
+def quantization_simulated(
+    model: Any, symmetric: bool, keep_float: frozenset[str] = frozenset()
+) -> Iterator[dict[str, _Range]]:
+    """Within the block, `model` runs with fake-quantized weights and activations, except the modules named
+    in `keep_float` (the artifact keeps them float); yields the activation ranges by module name (moving
+    averages over the training steps). On exit the weights stay on the int8 grid and the hooks are gone."""
     import torch
     from torch import nn
     from torch.nn.utils import parametrize
@@ -105,11 +116,11 @@ def quantization_simulated(model: Any, symmetric: bool) -> Iterator[dict[str, _R
         return hook
 
     for name, module in model.named_modules():
-        kind = type(module).__name__
+        if name in keep_float or not _simulated(module):
+            continue
         if isinstance(module, weighted):
             parametrize.register_parametrization(module, "weight", _weight_quantizer())
-        if isinstance(module, (*weighted, nn.modules.batchnorm._BatchNorm)) or kind in ACTIVATION_MODULES:
-            hooks.append(module.register_forward_hook(observe(name)))
+        hooks.append(module.register_forward_hook(observe(name)))
     try:
         yield ranges
     finally:
@@ -161,11 +172,11 @@ def match_onnx_tensors(
     return matched
 
 
-def learned_onnx_ranges(
-    model: Any, exported: Any, sample: dict[str, np.ndarray], ranges: dict[str, _Range]
-) -> dict[str, tuple[float, float]]:
-    """The modules' learned ranges keyed by the ONNX tensors (of the exported model) that hold the same
-    values on `sample` (model input name -> array)."""
+def module_tensors(
+    model: Any, exported: Any, sample: dict[str, np.ndarray], modules: list[str]
+) -> dict[str, str]:
+    """Module name -> the ONNX tensor of `exported` (the model's export) that holds the same values on
+    `sample` (model input name -> array)."""
     import torch
 
     from edgefleet.converter.steps.calibration_ranges import session_with_outputs
@@ -175,5 +186,24 @@ def learned_onnx_ranges(
     outputs = [o.name for o in session.get_outputs()]
     onnx_values = dict(zip(outputs, session.run(None, sample), strict=True))
     torch_sample = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in sample.values())
-    matched = match_onnx_tensors(onnx_values, module_outputs(model, torch_sample, sorted(ranges)))
+    return match_onnx_tensors(onnx_values, module_outputs(model, torch_sample, modules))
+
+
+def float_modules(
+    model: Any, exported: Any, sample: dict[str, np.ndarray], float_nodes: set[str]
+) -> frozenset[str]:
+    """The modules whose output an ONNX node in `float_nodes` computes (the converter keeps those nodes in
+    float): QAT leaves them unquantized, as the artifact will."""
+    candidates = [name for name, module in model.named_modules() if _simulated(module)]
+    producer = {value: node.name for node in exported.graph.node for value in node.output}
+    matched = module_tensors(model, exported, sample, candidates)
+    return frozenset(module for module, tensor in matched.items() if producer.get(tensor) in float_nodes)
+
+
+def learned_onnx_ranges(
+    model: Any, exported: Any, sample: dict[str, np.ndarray], ranges: dict[str, _Range]
+) -> dict[str, tuple[float, float]]:
+    """The modules' learned ranges keyed by the ONNX tensors (of the exported model) that hold the same
+    values on `sample` (model input name -> array)."""
+    matched = module_tensors(model, exported, sample, sorted(ranges))
     return {tensor: (ranges[module].low, ranges[module].high) for module, tensor in matched.items()}

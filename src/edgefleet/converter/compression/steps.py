@@ -372,8 +372,13 @@ class QuantizationAwareTraining:
         import onnx
 
         from edgefleet.converter.compression.distill import distill
-        from edgefleet.converter.compression.qat import learned_onnx_ranges, quantization_simulated
+        from edgefleet.converter.compression.qat import (
+            float_modules,
+            learned_onnx_ranges,
+            quantization_simulated,
+        )
         from edgefleet.converter.inputs.pytorch import export_module, require_compress_extra
+        from edgefleet.converter.steps.quantize_onnx import rule_float_nodes
 
         require_compress_extra(("torch",), "--qat")
         request = ctx.request
@@ -396,12 +401,16 @@ class QuantizationAwareTraining:
             if ctx.detail is not None:
                 ctx.detail(f"QAT epoch {epoch}/{total}, loss {loss:.4f}")
 
-        with quantization_simulated(student, symmetric) as ranges:
+        # which ONNX tensor holds which module's output: compared by value on two samples
+        sample = {name: data.inputs[name][:2] for name in shapes}
+        # what the artifact keeps in float by rule (a detector's head) is trained in float too
+        source = ctx.need(ctx.model, "the model's ONNX export")
+        one = {name: values[:1] for name, values in sample.items()}  # the loaded model may fix batch 1
+        keep_float = float_modules(teacher, source, one, set(rule_float_nodes(ctx)))
+        with quantization_simulated(student, symmetric, keep_float) as ranges:
             distill(student, teacher, inputs, data.labels, config, on_epoch)
         after = ctx.work_dir / "qat.onnx"
         export_module(student, shapes, after, request.opset)
-        # which ONNX tensor holds which module's output: compared by value on two samples
-        sample = {name: data.inputs[name][:2] for name in shapes}
         ctx.learned_ranges = learned_onnx_ranges(student, onnx.load(str(after)), sample, ranges)
         scheme = "symmetric (TensorRT)" if symmetric else "asymmetric"
         report = compare(
@@ -414,6 +423,11 @@ class QuantizationAwareTraining:
             notes=[
                 f"{len(ctx.learned_ranges)} of {len(ranges)} learned activation ranges matched to ONNX "
                 "tensors and used for the artifact's quantization instead of calibration",
+                *(
+                    [f"trained in float as the artifact keeps them: {', '.join(sorted(keep_float))}"]
+                    if keep_float
+                    else []
+                ),
                 "the weights stay on their int8 grid: the artifact's weights are the ones trained with",
             ],
         )
