@@ -403,10 +403,14 @@ class QuantizationAwareTraining:
 
         # which ONNX tensor holds which module's output: compared by value on two samples
         sample = {name: data.inputs[name][:2] for name in shapes}
-        # what the artifact keeps in float by rule (a detector's head) is trained in float too
-        source = ctx.need(ctx.model, "the model's ONNX export")
-        one = {name: values[:1] for name, values in sample.items()}  # the loaded model may fix batch 1
-        keep_float = float_modules(teacher, source, one, set(rule_float_nodes(ctx)))
+        # what the artifact keeps in float by rule (a detector's head) is trained in float too; targets that
+        # need every op in int8 have no such nodes, and no module needs matching
+        float_nodes = set(rule_float_nodes(ctx))
+        keep_float: frozenset[str] = frozenset()
+        if float_nodes:
+            source = ctx.need(ctx.model, "the model's ONNX export")
+            one = {name: values[:1] for name, values in sample.items()}  # the loaded model may fix batch 1
+            keep_float = float_modules(teacher, source, one, float_nodes)
         with quantization_simulated(student, symmetric, keep_float) as ranges:
             distill(student, teacher, inputs, data.labels, config, on_epoch)
         after = ctx.work_dir / "qat.onnx"
