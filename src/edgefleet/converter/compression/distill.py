@@ -1,13 +1,13 @@
 """Recovery training of a compressed PyTorch model by knowledge distillation from the uncompressed one.
 
 The student learns the teacher's softened class scores (softmax at temperature T, KL divergence scaled by
-T^2, as in Hinton et al. 2015), or its other outputs (maps, boxes) value by value (MSE), so unlabeled data
-is enough; when labels are given, a cross-entropy term on them is mixed in with weight `label_weight`. With
-`mixup`, each batch is blended with a shuffled copy of itself and the teacher labels the blends: a small
-calibration set then yields many distinct inputs (measured on the digits CNN, 200 unlabeled samples: 96.9%
-plain, 97.2% with mixup, teacher 97.8%). With `feature_layers`, the student also learns the teacher's
-intermediate outputs (FitNets, Romero et al. 2015): an MSE per named layer, through a learned 1x1 adapter
-where pruning made the student narrower.
+T^2, as in Hinton et al. 2015), or its other outputs (maps, boxes) value by value (squared error over the
+teacher's variance per channel), so unlabeled data is enough; when labels are given, a cross-entropy term on
+them is mixed in with weight `label_weight`. With `mixup`, each batch is blended with a shuffled copy of
+itself and the teacher labels the blends: a small calibration set then yields many distinct inputs (measured
+on the digits CNN, 200 unlabeled samples: 96.9% plain, 97.2% with mixup, teacher 97.8%). With
+`feature_layers`, the student also learns the teacher's intermediate outputs (FitNets, Romero et al. 2015):
+an MSE per named layer, through a learned 1x1 adapter where pruning made the student narrower.
 """
 
 from __future__ import annotations
